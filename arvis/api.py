@@ -1,0 +1,90 @@
+"""The two calls most users need: ``arvis.load`` and ``arvis.generate``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from arvis.pipeline import Pipeline
+
+OutputType = Literal["pil", "pt", "np"]
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Pipeline:
+    """Loads a pipeline folder written by ``Pipeline.save_pretrained`` (or ``arvis quickstart``)."""
+    return Pipeline.from_pretrained(path, device=device, dtype=dtype)
+
+
+def generate(
+    pipeline: Pipeline | str | Path,
+    class_labels: Sequence[int],
+    *,
+    num_samples: int = 1,
+    seed: int = 0,
+    cfg_scale: float | None = None,
+    cfg_schedule: str | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float | None = None,
+    batch_size: int = 64,
+    output_type: OutputType = "pil",
+    progress: bool = False,
+):
+    """Samples class-conditional images.
+
+    Args:
+        pipeline: a :class:`Pipeline` or the path of a saved one.
+        class_labels: class ids; ``num_samples`` images are drawn for each, in order
+            (labels ``[0, 1]`` with ``num_samples=2`` give classes 0, 0, 1, 1).
+        num_samples: images per class label.
+        seed: seeds one ``torch.Generator`` for the whole call; the same seed,
+            labels, settings and ``batch_size`` give identical images.
+        cfg_scale, cfg_schedule, top_k, top_p, temperature: override the
+            pipeline's stored sampling settings (``None`` keeps them).
+        batch_size: images sampled per forward batch.
+        output_type: ``"pil"`` (list of RGB images), ``"pt"`` (float tensor (n, 3, h, w)
+            in [0, 1] on the CPU) or ``"np"`` (uint8 array (n, h, w, 3)).
+        progress: show a progress bar over batches.
+    """
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load(pipeline)
+    if output_type not in ("pil", "pt", "np"):
+        raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
+    sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
+                               temperature=temperature)
+    device = pipeline.device
+    rng = torch.Generator(device=device).manual_seed(seed)
+    batches = []
+    for start in tqdm(range(0, len(labels), batch_size), total=math.ceil(len(labels) / batch_size),
+                      disable=not progress, desc="sampling"):
+        batch_labels = labels[start:start + batch_size].to(device)
+        tokens = sampler(pipeline.generator, batch_labels, generator=rng)
+        with torch.inference_mode():
+            pixels = pipeline.tokenizer.decode(tokens)
+        batches.append(pipeline.tokenizer.to_unit_range(pixels.float()).cpu())
+    images = torch.cat(batches)
+    if output_type == "pt":
+        return images
+    array = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if output_type == "np":
+        return array
+    return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
+
+
+def _labels_tensor(class_labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    values = list(class_labels) if not isinstance(class_labels, torch.Tensor) else class_labels.tolist()
+    if not values:
+        raise ValueError("class_labels is empty; pass at least one class id")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"class ids must be integers in [0, {num_classes - 1}] for this pipeline, got {bad[:5]}")
+    return torch.tensor(values, dtype=torch.long)

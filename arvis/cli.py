@@ -1,0 +1,97 @@
+"""The ``arvis`` command line: quickstart, presets, train, generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from arvis.quickstart import run_quickstart
+
+    report = run_quickstart(args.output_dir, tokenizer_steps=args.tokenizer_steps,
+                            generator_steps=args.generator_steps)
+    print(f"pipeline:      {report['pipeline']}")
+    print(f"sample grid:   {report['samples']}  (one row per class)")
+    print(f"report:        {Path(args.output_dir) / 'report.json'}")
+    print(f"training time: tokenizer {report['tokenizer_seconds']} s, generator {report['generator_seconds']} s")
+    print(f"try:           python -c \"import arvis; arvis.generate('{report['pipeline']}', class_labels=[3], "
+          "num_samples=4)[0].save('glyph.png')\"")
+
+
+def _presets(args: argparse.Namespace) -> None:
+    from arvis.registry import registry_for
+
+    for kind in ("tokenizer", "generator"):
+        registry = registry_for(kind)
+        print(f"{kind}s:")
+        for name in registry.presets(args.pattern):
+            print(f"  {name:<16} {registry.description(name)}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from arvis.train import generator, tokenizer
+
+    entry = {"tokenizer": tokenizer.main, "generator": generator.main}[args.what]
+    entry((["--config", args.config] if args.config else []) + args.overrides)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import arvis
+    from arvis.visualize import image_grid
+
+    sampling = {key: getattr(args, key) for key in ("cfg_scale", "top_k", "top_p", "temperature")}
+    images = arvis.generate(args.pipeline, class_labels=args.labels, num_samples=args.num_samples, seed=args.seed,
+                            output_type="pt", progress=True, **sampling)
+    image_grid(images, len(args.labels), scale=args.scale).save(args.out)
+    print(json.dumps({"grid": str(args.out), "images": len(images), "labels": args.labels}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arvis", description="Autoregressive visual generation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    quickstart = commands.add_parser("quickstart", help="train the demo pipeline on built-in data and sample a grid")
+    quickstart.add_argument("--output-dir", default="arvis-quickstart")
+    quickstart.add_argument("--tokenizer-steps", type=int, default=None, help="override the recipe's step count")
+    quickstart.add_argument("--generator-steps", type=int, default=None, help="override the recipe's step count")
+    quickstart.set_defaults(handler=_quickstart)
+
+    presets = commands.add_parser("presets", help="list registered presets")
+    presets.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'llamagen-*'")
+    presets.set_defaults(handler=_presets)
+
+    train = commands.add_parser("train", help="run a training recipe (same as python -m arvis.train.<what>)")
+    train.add_argument("what", choices=["tokenizer", "generator"])
+    train.add_argument("--config", help="YAML recipe")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    train.set_defaults(handler=_train)
+
+    gen = commands.add_parser("generate", help="sample a class-conditional grid from a pipeline folder")
+    gen.add_argument("pipeline", help="pipeline folder")
+    gen.add_argument("--labels", type=int, nargs="+", required=True, help="class ids, one grid row each")
+    gen.add_argument("--num-samples", type=int, default=8, help="images per class")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--cfg-scale", type=float, default=None)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--scale", type=int, default=3, help="pixel repetition factor of the grid")
+    gen.add_argument("--out", default="samples.png")
+    gen.set_defaults(handler=_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"arvis: error: {error}", file=sys.stderr)
+        return 2
+    return 0

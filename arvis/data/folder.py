@@ -1,0 +1,84 @@
+"""Users' images in ImageNet layout: ``root/<class_name>/<image>``, one folder per class."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from arvis.data.transforms import center_crop_resize, to_unit_tensor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class ImageFolderDataset(Dataset):
+    """Class-labelled images from ``root/<class_name>/**/<image>``.
+
+    Classes are the sub-folders of ``root`` sorted alphabetically; their positions are the
+    labels. Images (searched recursively, hidden files skipped) are converted to RGB,
+    resized so the shorter side is ``image_size`` (bicubic) and centre-cropped. Items are
+    (image (3, image_size, image_size) float32 in [0, 1], label int).
+
+    Args:
+        root: folder holding one sub-folder per class.
+        image_size: output side in pixels.
+        random_flip: flip horizontally with probability 0.5, drawn from torch's global RNG
+            so that ``torch.manual_seed`` and DataLoader worker seeding control it.
+        extensions: accepted file suffixes, case-insensitive.
+    """
+
+    def __init__(self, root: str | Path, image_size: int, *, random_flip: bool = False,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder root {str(self.root)!r} does not exist or is not a folder")
+        self.image_size = int(image_size)
+        self.random_flip = random_flip
+        self.extensions = tuple(sorted({("." + suffix.lstrip(".")).lower() for suffix in extensions}))
+        class_folders = sorted(path for path in self.root.iterdir() if path.is_dir() and not path.name.startswith("."))
+        if not class_folders:
+            raise ValueError(
+                f"{str(self.root)!r} has no class sub-folders; expected root/<class_name>/<image> "
+                f"with images ending in {self.extensions}"
+            )
+        self.class_names: tuple[str, ...] = tuple(folder.name for folder in class_folders)
+        self.class_to_index: dict[str, int] = {name: index for index, name in enumerate(self.class_names)}
+        self.samples: list[tuple[Path, int]] = []
+        for label, folder in enumerate(class_folders):
+            images = [path for path in sorted(folder.rglob("*")) if self._is_image(path, folder)]
+            if not images:
+                logger.warning("class folder %s has no images ending in %s", folder, self.extensions)
+            self.samples.extend((path, label) for path in images)
+        if not self.samples:
+            raise ValueError(
+                f"found no images under {str(self.root)!r}; accepted extensions are {self.extensions} "
+                f"in root/<class_name>/<image>"
+            )
+
+    def _is_image(self, path: Path, folder: Path) -> bool:
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        return path.suffix.lower() in self.extensions and path.is_file() and not hidden
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, path: Path) -> Image.Image:
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"cannot read image {str(path)!r}: {error}; remove or replace the file") from error
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = to_unit_tensor(center_crop_resize(self._load(path), self.image_size))
+        if self.random_flip and torch.rand(()).item() < 0.5:
+            image = image.flip(-1)
+        return image, label

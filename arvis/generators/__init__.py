@@ -1,0 +1,6 @@
+"""Generators: token sequence models trained with teacher forcing and driven by samplers."""
+
+from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.generators.raster import RasterConfig, RasterGenerator
+
+__all__ = ["GENERATORS", "Generator", "GeneratorOutput", "RasterConfig", "RasterGenerator"]

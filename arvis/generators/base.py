@@ -1,0 +1,93 @@
+"""Generator interface: teacher-forced training plus the one primitive samplers drive.
+
+A generator never samples. It exposes
+    ``forward(tokens, labels) -> GeneratorOutput``  teacher forcing with the method's own mask, and
+    ``new_cache(batch_size)`` / ``step(tokens, labels, cache)``  incremental decoding,
+where one ``step`` consumes the next unit of input (``None`` on the first call: the
+condition prefix) and returns the logits of the next unit, (b, unit_length, vocab).
+Samplers (``arvis.samplers``) own every decoding policy around these calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from arvis.checks import check_token_ids
+from arvis.modeling import Component
+from arvis.nn.kv_cache import KVCache
+from arvis.registry import Registry
+from arvis.tokenizers.base import TokenLayout
+
+GENERATORS: Registry = Registry("generator")
+
+
+@dataclasses.dataclass
+class GeneratorOutput:
+    """Teacher-forced result.
+
+    Attributes:
+        loss: scalar training loss.
+        logits: (b, l, vocab) logits; position i predicts token i.
+        metrics: named scalar diagnostics (e.g. token accuracy).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    metrics: dict[str, Tensor]
+
+
+class Generator(Component):
+    """Base class of class-conditional token generators."""
+
+    kind: ClassVar[str] = "generator"
+    unit: ClassVar[str] = "token"  # what one decoding step emits: "token" | "scale" | "level" | "block"
+
+    @property
+    def layout(self) -> TokenLayout:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def null_class(self) -> int:
+        """The label id of the unconditional ("null") class used for classifier-free guidance."""
+        return self.num_classes
+
+    @classmethod
+    def fit_config(cls, config, *, layout: TokenLayout, vocab_size: int, num_classes: int):
+        """Returns ``config`` adapted to a tokenizer's layout and vocabulary and a dataset's classes."""
+        raise NotImplementedError
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        raise NotImplementedError
+
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+        raise NotImplementedError
+
+    def check_labels(self, labels: Tensor, *, allow_null: bool = False) -> None:
+        """Raises ``ValueError`` if ``labels`` are not (b,) long class ids in range."""
+        if not isinstance(labels, Tensor) or labels.dtype != torch.long or labels.ndim != 1:
+            raise ValueError(f"expected class labels as a 1-D torch.long tensor, got {labels!r:.80}")
+        upper = self.num_classes + (1 if allow_null else 0)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= upper):
+            raise ValueError(
+                f"class ids must lie in [0, {self.num_classes - 1}] for this generator, got "
+                f"[{labels.min().item()}, {labels.max().item()}]"
+            )
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        """Raises ``ValueError`` naming the problem if ``tokens`` do not fit this component."""
+        check_token_ids(tokens, self.layout.length, self.vocab_size)

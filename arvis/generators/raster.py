@@ -1,0 +1,186 @@
+"""LlamaGen: raster-order next-token prediction with a Llama transformer.
+
+Sun et al., "Autoregressive Model Beats Diffusion: Llama for Scalable Image
+Generation", 2024, https://arxiv.org/abs/2406.06525 (upstream FoundationVision/LlamaGen).
+
+Shapes: b batch, l tokens in the grid (rows*cols, row-major), n positions in a step,
+d model width, v vocabulary.
+
+The sequence is [class token, t_0, ..., t_{l-2}]; position i predicts t_i. The class
+embedding is a single prefix token (label dropout 0.1 teaches the null class for
+CFG), positions use 2D RoPE over the token grid, and the output head is
+zero-initialised as upstream. ``zero_prefix_rope=True`` reproduces upstream's
+zeroed RoPE entry for the prefix (its q and k become zero; the class reaches the
+image tokens only through V), which the released checkpoints need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from arvis.config import Config
+from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.nn.attention import causal_mask
+from arvis.nn.conditioning import ClassEmbedding
+from arvis.nn.kv_cache import KVCache
+from arvis.nn.mlp import llama_hidden_dim
+from arvis.nn.norms import RMSNorm
+from arvis.nn.rope import rope_table_2d
+from arvis.nn.transformer import LlamaBlock
+from arvis.tokenizers.base import TokenLayout
+
+PREFIX_LENGTH = 1  # one class token (LlamaGen's cls_token_num for class-conditional models)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RasterConfig(Config):
+    """LlamaGen GPT configuration; defaults are GPT-B on VQ-16 at 256 px."""
+
+    vocab_size: int = 16384
+    token_grid: tuple[int, int] = (16, 16)  # (rows, cols) of the tokenizer's grid
+    num_classes: int = 1000
+    dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: int | None = None  # grouped-query attention when smaller than num_heads
+    ffn_multiple_of: int = 256  # SwiGLU width = 2/3·4·dim rounded up to this
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    zero_prefix_rope: bool = True  # upstream quirk, see module docstring
+    class_dropout: float = 0.1
+    token_dropout: float = 0.1  # dropout on input embeddings
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if (self.dim // self.num_heads) % 4:
+            raise ValueError(f"head dim dim/num_heads ({self.dim // self.num_heads}) must be divisible by 4 for 2D RoPE")
+        if min(self.token_grid) < 1 or self.vocab_size < 2 or self.num_classes < 1:
+            raise ValueError("token_grid sides, vocab_size (>= 2) and num_classes must be positive")
+
+
+@GENERATORS.register
+class RasterGenerator(Generator):
+    """Class-conditional raster-order AR transformer (LlamaGen c2i)."""
+
+    config_class = RasterConfig
+    unit = "token"
+
+    def __init__(self, config: RasterConfig) -> None:
+        super().__init__(config)
+        self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.tok_dropout = nn.Dropout(config.token_dropout)
+        hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
+        self.layers = nn.ModuleList(
+            LlamaBlock(config.dim, config.num_heads, hidden_dim, num_kv_heads=config.num_kv_heads,
+                       norm_eps=config.norm_eps, attn_dropout=config.attn_dropout,
+                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout)
+            for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        rows, cols = config.token_grid
+        rope = rope_table_2d(rows, cols, config.dim // config.num_heads, config.rope_base,
+                             prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
+        self.register_buffer("rope", rope, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Upstream init: N(0, 0.02) for linear and embedding weights, zero output head."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=self.config.initializer_range)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.output.weight)
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout((tuple(self.config.token_grid),))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @classmethod
+    def fit_config(cls, config: RasterConfig, *, layout: TokenLayout, vocab_size: int,
+                   num_classes: int) -> RasterConfig:
+        """Returns ``config`` with the grid, vocabulary and classes of a tokenizer and dataset."""
+        if len(layout.shapes) != 1 or len(layout.shapes[0]) != 2:
+            raise ValueError(f"the raster generator needs a single 2D token grid, got layout {layout.shapes}")
+        return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=vocab_size,
+                                   num_classes=num_classes)
+
+    def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
+        rope = self.rope[start:start + x.shape[1]]
+        for index, layer in enumerate(self.layers):
+            x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
+        return self.output(self.norm(x)).float()
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
+        self.check_tokens(tokens)
+        self.check_labels(labels, allow_null=True)
+        prefix = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+        x = torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1)
+        mask = causal_mask(x.shape[1], device=x.device)
+        logits = self._run_layers(self.tok_dropout(x), 0, mask, None)
+        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
+        accuracy = (logits.argmax(-1) == tokens).float().mean()
+        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(self.config.num_layers, PREFIX_LENGTH + self.layout.length)
+
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+        """Feeds the class token (``tokens=None``, first call) or the next (b, n) tokens; -> (b, 1, v).
+
+        Returns the logits of the token that follows the fed positions.
+        """
+        if tokens is None:
+            if cache.length:
+                raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
+            self.check_labels(labels, allow_null=True)
+            x = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+        else:
+            if cache.length == 0:
+                raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
+            x = self.tok_embeddings(tokens)
+        start, count = cache.length, x.shape[1]
+        mask = causal_mask(count, start + count, device=x.device) if count > 1 else None
+        logits = self._run_layers(x, start, mask, cache)
+        cache.advance(count)
+        return logits[:, -1:]
+
+
+def _llamagen(num_layers: int, num_heads: int, dim: int) -> RasterConfig:
+    return RasterConfig(num_layers=num_layers, num_heads=num_heads, dim=dim)
+
+
+GENERATORS.add_preset("raster-tiny", RasterConfig(vocab_size=64, token_grid=(4, 4), num_classes=10, dim=32,
+                                                  num_layers=2, num_heads=2, ffn_multiple_of=32),
+                      "2-layer test model for vq-tiny (4x4 grid, 64 codes)")
+GENERATORS.add_preset("raster-demo", RasterConfig(vocab_size=256, token_grid=(8, 8), num_classes=10, dim=192,
+                                                  num_layers=4, num_heads=6, ffn_multiple_of=64,
+                                                  token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+                      "quickstart model for vq-demo on the built-in glyphs")
+GENERATORS.add_preset("llamagen-b", _llamagen(12, 12, 768), "LlamaGen GPT-B, 111M (VQ-16, 256 px)")
+GENERATORS.add_preset("llamagen-l", _llamagen(24, 16, 1024), "LlamaGen GPT-L, 343M")
+GENERATORS.add_preset("llamagen-xl", _llamagen(36, 20, 1280), "LlamaGen GPT-XL, 775M")
+GENERATORS.add_preset("llamagen-xxl", _llamagen(48, 24, 1536), "LlamaGen GPT-XXL, 1.4B")
+GENERATORS.add_preset("llamagen-3b", _llamagen(24, 32, 3200), "LlamaGen GPT-3B, 3.1B")

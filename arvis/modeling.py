@@ -1,0 +1,151 @@
+"""Component base: an ``nn.Module`` that owns one config and saves as ``config.json`` + safetensors.
+
+A saved component is a folder::
+
+    config.json        {"type": <class name>, "kind": "tokenizer"|"generator", "arvis_version", "config": {...}}
+    model.safetensors  the state dict (persistent buffers included)
+
+Loading is strict both ways: the config must parse without unknown keys, and every
+tensor must be present with the right shape, with none left over. We write this
+small mechanism ourselves rather than use ``PyTorchModelHubMixin`` because arvis
+needs the class name in the file to rebuild any registered component from a path,
+strict loading by default (the mixin defaults to ``strict=False``), and error
+messages that name the missing file or tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+from arvis.config import Config, read_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+ComponentT = TypeVar("ComponentT", bound="Component")
+
+
+class Component(nn.Module):
+    """Base of tokenizers and generators: holds ``self.config`` and round-trips through a folder."""
+
+    config_class: ClassVar[type[Config]]
+    kind: ClassVar[str] = "component"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ValueError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Writes ``config.json`` and ``model.safetensors`` into folder ``path`` (created if needed)."""
+        from arvis import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        header = {"type": type(self).__name__, "kind": self.kind, "arvis_version": __version__,
+                  "config": self.config.to_dict()}
+        (path / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+        save_model(self, str(path / WEIGHTS_FILE))
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls: type[ComponentT], path: str | Path, *, device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> ComponentT:
+        """Loads a component folder written by :meth:`save_pretrained` (in eval mode).
+
+        Called on a base class (``Tokenizer.from_pretrained``), the concrete class is
+        taken from the folder's ``config.json``; called on a concrete class, the
+        folder must hold that class.
+        """
+        from arvis.registry import registry_for
+
+        path = Path(path)
+        header = read_component_header(path)
+        if header["kind"] != cls.kind and cls.kind != "component":
+            raise ValueError(f"{path} holds a {header['kind']}, not a {cls.kind}")
+        target = registry_for(header["kind"]).get_class(header["type"])
+        if not issubclass(target, cls):
+            raise ValueError(f"{path} holds a {header['type']}, which is not a {cls.__name__}")
+        config = target.config_class.from_dict(header["config"])
+        model = target(config)
+        state = load_weights(path / WEIGHTS_FILE)
+        load_state_strict(model, state, path / WEIGHTS_FILE)
+        model.to(device=device, dtype=dtype)
+        return model.eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def read_component_header(path: Path) -> dict[str, Any]:
+    """Reads and validates a component folder's ``config.json``."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"component folder {path} does not exist")
+    header = read_json(path / CONFIG_FILE)
+    missing = {"type", "kind", "config"} - set(header) if isinstance(header, dict) else {"type"}
+    if missing:
+        raise ValueError(f"{path / CONFIG_FILE} is not an arvis component config (missing {sorted(missing)})")
+    return header
+
+
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise FileNotFoundError(f"missing weights file {file}; save the component with save_pretrained()")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"corrupt weights file {file}: {error}") from error
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Loads ``state`` into ``model``, naming every missing, extra or misshapen tensor.
+
+    Tensors that share storage were saved once by ``safetensors.torch.save_model``; they
+    are re-tied here by loading into every alias.
+    """
+    expected = model.state_dict(keep_vars=True)
+    aliases = _shared_aliases(model)
+    for name, canonical in aliases.items():
+        if name not in state and canonical in state:
+            state[name] = state[canonical]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state) if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if wrong_shape:
+        problems.append(f"wrong shapes {wrong_shape}")
+    if problems:
+        raise ValueError(f"weights in {source} do not match {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _shared_aliases(model: nn.Module) -> dict[str, str]:
+    """Maps each parameter name that shares its tensor with an earlier one to that earlier name."""
+    seen: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = id(tensor)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases

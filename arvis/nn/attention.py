@@ -1,0 +1,66 @@
+"""Multi-head self-attention on ``F.scaled_dot_product_attention`` with an explicit mask.
+
+Shapes: b batch, n query positions, t key positions (cache + new), h heads, d head dim.
+``mask`` is boolean, True where a query may attend, broadcastable to (b, h, n, t);
+``None`` means every query sees every key. Models build their own masks (causal,
+block-causal) with the helpers below, so the rule each method uses is explicit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from arvis.nn.kv_cache import KVCache
+from arvis.nn.rope import apply_rope
+
+
+def causal_mask(num_queries: int, num_keys: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
+    """(n, t) boolean mask: query i (the last n of t positions) sees keys up to its own position."""
+    num_keys = num_queries if num_keys is None else num_keys
+    offset = num_keys - num_queries
+    query_positions = torch.arange(num_queries, device=device)[:, None] + offset
+    return torch.arange(num_keys, device=device)[None, :] <= query_positions
+
+
+class SelfAttention(nn.Module):
+    """Fused-qkv attention with optional grouped KV heads, RoPE and a KV cache (LlamaGen layout)."""
+
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, *, bias: bool = False,
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        self.head_dim = dim // num_heads
+        kv_dim = self.num_kv_heads * self.head_dim
+        self.wqkv = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)
+        self.wo = nn.Linear(dim, dim, bias=bias)
+        self.attn_dropout = attn_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(self, x: Tensor, *, rope: Tensor | None = None, mask: Tensor | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """x (b, n, dim), rope (n, d/2, 2) for the new positions -> (b, n, dim)."""
+        kv_dim = self.num_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([x.shape[-1], kv_dim, kv_dim], dim=-1)
+        q = rearrange(q, "b n (h d) -> b n h d", d=self.head_dim)
+        k = rearrange(k, "b n (h d) -> b n h d", d=self.head_dim)
+        v = rearrange(v, "b n (h d) -> b h n d", d=self.head_dim)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = rearrange(q, "b n h d -> b h n d"), rearrange(k, "b n h d -> b h n d")
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        if self.num_kv_heads != self.num_heads:
+            repeats = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.resid_dropout(self.wo(rearrange(out, "b h n d -> b n (h d)")))

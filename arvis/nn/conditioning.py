@@ -1,0 +1,32 @@
+"""Class conditioning with classifier-free-guidance label dropout."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ClassEmbedding(nn.Module):
+    """Embeds labels in [0, num_classes]; id ``num_classes`` is the null (unconditional) class.
+
+    During training each label is replaced by the null class with probability
+    ``dropout`` (0.1 in LlamaGen and VAR), which teaches the unconditional model used
+    by classifier-free guidance.
+    """
+
+    def __init__(self, num_classes: int, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+
+    def drop_labels(self, labels: Tensor) -> Tensor:
+        """Replaces each label by the null class with probability ``dropout`` (training only)."""
+        if not self.training or self.dropout <= 0:
+            return labels
+        drop = torch.rand(labels.shape, device=labels.device) < self.dropout
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        """(b,) long -> (b, dim)."""
+        return self.embedding(self.drop_labels(labels))

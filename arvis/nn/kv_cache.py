@@ -1,0 +1,45 @@
+"""A static key/value cache for incremental decoding.
+
+Buffers are allocated on the first write of each layer with the dtype and device of
+the keys written, sized ``max_length`` so that decoding never reallocates. A decoding
+step writes its new keys and values for every layer at positions
+``[length, length + n)`` and then calls :meth:`KVCache.advance`.
+
+Shapes: b batch, h heads, n new positions, t cached positions, d head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Per-layer key/value buffers of shape (b, h, max_length, d) plus the filled length."""
+
+    def __init__(self, num_layers: int, max_length: int) -> None:
+        self.num_layers = num_layers
+        self.max_length = max_length
+        self.length = 0
+        self._keys: list[Tensor | None] = [None] * num_layers
+        self._values: list[Tensor | None] = [None] * num_layers
+
+    def append(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Writes (b, h, n, d) keys/values after the filled length; returns all (b, h, length + n, d)."""
+        start, end = self.length, self.length + keys.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache overflow: {end} positions requested, capacity {self.max_length}")
+        if self._keys[layer] is None:
+            shape = (*keys.shape[:2], self.max_length, keys.shape[3])
+            self._keys[layer] = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+            self._values[layer] = torch.zeros(shape, dtype=values.dtype, device=values.device)
+        cached_keys, cached_values = self._keys[layer], self._values[layer]
+        if cached_keys.shape[0] != keys.shape[0]:
+            raise ValueError(f"KV cache holds batch {cached_keys.shape[0]}, got keys for batch {keys.shape[0]}")
+        cached_keys[:, :, start:end] = keys
+        cached_values[:, :, start:end] = values
+        return cached_keys[:, :, :end], cached_values[:, :, :end]
+
+    def advance(self, num_positions: int) -> None:
+        """Commits ``num_positions`` newly written positions (call once per step, after all layers)."""
+        self.length += num_positions

@@ -1,0 +1,30 @@
+"""Feed-forward blocks."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def find_multiple(value: int, multiple: int) -> int:
+    """Rounds ``value`` up to a multiple of ``multiple``."""
+    return value if value % multiple == 0 else value + multiple - value % multiple
+
+
+def llama_hidden_dim(dim: int, multiple_of: int = 256) -> int:
+    """Llama's SwiGLU width: 2/3 of 4·dim, rounded up to ``multiple_of`` (2048 for dim 768)."""
+    return find_multiple(int(2 * 4 * dim / 3), multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), no biases (Shazeer 2020; Llama). Names follow Llama's w1/w2/w3."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))

@@ -1,0 +1,97 @@
+"""Pipeline: a tokenizer, a generator and default sampling settings, saved as one folder.
+
+Folder format::
+
+    pipeline.json   {"arvis_version", "tokenizer": "tokenizer", "generator": "generator", "sampling": {...}}
+    tokenizer/      a component folder (config.json + model.safetensors)
+    generator/      a component folder
+
+Construction checks that the two components fit together (same token layout and
+vocabulary), so a mismatched pair fails when it is assembled, not mid-sampling.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from arvis.config import read_json
+from arvis.generators.base import Generator
+from arvis.samplers import SamplingConfig, sampler_for
+from arvis.tokenizers.base import Tokenizer
+
+PIPELINE_FILE = "pipeline.json"
+
+
+class Pipeline:
+    """Tokenizer + generator + sampling defaults. Use :func:`arvis.generate` to sample from it."""
+
+    def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig | None = None) -> None:
+        check_compatible(tokenizer, generator)
+        self.tokenizer = tokenizer
+        self.generator = generator
+        self.sampling = sampling or SamplingConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+        self.tokenizer.to(device=device, dtype=dtype)
+        self.generator.to(device=device, dtype=dtype)
+        return self
+
+    def sampler(self, **overrides):
+        """The generator's sampler with the stored settings, ``overrides`` applied (None values ignored)."""
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        return sampler_for(self.generator, self.sampling.replace(**changes) if changes else self.sampling)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        from arvis import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.generator.save_pretrained(path / "generator")
+        index = {"arvis_version": __version__, "tokenizer": "tokenizer", "generator": "generator",
+                 "sampling": self.sampling.to_dict()}
+        (path / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> Pipeline:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"pipeline folder {path} does not exist")
+        if not (path / PIPELINE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is not an arvis pipeline: {PIPELINE_FILE} is missing (save one with Pipeline.save_pretrained)"
+            )
+        index = read_json(path / PIPELINE_FILE)
+        missing = {"tokenizer", "generator", "sampling"} - set(index) if isinstance(index, dict) else {"tokenizer"}
+        if missing:
+            raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(missing)}")
+        tokenizer = Tokenizer.from_pretrained(path / index["tokenizer"], device=device, dtype=dtype)
+        generator = Generator.from_pretrained(path / index["generator"], device=device, dtype=dtype)
+        return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]))
+
+
+def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:
+    """Raises ``ValueError`` naming the mismatch if ``generator`` cannot model ``tokenizer``'s tokens."""
+    if not isinstance(tokenizer, Tokenizer) or not isinstance(generator, Generator):
+        raise ValueError(
+            f"a pipeline needs a Tokenizer and a Generator, got {type(tokenizer).__name__} and {type(generator).__name__}"
+        )
+    if tokenizer.vocab_size != generator.vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary ({tokenizer.vocab_size}) does not match the generator's ({generator.vocab_size}); "
+            "train the generator on this tokenizer's tokens"
+        )
+    if tokenizer.layout != generator.layout:
+        raise ValueError(
+            f"tokenizer token layout {tokenizer.layout.shapes} does not match the generator's "
+            f"{generator.layout.shapes}; the generator was built for another image size or tokenizer"
+        )

@@ -1,0 +1,115 @@
+"""Named presets per component kind.
+
+A :class:`Registry` maps class names to component classes and preset names to
+config instances. Presets are data: ``TOKENIZERS.add_preset("vq-f16", VQConfig(...))``
+registers a ready configuration whose component class is found from the config's
+type. Each component package registers its presets when it is imported; the
+:func:`ensure_registered` helper imports them all, explicitly (no discovery magic).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from typing import Any, Generic, TypeVar
+
+from arvis.config import Config
+
+T = TypeVar("T")
+
+_COMPONENT_PACKAGES = ("arvis.tokenizers", "arvis.generators")
+
+
+class Registry(Generic[T]):
+    """Component classes and their named presets for one kind (``"tokenizer"``, ``"generator"``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[T]] = {}
+        self._class_by_config: dict[type[Config], type[T]] = {}
+        self._presets: dict[str, Config] = {}
+        self._descriptions: dict[str, str] = {}
+
+    def register(self, cls: type[T]) -> type[T]:
+        """Class decorator: registers a component class under its class name."""
+        name = cls.__name__
+        if name in self._classes:
+            raise ValueError(f"{self.kind} class {name!r} is registered twice")
+        config_class = getattr(cls, "config_class", None)
+        if config_class is None:
+            raise TypeError(f"{name} must declare a config_class")
+        self._classes[name] = cls
+        self._class_by_config[config_class] = cls
+        return cls
+
+    def add_preset(self, name: str, config: Config, description: str = "") -> None:
+        """Registers ``config`` under ``name``; its component class must already be registered."""
+        if name in self._presets:
+            raise ValueError(f"{self.kind} preset {name!r} is registered twice")
+        self.class_for_config(config)
+        self._presets[name] = config
+        self._descriptions[name] = description
+
+    def class_for_config(self, config: Config) -> type[T]:
+        try:
+            return self._class_by_config[type(config)]
+        except KeyError:
+            raise ValueError(f"no {self.kind} class registered for {type(config).__name__}") from None
+
+    def get_class(self, name: str) -> type[T]:
+        ensure_registered()
+        if name not in self._classes:
+            raise ValueError(f"unknown {self.kind} class {name!r}; known: {sorted(self._classes)}")
+        return self._classes[name]
+
+    def preset(self, name: str) -> Config:
+        ensure_registered()
+        if name not in self._presets:
+            close = fnmatch.filter(self._presets, f"*{name.split('-')[0]}*")
+            hint = f" (did you mean one of {close}?)" if close else ""
+            raise ValueError(f"unknown {self.kind} preset {name!r}{hint}; run `arvis presets` to list them")
+        return self._presets[name]
+
+    def build(self, name: str, **overrides: Any) -> T:
+        """Instantiates preset ``name`` with config fields ``overrides`` replaced."""
+        config = self.preset(name)
+        if overrides:
+            config = config.replace(**overrides)
+        return self.class_for_config(config)(config)
+
+    def presets(self, pattern: str = "*") -> list[str]:
+        ensure_registered()
+        return sorted(fnmatch.filter(self._presets, pattern))
+
+    def description(self, name: str) -> str:
+        return self._descriptions[name]
+
+
+def ensure_registered() -> None:
+    """Imports every component package so that their presets are registered."""
+    for package in _COMPONENT_PACKAGES:
+        importlib.import_module(package)
+
+
+def registry_for(kind: str) -> Registry:
+    from arvis.generators.base import GENERATORS
+    from arvis.tokenizers.base import TOKENIZERS
+
+    registries = {"tokenizer": TOKENIZERS, "generator": GENERATORS}
+    if kind not in registries:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {sorted(registries)}")
+    return registries[kind]
+
+
+def list_presets(pattern: str = "*") -> dict[str, list[str]]:
+    """All preset names matching ``pattern``, grouped by component kind."""
+    return {kind: registry_for(kind).presets(pattern) for kind in ("tokenizer", "generator")}
+
+
+def build(name: str, **overrides: Any):
+    """Builds a component from a preset name of any kind (``build("vq-tiny")``)."""
+    matches = [kind for kind in ("tokenizer", "generator") if name in registry_for(kind).presets()]
+    if not matches:
+        raise ValueError(f"unknown preset {name!r}; run `arvis presets` to list them")
+    return registry_for(matches[0]).build(name, **overrides)
+

@@ -1,0 +1,29 @@
+"""Sampling settings, stored with a pipeline and overridable per call."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from arvis.config import Config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig(Config):
+    """Decoding policy of a sampler (every sampler reads the fields that apply to it)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 keeps the whole vocabulary
+    top_p: float = 1.0  # 1.0 disables nucleus filtering
+    cfg_scale: float = 1.0  # uncond + cfg_scale·(cond − uncond); 1.0 runs the conditional model only
+    cfg_schedule: Literal["constant", "linear"] = "constant"
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy decoding), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")

@@ -1,0 +1,7 @@
+"""Tokenizers: pixels <-> discrete tokens. Importing this package registers every tokenizer and its presets."""
+
+from arvis.tokenizers import base, vq  # noqa: F401  (explicit imports register the classes and presets)
+from arvis.tokenizers.base import TOKENIZERS, Tokenizer, TokenizerOutput, TokenLayout
+from arvis.tokenizers.vq import VQConfig, VQTokenizer
+
+__all__ = ["TOKENIZERS", "Tokenizer", "TokenizerOutput", "TokenLayout", "VQConfig", "VQTokenizer"]

@@ -1,0 +1,51 @@
+"""Config sections shared by every training recipe: data, optimisation, run settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from arvis.config import Config
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig(Config):
+    """Which images to train on: the built-in glyphs or an ImageNet-style folder."""
+
+    name: Literal["glyphs", "folder"] = "glyphs"
+    root: str | None = None  # folder datasets only
+    image_size: int = 32
+    num_samples: int = 20000  # glyphs only
+    num_classes: int = 10  # glyphs only; folders count their class subfolders
+    seed: int = 0  # glyphs only: the dataset's rendering seed
+    random_flip: bool = False  # folder datasets only (glyph classes are not flip-invariant)
+
+    def __post_init__(self) -> None:
+        if self.name == "folder" and not self.root:
+            raise ValueError("data.root must name the image folder when data.name is 'folder'")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig(Config):
+    """AdamW with linear warmup, then a constant, cosine or linear schedule."""
+
+    learning_rate: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0  # applied to matrices only, never to norms, biases or embeddings
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0  # final learning rate as a fraction of the peak (cosine / linear)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig(Config):
+    """Loop settings."""
+
+    output_dir: str = "outputs/run"
+    batch_size: int = 32
+    max_steps: int = 1000
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    log_every: int = 50
+    progress: bool = True  # progress bar on the main process

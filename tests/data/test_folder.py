@@ -1,0 +1,123 @@
+"""Tests of ImageFolderDataset and its transforms on a tiny folder of PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arvis.data import ImageFolderDataset
+from arvis.data.transforms import center_crop_resize, to_unit_tensor
+
+
+def _save(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def _left_red_right_blue(height: int, width: int) -> np.ndarray:
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2, 0] = 255
+    pixels[:, width // 2:, 2] = 255
+    return pixels
+
+
+@pytest.fixture()
+def image_root(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    _save(root / "zebra" / "a.png", np.full((20, 30, 3), 200, dtype=np.uint8))
+    _save(root / "zebra" / "nested" / "b.PNG", np.full((12, 12, 3), 10, dtype=np.uint8))
+    _save(root / "apple" / "c.png", _left_red_right_blue(16, 16))
+    Image.fromarray(np.full((9, 9), 128, dtype=np.uint8), mode="L").save(root / "apple" / "gray.png")
+    (root / "apple" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_classes_sorted_and_items(image_root: Path):
+    dataset = ImageFolderDataset(image_root, 8)
+    assert dataset.class_names == ("apple", "zebra")
+    assert dataset.class_to_index == {"apple": 0, "zebra": 1}
+    assert len(dataset) == 4
+    assert sorted(label for _, label in dataset.samples) == [0, 0, 1, 1]
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        assert image.shape == (3, 8, 8) and image.dtype == torch.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0 and label in (0, 1)
+
+
+def test_grayscale_images_become_rgb(image_root: Path):
+    dataset = ImageFolderDataset(image_root, 4)
+    index = [path.name for path, _ in dataset.samples].index("gray.png")
+    image, _ = dataset[index]
+    assert torch.allclose(image, torch.full((3, 4, 4), 128 / 255), atol=1e-6)
+
+
+def _thirds(length: int, width: int, axis: int) -> np.ndarray:
+    """(length, width, 3) image, red, green and blue thirds along ``axis`` (0 rows, 1 columns)."""
+    pixels = np.zeros((length, width, 3), dtype=np.uint8)
+    extent = pixels.shape[axis] // 3
+    for channel in range(3):
+        index = [slice(None), slice(None)]
+        index[axis] = slice(channel * extent, (channel + 1) * extent)
+        pixels[tuple(index) + (channel,)] = 255
+    return pixels
+
+
+@pytest.mark.parametrize(("height", "width", "axis"), [(10, 30, 1), (30, 10, 0)])
+def test_center_crop_resize_keeps_the_middle_of_non_square_images(height: int, width: int, axis: int):
+    cropped = center_crop_resize(Image.fromarray(_thirds(height, width, axis)), 5)
+    assert cropped.size == (5, 5)
+    red, green, blue = np.asarray(cropped).astype(int).transpose(2, 0, 1)
+    assert green.min() > 200 and red.max() < 40 and blue.max() < 40  # only the middle third is left
+
+
+def test_to_unit_tensor_layout():
+    tensor = to_unit_tensor(Image.fromarray(_left_red_right_blue(2, 4)))
+    assert tensor.shape == (3, 2, 4) and tensor.dtype == torch.float32
+    assert tensor[0, :, 0].tolist() == [1.0, 1.0] and tensor[2, :, -1].tolist() == [1.0, 1.0]
+
+
+def test_random_flip_follows_torch_seed(image_root: Path):
+    plain = ImageFolderDataset(image_root, 8)
+    flipping = ImageFolderDataset(image_root, 8, random_flip=True)
+    index = [path.name for path, _ in plain.samples].index("c.png")
+    original = plain[index][0]
+    torch.manual_seed(0)
+    first_run = [flipping[index][0] for _ in range(32)]
+    flipped = [torch.equal(image, original.flip(-1)) for image in first_run]
+    assert all(flipped[i] or torch.equal(first_run[i], original) for i in range(32))
+    assert 0 < sum(flipped) < 32
+    torch.manual_seed(0)
+    assert all(torch.equal(image, flipping[index][0]) for image in first_run)
+
+
+def test_missing_root_raises_file_not_found(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        ImageFolderDataset(tmp_path / "missing", 8)
+
+
+def test_no_class_folders_or_no_images_raise_value_error(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"(?s)empty.*\.png"):
+        ImageFolderDataset(tmp_path / "empty", 8)
+    (tmp_path / "text" / "cat").mkdir(parents=True)
+    (tmp_path / "text" / "cat" / "a.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"(?s)text.*\.jpg"):
+        ImageFolderDataset(tmp_path / "text", 8)
+
+
+def test_corrupt_image_raises_value_error_naming_it(image_root: Path):
+    (image_root / "apple" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    dataset = ImageFolderDataset(image_root, 8)
+    index = [path.name for path, _ in dataset.samples].index("broken.png")
+    with pytest.raises(ValueError, match="broken.png"):
+        dataset[index]
+
+
+def test_extensions_filter(image_root: Path):
+    _save(image_root / "apple" / "d.jpg", np.zeros((8, 8, 3), dtype=np.uint8))
+    assert len(ImageFolderDataset(image_root, 8, extensions=("png",))) == 4
+    assert len(ImageFolderDataset(image_root, 8)) == 5
