@@ -42,8 +42,8 @@ QUICKSTART_GENERATOR = GeneratorTrainConfig(
     data=QUICKSTART_DATA,
     optim=OptimConfig(learning_rate=1e-3, weight_decay=0.05, warmup_steps=50, schedule="cosine",
                       min_lr_ratio=0.05),
-    sampling=SamplingConfig(cfg_scale=3.0, top_k=0, top_p=1.0, temperature=1.0),
-    run=RunConfig(output_dir="pipeline", batch_size=64, max_steps=1500, log_every=100),
+    sampling=SamplingConfig(cfg_scale=2.0, top_k=0, top_p=0.9, temperature=1.0),
+    run=RunConfig(output_dir="pipeline", batch_size=64, max_steps=1000, log_every=100),
 )
 
 SAMPLES_PER_CLASS = 10

@@ -175,8 +175,8 @@ def _llamagen(num_layers: int, num_heads: int, dim: int) -> RasterConfig:
 GENERATORS.add_preset("raster-tiny", RasterConfig(vocab_size=64, token_grid=(4, 4), num_classes=10, dim=32,
                                                   num_layers=2, num_heads=2, ffn_multiple_of=32),
                       "2-layer test model for vq-tiny (4x4 grid, 64 codes)")
-GENERATORS.add_preset("raster-demo", RasterConfig(vocab_size=256, token_grid=(8, 8), num_classes=10, dim=192,
-                                                  num_layers=4, num_heads=6, ffn_multiple_of=64,
+GENERATORS.add_preset("raster-demo", RasterConfig(vocab_size=256, token_grid=(8, 8), num_classes=10, dim=128,
+                                                  num_layers=4, num_heads=4, ffn_multiple_of=64,
                                                   token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
                       "quickstart model for vq-demo on the built-in glyphs")
 GENERATORS.add_preset("llamagen-b", _llamagen(12, 12, 768), "LlamaGen GPT-B, 111M (VQ-16, 256 px)")

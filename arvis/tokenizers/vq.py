@@ -194,7 +194,7 @@ TOKENIZERS.add_preset(
 )
 TOKENIZERS.add_preset(
     "vq-demo",
-    VQConfig(image_size=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=64, codebook_size=256,
+    VQConfig(image_size=32, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=64, codebook_size=256,
              codebook_dim=8),
     "Small VQ for the 32 px quickstart: f=4 (8x8 tokens), codebook 256x8, L2-normalised.",
 )

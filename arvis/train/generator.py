@@ -22,9 +22,9 @@ from arvis.pipeline import Pipeline
 from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, dataset_num_classes,
-                              infinite_batches, make_accelerator, optimizer_step)
+                              finish_run, infinite_batches, make_accelerator, optimizer_step)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
-from arvis.train.recipe import parse_recipe_args
+from arvis.train.recipe import run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -96,22 +96,15 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         with accelerator.autocast():
             output = model(tokens, labels)
         optimizer_step(accelerator, output.loss, optimizer, model.parameters(), config.optim.grad_clip, scheduler)
-        progress.update(step + 1, {"loss": float(output.loss), **{k: float(v) for k, v in output.metrics.items()}})
-    progress.close()
-    output_dir = Path(run.output_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipeline = Pipeline(tokenizer.eval(), accelerator.unwrap_model(model).eval(), config.sampling)
-        pipeline.save_pretrained(output_dir)
-        logger.info("saved pipeline to %s", output_dir)
-    accelerator.end_training()
+        progress.update(step + 1, {"loss": output.loss.item(), **{k: v.item() for k, v in output.metrics.items()}})
+    unwrapped = accelerator.unwrap_model(model).eval()
+    output_dir = finish_run(accelerator, progress, run.output_dir,
+                            lambda path: Pipeline(tokenizer.eval(), unwrapped, config.sampling).save_pretrained(path))
     return output_dir, progress.history
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_recipe_args(GeneratorTrainConfig, argv, "Train an arvis generator and save a pipeline.")
-    train_generator(config)
+    run_entry_point(GeneratorTrainConfig, train_generator, "Train an arvis generator and save a pipeline.", argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -107,7 +108,7 @@ class ProgressLog:
     def update(self, step: int, values: dict[str, float]) -> None:
         """Records ``values`` after optimiser step ``step`` (1-based)."""
         self.bar.update(1)
-        if step % self.run.log_every and step != self.run.max_steps:
+        if step % self.run.log_every and step not in (1, self.run.max_steps):
             return
         elapsed = time.perf_counter() - self.start
         record = {"step": step, **values, "images_per_second": step * self.run.batch_size / elapsed}
@@ -118,3 +119,16 @@ class ProgressLog:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def finish_run(accelerator: Accelerator, progress: ProgressLog, output_dir: str | Path,
+               save: Callable[[Path], None]) -> Path:
+    """Closes the progress bar, lets the main process ``save`` into ``output_dir`` and ends training."""
+    progress.close()
+    output_dir = Path(output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save(output_dir)
+        logger.info("saved to %s", output_dir)
+    accelerator.end_training()
+    return output_dir

@@ -9,9 +9,10 @@ wrong type is an error that names it.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
@@ -73,3 +74,10 @@ def parse_recipe_args(config_class: type[RecipeT], argv: Sequence[str] | None, d
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.learning_rate=3e-4")
     args = parser.parse_args(argv)
     return load_recipe(config_class, args.config, args.overrides)
+
+
+def run_entry_point(config_class: type[RecipeT], train: Callable[[RecipeT], Any], description: str,
+                    argv: Sequence[str] | None = None) -> None:
+    """``main`` of a training module: logging, the recipe from the command line, then ``train``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train(parse_recipe_args(config_class, argv, description))

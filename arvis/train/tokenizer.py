@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
-from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, infinite_batches,
-                              make_accelerator, optimizer_step)
+from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, finish_run,
+                              infinite_batches, make_accelerator, optimizer_step)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
-from arvis.train.recipe import parse_recipe_args
+from arvis.train.recipe import run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     disc_optimizer = torch.optim.AdamW(loss_fn.discriminator_parameters(), lr=config.disc_optim.learning_rate,
                                        betas=config.disc_optim.betas, weight_decay=config.disc_optim.weight_decay)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
-    disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, run.max_steps)
+    disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, run.max_steps - config.loss.disc_start)
     tokenizer, loss_fn, optimizer, disc_optimizer, loader = accelerator.prepare(
         tokenizer, loss_fn, optimizer, disc_optimizer, loader
     )
@@ -89,24 +89,15 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
         if disc_loss is not None:
             disc_optimizer.zero_grad(set_to_none=True)  # drop the grads the generator loss left on D
             optimizer_step(accelerator, disc_loss, disc_optimizer, loss_fn.discriminator_parameters(),
-                           config.disc_optim.grad_clip)
-        disc_scheduler.step()
+                           config.disc_optim.grad_clip, disc_scheduler)
         values = {name: float(value) for name, value in {**logs, **disc_logs, **output.metrics}.items()}
         progress.update(step + 1, values)
-    progress.close()
-    output_dir = Path(run.output_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model.eval().save_pretrained(output_dir)
-        logger.info("saved tokenizer to %s", output_dir)
-    accelerator.end_training()
+    output_dir = finish_run(accelerator, progress, run.output_dir, model.eval().save_pretrained)
     return output_dir, progress.history
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_recipe_args(TokenizerTrainConfig, argv, "Train an arvis tokenizer.")
-    train_tokenizer(config)
+    run_entry_point(TokenizerTrainConfig, train_tokenizer, "Train an arvis tokenizer.", argv)
 
 
 if __name__ == "__main__":

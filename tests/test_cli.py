@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+from arvis.cli import main
+
+
+def test_presets_lists_every_kind(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vq-tiny", "vq-f16", "raster-tiny", "llamagen-b", "llamagen-3b"):
+        assert name in out
+
+
+def test_presets_filter(capsys):
+    main(["presets", "llamagen-*"])
+    out = capsys.readouterr().out
+    assert "llamagen-xl" in out and "vq-tiny" not in out
+
+
+def test_generate_writes_a_grid(tiny_pipeline, tmp_path, capsys):
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    assert main(["generate", str(tmp_path / "p"), "--labels", "0", "1", "--num-samples", "3", "--scale", "1",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (3 * 20, 2 * 20)  # 16 px + 2 px padding on each side
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 6
+
+
+def test_errors_exit_with_a_message(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "missing"), "--labels", "0"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "arvis.train.tokenizer", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--config" in result.stdout

@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import arvis
+from arvis.generators.base import GENERATORS
+from arvis.pipeline import Pipeline
+from arvis.tokenizers.base import TOKENIZERS
+
+
+def test_generate_output_types_and_order(tiny_pipeline):
+    images = arvis.generate(tiny_pipeline, class_labels=[0, 3], num_samples=2, seed=1, output_type="pt")
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    array = arvis.generate(tiny_pipeline, class_labels=[0, 3], num_samples=2, seed=1, output_type="np")
+    assert array.shape == (4, 16, 16, 3) and array.dtype == np.uint8
+    np.testing.assert_array_equal(array, (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    pil = arvis.generate(tiny_pipeline, class_labels=[5], seed=1)
+    assert len(pil) == 1 and isinstance(pil[0], Image.Image) and pil[0].size == (16, 16)
+
+
+def test_generate_is_seeded_and_batching_is_transparent_per_seed(tiny_pipeline):
+    first = arvis.generate(tiny_pipeline, class_labels=[1, 2], num_samples=3, seed=5, output_type="pt")
+    again = arvis.generate(tiny_pipeline, class_labels=[1, 2], num_samples=3, seed=5, output_type="pt")
+    other = arvis.generate(tiny_pipeline, class_labels=[1, 2], num_samples=3, seed=6, output_type="pt")
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_sampling_overrides_change_the_result(tiny_pipeline):
+    base = arvis.generate(tiny_pipeline, class_labels=[1], num_samples=4, seed=0, output_type="pt")
+    greedy = arvis.generate(tiny_pipeline, class_labels=[1], num_samples=4, seed=0, output_type="pt", top_k=1)
+    assert not torch.equal(base, greedy)
+    assert torch.equal(greedy[0], greedy[1])  # greedy decoding ignores the random stream
+
+
+def test_pipeline_round_trip(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    loaded = arvis.load(tmp_path / "p")
+    assert loaded.sampling == tiny_pipeline.sampling
+    expected = arvis.generate(tiny_pipeline, class_labels=[2, 7], num_samples=2, seed=3, output_type="pt")
+    assert torch.equal(arvis.generate(tmp_path / "p", class_labels=[2, 7], num_samples=2, seed=3,
+                                      output_type="pt"), expected)
+
+
+@pytest.mark.parametrize("labels", [[10], [-1], [1.5], [True], []])
+def test_bad_class_ids(tiny_pipeline, labels):
+    with pytest.raises(ValueError, match="class"):
+        arvis.generate(tiny_pipeline, class_labels=labels)
+
+
+def test_bad_generate_arguments(tiny_pipeline):
+    with pytest.raises(ValueError, match="output_type"):
+        arvis.generate(tiny_pipeline, class_labels=[1], output_type="jpeg")
+    with pytest.raises(ValueError, match="top_p"):
+        arvis.generate(tiny_pipeline, class_labels=[1], top_p=1.5)
+
+
+def test_mismatched_tokenizer_and_generator():
+    tokenizer = TOKENIZERS.build("vq-tiny")
+    with pytest.raises(ValueError, match="vocabulary"):
+        Pipeline(tokenizer, GENERATORS.build("raster-tiny", vocab_size=128))
+    with pytest.raises(ValueError, match="layout"):
+        Pipeline(tokenizer, GENERATORS.build("raster-tiny", token_grid=(8, 8)))
+    with pytest.raises(ValueError, match="Tokenizer and a Generator"):
+        Pipeline(GENERATORS.build("raster-tiny"), tokenizer)
+
+
+def test_missing_and_corrupt_pipeline_folders(tiny_pipeline, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        arvis.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="pipeline.json is missing"):
+        arvis.load(tmp_path / "empty")
+    path = tiny_pipeline.save_pretrained(tmp_path / "p")
+
+    weights = path / "generator" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt weights file .*generator"):
+        arvis.load(path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="missing weights file"):
+        arvis.load(path)
+
+    tiny_pipeline.save_pretrained(path)
+    (path / "tokenizer" / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match="corrupt JSON .*tokenizer"):
+        arvis.load(path)
+
+
+def test_renamed_or_misshapen_tensor_is_named(tiny_pipeline, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_pipeline.save_pretrained(tmp_path / "p")
+    weights = path / "generator" / "model.safetensors"
+    state = load_file(weights)
+    state["renamed.weight"] = state.pop("norm.weight")
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"missing tensors \['norm.weight'\].*unexpected tensors \['renamed.weight'\]"):
+        arvis.load(path)
+    state["norm.weight"] = torch.zeros(3)
+    del state["renamed.weight"]
+    save_file(state, weights)
+    with pytest.raises(ValueError, match="wrong shapes.*norm.weight"):
+        arvis.load(path)
+
+
+def test_config_of_another_version_with_unknown_field_is_rejected(tiny_pipeline, tmp_path):
+    path = tiny_pipeline.save_pretrained(tmp_path / "p")
+    header = json.loads((path / "generator" / "config.json").read_text())
+    header["config"]["flash"] = True
+    (path / "generator" / "config.json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match="unknown RasterConfig key.*'flash'"):
+        arvis.load(path)

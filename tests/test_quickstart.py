@@ -1,0 +1,27 @@
+"""The quickstart's wiring end to end, with a handful of steps per stage (the real run takes minutes)."""
+
+import json
+
+import pytest
+from accelerate.state import AcceleratorState
+from PIL import Image
+
+import arvis
+from arvis.cli import main
+from arvis.quickstart import SAMPLES_PER_CLASS
+
+
+@pytest.mark.slow
+def test_quickstart_writes_pipeline_grid_and_report(tmp_path, capsys):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output = tmp_path / "qs"
+    assert main(["quickstart", "--output-dir", str(output), "--tokenizer-steps", "2", "--generator-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert str(output / "samples.png") in printed and str(output / "pipeline") in printed
+    report = json.loads((output / "report.json").read_text())
+    assert report["generator_final"]["step"] == 2 and report["sampling"]["cfg_scale"] == 2.0
+    grid = Image.open(output / "samples.png")
+    assert grid.height == 10 * (32 * 3 + 4) and grid.width > SAMPLES_PER_CLASS * (32 * 3 + 4)
+    pipeline = arvis.load(output / "pipeline")
+    assert pipeline.tokenizer.image_size == (32, 32) and pipeline.generator.num_classes == 10
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from arvis.quickstart import QUICKSTART_GENERATOR, QUICKSTART_TOKENIZER
+from arvis.train.generator import GeneratorTrainConfig
+from arvis.train.recipe import apply_overrides, load_recipe
+from arvis.train.tokenizer import TokenizerTrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_recipe(TokenizerTrainConfig, None, [
+        "optim.learning_rate=3e-4", "run.max_steps=7", "tokenizer_config.codebook_size=32", "optim.betas=[0.5,0.9]",
+    ])
+    assert config.optim.learning_rate == 3e-4 and isinstance(config.optim.learning_rate, float)
+    assert config.run.max_steps == 7 and config.optim.betas == (0.5, 0.9)
+    assert config.tokenizer_config == {"codebook_size": 32}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.learning_rat=1", "unknown OptimConfig key.*learning_rat"),
+    ("run.max_steps=many", "max_steps"),
+    ("run=3", "run"),
+    ("no_equals_sign", "key=value"),
+])
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe(TokenizerTrainConfig, None, [override])
+
+
+def test_overrides_do_not_mutate_the_input():
+    tree = {"run": {"max_steps": 1}}
+    assert apply_overrides(tree, ["run.max_steps=2"]) == {"run": {"max_steps": 2}}
+    assert tree == {"run": {"max_steps": 1}}
+
+
+def test_quickstart_recipe_files_equal_the_built_in_quickstart():
+    assert load_recipe(TokenizerTrainConfig, CONFIGS / "quickstart_tokenizer.yaml") == QUICKSTART_TOKENIZER
+    assert load_recipe(GeneratorTrainConfig, CONFIGS / "quickstart_generator.yaml") == QUICKSTART_GENERATOR
+
+
+def test_every_recipe_in_configs_loads():
+    recipes = sorted(CONFIGS.glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        config_class = TokenizerTrainConfig if "tokenizer" in path.name else GeneratorTrainConfig
+        load_recipe(config_class, path)
+
+
+def test_missing_recipe_file():
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_recipe(TokenizerTrainConfig, "nope.yaml")
