@@ -37,7 +37,7 @@ def _train(args: argparse.Namespace) -> None:
     from arvis.train import generator, tokenizer
 
     entry = {"tokenizer": tokenizer.main, "generator": generator.main}[args.what]
-    entry((["--config", args.config] if args.config else []) + args.overrides)
+    entry(args.arguments)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run a training recipe (same as python -m arvis.train.<what>)")
     train.add_argument("what", choices=["tokenizer", "generator"])
-    train.add_argument("--config", help="YAML recipe")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    train.add_argument("arguments", nargs=argparse.REMAINDER,
+                       help="passed on to the entry point: --config FILE and dotted key=value overrides")
     train.set_defaults(handler=_train)
 
     gen = commands.add_parser("generate", help="sample a class-conditional grid from a pipeline folder")

@@ -90,9 +90,10 @@ class RasterGenerator(Generator):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         rows, cols = config.token_grid
-        rope = rope_table_2d(rows, cols, config.dim // config.num_heads, config.rope_base,
-                             prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
-        self.register_buffer("rope", rope, persistent=False)
+        # Not a buffer: module.to(dtype) must not round the angles to bf16/fp16 (upstream keeps them in fp32).
+        self._rope_cpu = rope_table_2d(rows, cols, config.dim // config.num_heads, config.rope_base,
+                                       prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
+        self._rope_by_device: dict[torch.device, Tensor] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,9 +126,15 @@ class RasterGenerator(Generator):
         return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=vocab_size,
                                    num_classes=num_classes)
 
+    def rope_table(self, start: int, count: int, device: torch.device) -> Tensor:
+        """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count) on ``device``."""
+        if device not in self._rope_by_device:
+            self._rope_by_device[device] = self._rope_cpu.to(device)
+        return self._rope_by_device[device][start:start + count]
+
     def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
         """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
-        rope = self.rope[start:start + x.shape[1]]
+        rope = self.rope_table(start, x.shape[1], x.device)
         for index, layer in enumerate(self.layers):
             x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
         return self.output(self.norm(x)).float()

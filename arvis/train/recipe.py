@@ -72,7 +72,7 @@ def parse_recipe_args(config_class: type[RecipeT], argv: Sequence[str] | None, d
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML recipe (see configs/); defaults are used when omitted")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.learning_rate=3e-4")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     return load_recipe(config_class, args.config, args.overrides)
 
 

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from arvis.generators.base import GENERATORS
+from arvis.nn.rope import rope_table_2d
+from arvis.testing import randomize_parameters_
+
+
+def test_rope_table_stays_float32_when_the_model_is_cast():
+    model = GENERATORS.build("raster-tiny").to(torch.bfloat16)
+    table = model.rope_table(0, 17, torch.device("cpu"))
+    expected = rope_table_2d(4, 4, 16, prefix_length=1, zero_prefix=True)
+    assert table.dtype == torch.float32 and torch.equal(table, expected)
+
+
+@pytest.mark.parametrize("zero_prefix_rope", [True, False])
+def test_prefix_rope_flag_changes_only_what_it_should(zero_prefix_rope):
+    torch.manual_seed(0)
+    model = randomize_parameters_(GENERATORS.build("raster-tiny", zero_prefix_rope=zero_prefix_rope), std=0.5).eval()
+    tokens = torch.randint(0, 64, (2, 16))
+    labels = torch.tensor([1, 2])
+    logits = model(tokens, labels).logits
+    cache = model.new_cache(2)
+    first = model.step(None, labels, cache)
+    torch.testing.assert_close(first, logits[:, :1], atol=1e-4, rtol=1e-5)
+    # The class token attends only to itself, so its output ignores q/k; later positions feel the flag.
+    other = randomize_parameters_(GENERATORS.build("raster-tiny", zero_prefix_rope=not zero_prefix_rope), std=0.5).eval()
+    other_logits = other(tokens, labels).logits
+    torch.testing.assert_close(other_logits[:, 0], logits[:, 0], atol=1e-5, rtol=1e-6)
+    assert (other_logits[:, 1:] - logits[:, 1:]).abs().max() > 1e-2
+
+
+def test_step_protocol_errors():
+    model = GENERATORS.build("raster-tiny").eval()
+    cache = model.new_cache(1)
+    with pytest.raises(ValueError, match="first step must feed the class prefix"):
+        model.step(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]), cache)
+    model.step(None, torch.tensor([0]), cache)
+    with pytest.raises(ValueError, match="first call"):
+        model.step(None, torch.tensor([0]), cache)
+
+
+def test_teacher_forcing_rejects_bad_inputs():
+    model = GENERATORS.build("raster-tiny")
+    with pytest.raises(ValueError, match=r"shape \(batch, 16\)"):
+        model(torch.zeros(2, 15, dtype=torch.long), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="vocabulary"):
+        model(torch.full((2, 16), 64), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="class ids"):
+        model(torch.zeros(2, 16, dtype=torch.long), torch.tensor([0, 11]))
+
+
+def test_zero_initialised_head_gives_uniform_start_loss():
+    model = GENERATORS.build("raster-tiny").eval()
+    loss = model(torch.randint(0, 64, (2, 16)), torch.tensor([0, 1])).loss
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(64.0)).item(), abs=1e-5)
