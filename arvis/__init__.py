@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 from arvis.api import generate, load
 from arvis.pipeline import Pipeline
-from arvis.registry import build, list_presets
+from arvis.presets import build, list_presets
 
 __all__ = ["Pipeline", "__version__", "build", "generate", "list_presets", "load"]

@@ -24,7 +24,7 @@ def _quickstart(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
-    from arvis.registry import registry_for
+    from arvis.presets import registry_for
 
     for kind in ("tokenizer", "generator"):
         registry = registry_for(kind)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from arvis.config import Config, read_json
+from arvis.registry import Registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -37,6 +38,7 @@ class Component(nn.Module):
 
     config_class: ClassVar[type[Config]]
     kind: ClassVar[str] = "component"
+    registry: ClassVar[Registry]  # set by each kind's base class (Tokenizer, Generator)
 
     def __init__(self, config: Config) -> None:
         super().__init__()
@@ -65,17 +67,15 @@ class Component(nn.Module):
     ) -> ComponentT:
         """Loads a component folder written by :meth:`save_pretrained` (in eval mode).
 
-        Called on a base class (``Tokenizer.from_pretrained``), the concrete class is
-        taken from the folder's ``config.json``; called on a concrete class, the
-        folder must hold that class.
+        Called on a kind's base class (``Tokenizer.from_pretrained``), the concrete class
+        is looked up in that kind's registry by the name in ``config.json``; called on a
+        concrete class, the folder must hold that class.
         """
-        from arvis.registry import registry_for
-
         path = Path(path)
         header = read_component_header(path)
-        if header["kind"] != cls.kind and cls.kind != "component":
+        if header["kind"] != cls.kind:
             raise ValueError(f"{path} holds a {header['kind']}, not a {cls.kind}")
-        target = registry_for(header["kind"]).get_class(header["type"])
+        target = cls.registry.get_class(header["type"])
         if not issubclass(target, cls):
             raise ValueError(f"{path} holds a {header['type']}, which is not a {cls.__name__}")
         config = target.config_class.from_dict(header["config"])

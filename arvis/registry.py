@@ -5,6 +5,7 @@ config instances. Presets are data: ``TOKENIZERS.add_preset("vq-f16", VQConfig(.
 registers a ready configuration whose component class is found from the config's
 type. Each component package registers its presets when it is imported; the
 :func:`ensure_registered` helper imports them all, explicitly (no discovery magic).
+Cross-kind helpers (``arvis.build``, ``arvis.list_presets``) live in ``arvis.presets``.
 """
 
 from __future__ import annotations
@@ -89,27 +90,3 @@ def ensure_registered() -> None:
     """Imports every component package so that their presets are registered."""
     for package in _COMPONENT_PACKAGES:
         importlib.import_module(package)
-
-
-def registry_for(kind: str) -> Registry:
-    from arvis.generators.base import GENERATORS
-    from arvis.tokenizers.base import TOKENIZERS
-
-    registries = {"tokenizer": TOKENIZERS, "generator": GENERATORS}
-    if kind not in registries:
-        raise ValueError(f"unknown component kind {kind!r}; expected one of {sorted(registries)}")
-    return registries[kind]
-
-
-def list_presets(pattern: str = "*") -> dict[str, list[str]]:
-    """All preset names matching ``pattern``, grouped by component kind."""
-    return {kind: registry_for(kind).presets(pattern) for kind in ("tokenizer", "generator")}
-
-
-def build(name: str, **overrides: Any):
-    """Builds a component from a preset name of any kind (``build("vq-tiny")``)."""
-    matches = [kind for kind in ("tokenizer", "generator") if name in registry_for(kind).presets()]
-    if not matches:
-        raise ValueError(f"unknown preset {name!r}; run `arvis presets` to list them")
-    return registry_for(matches[0]).build(name, **overrides)
-

@@ -5,7 +5,8 @@ import torch
 
 from arvis.config import Config
 from arvis.generators.base import GENERATORS
-from arvis.registry import Registry, build
+from arvis.presets import build
+from arvis.registry import Registry
 from arvis.tokenizers.base import TOKENIZERS
 
 

@@ -44,6 +44,7 @@ class Generator(Component):
     """Base class of class-conditional token generators."""
 
     kind: ClassVar[str] = "generator"
+    registry = GENERATORS
     unit: ClassVar[str] = "token"  # what one decoding step emits: "token" | "scale" | "level" | "block"
 
     @property

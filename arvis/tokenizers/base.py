@@ -57,6 +57,7 @@ class Tokenizer(Component):
     """Base class. Subclasses implement ``encode``, ``decode``, ``forward`` and the properties below."""
 
     kind: ClassVar[str] = "tokenizer"
+    registry = TOKENIZERS
     pixel_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)
 
     @property

@@ -1,0 +1,30 @@
+"""Preset lookup across component kinds: ``arvis.build(name)`` and ``arvis.list_presets()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arvis.generators.base import GENERATORS
+from arvis.registry import Registry
+from arvis.tokenizers.base import TOKENIZERS
+
+REGISTRIES: dict[str, Registry] = {"tokenizer": TOKENIZERS, "generator": GENERATORS}
+
+
+def registry_for(kind: str) -> Registry:
+    if kind not in REGISTRIES:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {sorted(REGISTRIES)}")
+    return REGISTRIES[kind]
+
+
+def list_presets(pattern: str = "*") -> dict[str, list[str]]:
+    """All preset names matching ``pattern``, grouped by component kind."""
+    return {kind: registry.presets(pattern) for kind, registry in REGISTRIES.items()}
+
+
+def build(name: str, **overrides: Any):
+    """Builds a component from a preset name of any kind (``build("vq-tiny")``)."""
+    for registry in REGISTRIES.values():
+        if name in registry.presets():
+            return registry.build(name, **overrides)
+    raise ValueError(f"unknown preset {name!r}; run `arvis presets` to list them")
