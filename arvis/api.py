@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from arvis.pipeline import Pipeline
+from arvis.samplers.logits import per_sample_generators
 
 OutputType = Literal["pil", "pt", "np"]
 
@@ -34,6 +35,7 @@ def generate(
     temperature: float | None = None,
     batch_size: int = 64,
     output_type: OutputType = "pil",
+    device: str | torch.device | None = None,
     progress: bool = False,
 ):
     """Samples class-conditional images.
@@ -43,31 +45,37 @@ def generate(
         class_labels: class ids; ``num_samples`` images are drawn for each, in order
             (labels ``[0, 1]`` with ``num_samples=2`` give classes 0, 0, 1, 1).
         num_samples: images per class label.
-        seed: seeds one ``torch.Generator`` for the whole call; the same seed,
-            labels, settings and ``batch_size`` give identical images.
+        seed: image i of the call draws from its own ``torch.Generator`` seeded by
+            (seed, i), so the same seed, labels and settings give identical images
+            whatever the ``batch_size``.
         cfg_scale, cfg_schedule, top_k, top_p, temperature: override the
             pipeline's stored sampling settings (``None`` keeps them).
         batch_size: images sampled per forward batch.
+        device: where to load ``pipeline`` when it is a path (default CPU); a loaded
+            :class:`Pipeline` is used where it is.
         output_type: ``"pil"`` (list of RGB images), ``"pt"`` (float tensor (n, 3, h, w)
             in [0, 1] on the CPU) or ``"np"`` (uint8 array (n, h, w, 3)).
         progress: show a progress bar over batches.
     """
-    if not isinstance(pipeline, Pipeline):
-        pipeline = load(pipeline)
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "seed" else 1):
+            raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load(pipeline, device=device or "cpu")
+    elif device is not None and torch.device(device) != pipeline.device:
+        raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
     labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
     sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
                                temperature=temperature)
     device = pipeline.device
-    rng = torch.Generator(device=device).manual_seed(seed)
     batches = []
     for start in tqdm(range(0, len(labels), batch_size), total=math.ceil(len(labels) / batch_size),
                       disable=not progress, desc="sampling"):
         batch_labels = labels[start:start + batch_size].to(device)
-        tokens = sampler(pipeline.generator, batch_labels, generator=rng)
+        rngs = per_sample_generators(seed, start, len(batch_labels), device)
+        tokens = sampler(pipeline.generator, batch_labels, rng=rngs)
         with torch.inference_mode():
             pixels = pipeline.tokenizer.decode(tokens)
         batches.append(pipeline.tokenizer.to_unit_range(pixels.float()).cpu())

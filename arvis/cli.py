@@ -14,7 +14,7 @@ def _quickstart(args: argparse.Namespace) -> None:
     from arvis.quickstart import run_quickstart
 
     report = run_quickstart(args.output_dir, tokenizer_steps=args.tokenizer_steps,
-                            generator_steps=args.generator_steps)
+                            generator_steps=args.generator_steps, overwrite=args.overwrite)
     print(f"pipeline:      {report['pipeline']}")
     print(f"sample grid:   {report['samples']}  (one row per class)")
     print(f"report:        {Path(args.output_dir) / 'report.json'}")
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--output-dir", default="arvis-quickstart")
     quickstart.add_argument("--tokenizer-steps", type=int, default=None, help="override the recipe's step count")
     quickstart.add_argument("--generator-steps", type=int, default=None, help="override the recipe's step count")
+    quickstart.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     quickstart.set_defaults(handler=_quickstart)
 
     presets = commands.add_parser("presets", help="list registered presets")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from arvis.config import Config, read_json
+from arvis.folders import replace_folder
 from arvis.registry import Registry
 
 CONFIG_FILE = "config.json"
@@ -49,15 +50,19 @@ class Component(nn.Module):
         self.config = config
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Writes ``config.json`` and ``model.safetensors`` into folder ``path`` (created if needed)."""
+        """Writes ``config.json`` and ``model.safetensors`` as folder ``path``, atomically.
+
+        An existing save at ``path`` is replaced; a non-empty folder that is not an arvis
+        save is refused (see :mod:`arvis.folders`).
+        """
         from arvis import __version__
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         header = {"type": type(self).__name__, "kind": self.kind, "arvis_version": __version__,
                   "config": self.config.to_dict()}
-        (path / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
-        save_model(self, str(path / WEIGHTS_FILE))
+        with replace_folder(path, CONFIG_FILE) as staging:
+            save_model(self, str(staging / WEIGHTS_FILE))
+            (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
         return path
 
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from arvis.config import read_json
+from arvis.folders import replace_folder
 from arvis.generators.base import Generator
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.tokenizers.base import Tokenizer
@@ -26,12 +27,15 @@ PIPELINE_FILE = "pipeline.json"
 
 
 class Pipeline:
-    """Tokenizer + generator + sampling defaults. Use :func:`arvis.generate` to sample from it."""
+    """Tokenizer + generator + sampling defaults. Use :func:`arvis.generate` to sample from it.
+
+    Both components are put in eval mode: a pipeline is for sampling.
+    """
 
     def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig | None = None) -> None:
         check_compatible(tokenizer, generator)
-        self.tokenizer = tokenizer
-        self.generator = generator
+        self.tokenizer = tokenizer.eval()  # a pipeline samples: no dropout, no label dropout
+        self.generator = generator.eval()
         self.sampling = sampling or SamplingConfig()
 
     @property
@@ -49,15 +53,16 @@ class Pipeline:
         return sampler_for(self.generator, self.sampling.replace(**changes) if changes else self.sampling)
 
     def save_pretrained(self, path: str | Path) -> Path:
+        """Writes the pipeline folder atomically (an existing pipeline at ``path`` is replaced)."""
         from arvis import __version__
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(path / "tokenizer")
-        self.generator.save_pretrained(path / "generator")
         index = {"arvis_version": __version__, "tokenizer": "tokenizer", "generator": "generator",
                  "sampling": self.sampling.to_dict()}
-        (path / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        with replace_folder(path, PIPELINE_FILE) as staging:
+            self.tokenizer.save_pretrained(staging / "tokenizer")
+            self.generator.save_pretrained(staging / "generator")
+            (staging / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
         return path
 
     @classmethod

@@ -24,7 +24,9 @@ def list_presets(pattern: str = "*") -> dict[str, list[str]]:
 
 def build(name: str, **overrides: Any):
     """Builds a component from a preset name of any kind (``build("vq-tiny")``)."""
-    for registry in REGISTRIES.values():
-        if name in registry.presets():
-            return registry.build(name, **overrides)
-    raise ValueError(f"unknown preset {name!r}; run `arvis presets` to list them")
+    kinds = [kind for kind, registry in REGISTRIES.items() if name in registry.presets()]
+    if not kinds:
+        raise ValueError(f"unknown preset {name!r}; run `arvis presets` to list them")
+    if len(kinds) > 1:
+        raise ValueError(f"preset {name!r} names a {' and a '.join(kinds)}; build it from its registry")
+    return REGISTRIES[kinds[0]].build(name, **overrides)

@@ -50,14 +50,19 @@ SAMPLES_PER_CLASS = 10
 
 
 def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_steps: int | None = None,
-                   generator_steps: int | None = None, progress: bool = True) -> dict:
-    """Trains both stages into ``output_dir``, writes ``samples.png`` and ``report.json``; returns the report."""
+                   generator_steps: int | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    """Trains both stages into ``output_dir``, writes ``samples.png`` and ``report.json``; returns the report.
+
+    An ``output_dir`` that already holds files is refused unless ``overwrite``.
+    """
     output_dir = Path(output_dir)
-    tokenizer_recipe = _in_folder(QUICKSTART_TOKENIZER, output_dir, tokenizer_steps, progress)
+    if not overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ValueError(f"{output_dir} already holds files; choose another --output-dir or pass --overwrite")
+    tokenizer_recipe = _in_folder(QUICKSTART_TOKENIZER, output_dir, tokenizer_steps, progress, overwrite)
     start = time.perf_counter()
     tokenizer_path, tokenizer_history = train_tokenizer(tokenizer_recipe)
     tokenizer_seconds = time.perf_counter() - start
-    generator_recipe = _in_folder(QUICKSTART_GENERATOR, output_dir, generator_steps, progress)
+    generator_recipe = _in_folder(QUICKSTART_GENERATOR, output_dir, generator_steps, progress, overwrite)
     generator_recipe = generator_recipe.replace(tokenizer_path=str(tokenizer_path))
     start = time.perf_counter()
     pipeline_path, generator_history = train_generator(generator_recipe)
@@ -83,8 +88,9 @@ def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_ste
     return report
 
 
-def _in_folder(recipe, output_dir: Path, max_steps: int | None, progress: bool):
-    run = recipe.run.replace(output_dir=str(output_dir / recipe.run.output_dir), progress=progress)
+def _in_folder(recipe, output_dir: Path, max_steps: int | None, progress: bool, overwrite: bool):
+    run = recipe.run.replace(output_dir=str(output_dir / recipe.run.output_dir), progress=progress,
+                             overwrite=overwrite)
     if max_steps is not None:
         run = run.replace(max_steps=max_steps, log_every=min(run.log_every, max_steps))
     return recipe.replace(run=run)

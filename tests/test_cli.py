@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -34,22 +35,25 @@ def test_errors_exit_with_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_console_script_entry_point_runs():
+def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "arvis.train.tokenizer", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--config" in result.stdout
+
+
+def test_installed_console_script_runs():
+    script = shutil.which("arvis")
+    assert script, "the `arvis` console script is not on PATH; install the package with pip install -e ."
+    result = subprocess.run([script, "presets", "vq-*"], capture_output=True, text=True)
+    assert result.returncode == 0 and "vq-f16" in result.stdout
 
 
 def test_train_forwards_config_and_overrides(tmp_path):
     from pathlib import Path
 
-    from accelerate.state import AcceleratorState
-
     from arvis.tokenizers.base import Tokenizer
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "quickstart_tokenizer.yaml"
-    AcceleratorState._reset_state(reset_partial_state=True)
     assert main(["train", "tokenizer", "--config", str(recipe), "run.max_steps=1", "data.num_samples=32",
                  "run.progress=false", f"run.output_dir={tmp_path / 'tok'}", "tokenizer_config.codebook_size=32"]) == 0
-    AcceleratorState._reset_state(reset_partial_state=True)
     assert Tokenizer.from_pretrained(tmp_path / "tok").vocab_size == 32
     assert main(["train", "tokenizer", "optim.lr=1"]) == 2  # unknown key: an error naming it, not a crash

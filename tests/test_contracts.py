@@ -65,9 +65,9 @@ def test_same_seed_same_tokens(name):
     model = tiny_generator(name).eval()
     labels = torch.tensor([0, 1, 2])
     sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_k=10, top_p=0.9, temperature=1.1))
-    first = sampler(model, labels, generator=torch.Generator().manual_seed(7))
-    second = sampler(model, labels, generator=torch.Generator().manual_seed(7))
-    other = sampler(model, labels, generator=torch.Generator().manual_seed(8))
+    first = sampler(model, labels, rng=torch.Generator().manual_seed(7))
+    second = sampler(model, labels, rng=torch.Generator().manual_seed(7))
+    other = sampler(model, labels, rng=torch.Generator().manual_seed(8))
     assert first.dtype == torch.long and first.shape == (3, model.layout.length)
     assert 0 <= first.min() and first.max() < model.vocab_size
     assert torch.equal(first, second)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from accelerate.state import AcceleratorState
 from PIL import Image
 
 import arvis
@@ -13,7 +12,6 @@ from arvis.quickstart import SAMPLES_PER_CLASS
 
 @pytest.mark.slow
 def test_quickstart_writes_pipeline_grid_and_report(tmp_path, capsys):
-    AcceleratorState._reset_state(reset_partial_state=True)
     output = tmp_path / "qs"
     assert main(["quickstart", "--output-dir", str(output), "--tokenizer-steps", "2", "--generator-steps", "2"]) == 0
     printed = capsys.readouterr().out
@@ -24,4 +22,5 @@ def test_quickstart_writes_pipeline_grid_and_report(tmp_path, capsys):
     assert grid.height == 10 * (32 * 3 + 4) and grid.width > SAMPLES_PER_CLASS * (32 * 3 + 4)
     pipeline = arvis.load(output / "pipeline")
     assert pipeline.tokenizer.image_size == (32, 32) and pipeline.generator.num_classes == 10
-    AcceleratorState._reset_state(reset_partial_state=True)
+    assert main(["quickstart", "--output-dir", str(output), "--tokenizer-steps", "1"]) == 2  # keeps the results
+    assert "--overwrite" in capsys.readouterr().err and (output / "report.json").is_file()

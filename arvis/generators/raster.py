@@ -89,20 +89,21 @@ class RasterGenerator(Generator):
         )
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
-        rows, cols = config.token_grid
-        # Not a buffer: module.to(dtype) must not round the angles to bf16/fp16 (upstream keeps them in fp32).
-        self._rope_cpu = rope_table_2d(rows, cols, config.dim // config.num_heads, config.rope_base,
-                                       prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
+        # RoPE tables are derived from the config on first use per device, never stored as buffers:
+        # module.to(dtype) must not round the angles (upstream keeps them in fp32), and a model
+        # built on the meta device must still get real tables.
         self._rope_by_device: dict[torch.device, Tensor] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Upstream init: N(0, 0.02) for linear and embedding weights, zero output head."""
+        """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=self.config.initializer_range)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
         nn.init.zeros_(self.output.weight)
 
     @property
@@ -129,7 +130,11 @@ class RasterGenerator(Generator):
     def rope_table(self, start: int, count: int, device: torch.device) -> Tensor:
         """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count) on ``device``."""
         if device not in self._rope_by_device:
-            self._rope_by_device[device] = self._rope_cpu.to(device)
+            config = self.config
+            with torch.inference_mode(False):  # a table first built while sampling must serve training too
+                table = rope_table_2d(*config.token_grid, config.dim // config.num_heads, config.rope_base,
+                                      prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
+                self._rope_by_device[device] = table.to(device)
         return self._rope_by_device[device][start:start + count]
 
     def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:

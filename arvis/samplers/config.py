@@ -27,3 +27,14 @@ class SamplingConfig(Config):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+
+
+def check_drivable(model, units: frozenset[str]) -> None:
+    """Raises ``ValueError`` unless a sampler for ``units`` can drive ``model`` now (right unit, eval mode)."""
+    if model.unit not in units:
+        raise ValueError(f"this sampler drives generators with unit {sorted(units)}, not {model.unit!r}")
+    if model.training:
+        raise ValueError(
+            f"{type(model).__name__} is in training mode (dropout and label dropout are active); call model.eval() "
+            "before sampling"
+        )

@@ -1,17 +1,23 @@
 """Decoding policies as pure functions on logits, shared by every sampler.
 
-Shapes: ``...`` any leading dims, v vocabulary. Filters set removed entries to -inf
-and never change the kept ones, so they compose in any order; samplers apply them
-as LlamaGen does: CFG mix, temperature, top-k, top-p, then a categorical draw with
-an explicit ``torch.Generator``.
+Shapes: b batch, ``...`` any further dims, v vocabulary. Filters set removed
+entries to -inf and never change the kept ones; samplers apply them as LlamaGen
+does: CFG mix, temperature, top-k, top-p, then a categorical draw.
+
+Randomness is explicit. ``rng`` is either one ``torch.Generator`` for the whole
+batch, or a sequence of generators, one per sample (row of the batch), so that a
+sample's draws do not depend on which other samples share its batch.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
+
+RandomSource = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 def cfg_mix(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -61,17 +67,19 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter: keeps the smallest set of top tokens whose probability reaches ``p`` (p >= 1 keeps all).
+    """Nucleus filter: keeps the top tokens until their probability mass exceeds ``p`` (p >= 1 keeps all).
 
-    The most likely token is always kept.
+    As LlamaGen's filter, a token is removed when the mass of the more likely tokens is
+    strictly greater than ``p``; the most likely token is always kept.
     """
     if p >= 1.0:
         return logits
     if p <= 0.0:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    remove_sorted = cumulative - sorted_logits.softmax(-1) >= p  # mass before this token already reaches p
+    sorted_probs = sorted_logits.softmax(-1)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    remove_sorted = mass_before > p  # LlamaGen: drop tokens once the mass before them exceeds p
     remove = remove_sorted.scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
 
@@ -81,8 +89,34 @@ def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int = 0, t
     return top_p_filter(top_k_filter(apply_temperature(logits, temperature), top_k), top_p)
 
 
-def sample_categorical(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draws one index per row of (..., v) logits -> (...) long, with an explicit random generator."""
+def sample_seeds(seed: int, start: int, count: int) -> list[int]:
+    """Independent 64-bit seeds of samples ``start .. start + count - 1`` of a run seeded ``seed``."""
+    return [int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0])
+            for index in range(start, start + count)]
+
+
+def per_sample_generators(seed: int, start: int, count: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One ``torch.Generator`` per sample, seeded by (run seed, sample index)."""
+    return [torch.Generator(device=device).manual_seed(s) for s in sample_seeds(seed, start, count)]
+
+
+def uniform_noise(shape: tuple[int, ...], rng: RandomSource, device: torch.device | str) -> Tensor:
+    """Uniform [0, 1) noise of ``shape`` (b, ...); with per-sample generators, row i comes from ``rng[i]``."""
+    if rng is None or isinstance(rng, torch.Generator):
+        return torch.rand(shape, generator=rng, device=device)
+    if len(rng) != shape[0]:
+        raise ValueError(f"got {len(rng)} per-sample generators for a batch of {shape[0]}")
+    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device) for g in rng]).to(device)
+
+
+def sample_categorical(logits: Tensor, rng: RandomSource = None) -> Tensor:
+    """Draws one index per row of (b, ..., v) logits -> (b, ...) long, by inverse-CDF sampling.
+
+    Only tokens with non-zero probability can be drawn (a draw lands strictly inside a
+    token's share of the cumulative distribution).
+    """
     probs = logits.float().softmax(-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+    cumulative = probs.cumsum(-1)
+    noise = uniform_noise(tuple(probs.shape[:-1]), rng, probs.device)
+    threshold = noise.unsqueeze(-1) * cumulative[..., -1:]
+    return torch.searchsorted(cumulative, threshold, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from arvis.generators.base import Generator
-from arvis.samplers.config import SamplingConfig
-from arvis.samplers.logits import cfg_mix, cfg_scale_at, filter_logits, sample_categorical
+from arvis.samplers.config import SamplingConfig, check_drivable
+from arvis.samplers.logits import RandomSource, cfg_mix, cfg_scale_at, filter_logits, sample_categorical
 
 
 class NextTokenSampler:
@@ -24,10 +24,9 @@ class NextTokenSampler:
         self.config = config or SamplingConfig()
 
     @torch.inference_mode()
-    def __call__(self, model: Generator, labels: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """labels (b,) long -> tokens (b, l) long."""
-        if model.unit not in self.units:
-            raise ValueError(f"NextTokenSampler drives generators with unit 'token', not {model.unit!r}")
+    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None) -> Tensor:
+        """labels (b,) long -> tokens (b, l) long. ``rng``: one generator, or one per sample."""
+        check_drivable(model, self.units)
         model.check_labels(labels, allow_null=True)
         config = self.config
         guided = config.cfg_scale != 1.0
@@ -43,7 +42,7 @@ class NextTokenSampler:
                 cond, uncond = logits.chunk(2)
                 logits = cfg_mix(cond, uncond, cfg_scale_at(config.cfg_schedule, config.cfg_scale, step, num_steps))
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-            tokens[:, step] = sample_categorical(logits, generator)
+            tokens[:, step] = sample_categorical(logits, rng)
             next_token = tokens[:, step:step + 1]
             inputs = torch.cat([next_token, next_token]) if guided else next_token
         return tokens

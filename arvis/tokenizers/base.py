@@ -101,6 +101,12 @@ class Tokenizer(Component):
                 f"expected floating-point pixels in {self.pixel_range}, got dtype {pixels.dtype}; "
                 "convert uint8 images with images.float() / 255 and map them with from_unit_range()"
             )
+        weight_dtype = next(self.parameters()).dtype
+        if pixels.dtype != weight_dtype and not torch.is_autocast_enabled(pixels.device.type):
+            raise ValueError(
+                f"pixels are {pixels.dtype} but the tokenizer's weights are {weight_dtype}; "
+                f"pass pixels.to({weight_dtype})"
+            )
         expected = (self.in_channels, *self.image_size)
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             raise ValueError(

@@ -18,11 +18,12 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
-from arvis.pipeline import Pipeline
+from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.base import Tokenizer
-from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, dataset_num_classes,
-                              finish_run, infinite_batches, make_accelerator, optimizer_step)
+from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, check_image_size,
+                              dataset_num_classes, finish_run, infinite_batches, make_accelerator,
+                              optimizer_step)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.recipe import run_entry_point
 
@@ -49,13 +50,20 @@ class GeneratorTrainConfig(Config):
 
 
 @torch.inference_mode()
-def encode_dataset(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, device: torch.device) -> TensorDataset:
-    """Encodes every image once: -> TensorDataset(tokens (n, l) long, labels (n,) long) on the CPU."""
+def encode_dataset(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, device: torch.device, *,
+                   with_mirrors: bool = False) -> TensorDataset:
+    """Encodes every image once -> TensorDataset(tokens (n, l) long, labels (n,) long) on the CPU.
+
+    ``with_mirrors`` also encodes each image's horizontal mirror (LlamaGen's flip augmentation
+    of extracted codes), doubling n.
+    """
     tokens, labels = [], []
     for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         pixels = tokenizer.from_unit_range(images.to(device))
-        tokens.append(tokenizer.encode(pixels).cpu())
-        labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
+        variants = [pixels, pixels.flip(-1)] if with_mirrors else [pixels]
+        for variant in variants:
+            tokens.append(tokenizer.encode(variant).cpu())
+            labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
     return TensorDataset(torch.cat(tokens), torch.cat(labels))
 
 
@@ -76,10 +84,14 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     run = config.run
     accelerator = make_accelerator(run)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
-    dataset = build_dataset(config.data)
-    logger.info("encoding %d images with the tokenizer", len(dataset))
-    token_data = encode_dataset(tokenizer, dataset, config.encode_batch_size, accelerator.device)
+    check_image_size(tokenizer, config.data)
+    dataset = build_dataset(config.data.replace(random_flip=False))
     generator = build_generator(config, tokenizer, dataset_num_classes(dataset))
+    check_compatible(tokenizer, generator)  # before any training time is spent
+    logger.info("encoding %d images with the tokenizer%s", len(dataset),
+                " (and their mirrors)" if config.data.random_flip else "")
+    token_data = encode_dataset(tokenizer, dataset, config.encode_batch_size, accelerator.device,
+                                with_mirrors=config.data.random_flip)
     logger.info("training %s (%.2fM parameters) on %d token sequences of length %d", config.generator,
                 generator.num_parameters() / 1e6, len(token_data), generator.layout.length)
     loader = DataLoader(token_data, batch_size=run.batch_size, shuffle=True, drop_last=True)
@@ -96,7 +108,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         with accelerator.autocast():
             output = model(tokens, labels)
         optimizer_step(accelerator, output.loss, optimizer, model.parameters(), config.optim.grad_clip, scheduler)
-        progress.update(step + 1, {"loss": output.loss.item(), **{k: v.item() for k, v in output.metrics.items()}})
+        progress.update(step + 1, {"loss": output.loss.detach(), **output.metrics})
     unwrapped = accelerator.unwrap_model(model).eval()
     output_dir = finish_run(accelerator, progress, run.output_dir,
                             lambda path: Pipeline(tokenizer.eval(), unwrapped, config.sampling).save_pretrained(path))

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -24,9 +25,30 @@ from arvis.train.options import DataConfig, OptimConfig, RunConfig
 logger = logging.getLogger(__name__)
 
 
+def check_output_dir(run: RunConfig) -> None:
+    """Refuses to start a run whose ``output_dir`` already holds files, unless ``run.overwrite``."""
+    output_dir = Path(run.output_dir)
+    if not run.overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ValueError(
+            f"run.output_dir {output_dir} already holds files; choose another folder or set run.overwrite=true"
+        )
+
+
 def make_accelerator(run: RunConfig) -> Accelerator:
-    """An ``Accelerator`` for the run's mixed precision, with the global seed set (device-specific)."""
+    """An ``Accelerator`` for the run's mixed precision, with the global seed set (device-specific).
+
+    accelerate keeps its settings in process-wide state; each run sets them afresh so that runs
+    with different precision can follow each other in one process (the quickstart chains two).
+    The distributed part of that state is kept. Multi-process runs are refused for now: the
+    tokenizer's discriminator is not synchronised and no multi-process run is tested yet.
+    """
+    check_output_dir(run)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=not torch.cuda.is_available())
+    if accelerator.num_processes > 1:
+        raise ValueError(
+            f"multi-process training ({accelerator.num_processes} processes) is not supported yet; launch one process"
+        )
     set_seed(run.seed, device_specific=True)
     return accelerator
 
@@ -41,6 +63,15 @@ def build_dataset(config: DataConfig) -> Dataset:
     return ImageFolderDataset(config.root, config.image_size, random_flip=config.random_flip)
 
 
+def check_image_size(tokenizer, data: DataConfig) -> None:
+    """Raises ``ValueError`` if the data's image size is not the tokenizer's."""
+    if tokenizer.image_size != (data.image_size, data.image_size):
+        raise ValueError(
+            f"the tokenizer takes {tokenizer.image_size} images but data.image_size is {data.image_size}; "
+            "set data.image_size (or the tokenizer's image_size) to match"
+        )
+
+
 def dataset_num_classes(dataset: Dataset) -> int:
     return len(dataset.class_names)
 
@@ -52,8 +83,8 @@ def infinite_batches(loader: DataLoader) -> Iterator:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not norms, biases or embedding tables)."""
-    no_decay_ids = {
+    """AdamW with weight decay on weight matrices only: never norms or biases, embeddings only if configured."""
+    no_decay_ids = set() if config.decay_embeddings else {
         id(param) for module in model.modules() if isinstance(module, nn.Embedding) for param in module.parameters()
     }
     decay, no_decay = [], []
@@ -105,11 +136,15 @@ class ProgressLog:
         self.start = time.perf_counter()
         self.history: list[dict[str, float]] = []
 
-    def update(self, step: int, values: dict[str, float]) -> None:
-        """Records ``values`` after optimiser step ``step`` (1-based)."""
+    def update(self, step: int, values: dict[str, torch.Tensor | float]) -> None:
+        """Records ``values`` after optimiser step ``step`` (1-based).
+
+        Tensors are read (a device sync) only on logging steps.
+        """
         self.bar.update(1)
         if step % self.run.log_every and step not in (1, self.run.max_steps):
             return
+        values = {name: float(value) for name, value in values.items()}
         elapsed = time.perf_counter() - self.start
         record = {"step": step, **values, "images_per_second": step * self.run.batch_size / elapsed}
         self.history.append(record)

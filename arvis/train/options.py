@@ -18,7 +18,8 @@ class DataConfig(Config):
     num_samples: int = 20000  # glyphs only
     num_classes: int = 10  # glyphs only; folders count their class subfolders
     seed: int = 0  # glyphs only: the dataset's rendering seed
-    random_flip: bool = False  # folder datasets only (glyph classes are not flip-invariant)
+    random_flip: bool = False  # folder datasets only (glyph classes are not flip-invariant); generator
+    # training encodes each image and its mirror once instead (LlamaGen's flip augmentation of codes)
 
     def __post_init__(self) -> None:
         if self.name == "folder" and not self.root:
@@ -31,7 +32,8 @@ class OptimConfig(Config):
 
     learning_rate: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0  # applied to matrices only, never to norms, biases or embeddings
+    weight_decay: float = 0.0  # applied to weight matrices only, never to norms or biases
+    decay_embeddings: bool = False  # LlamaGen also decays embedding tables; True reproduces that
     warmup_steps: int = 0
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     min_lr_ratio: float = 0.0  # final learning rate as a fraction of the peak (cosine / linear)
@@ -49,3 +51,4 @@ class RunConfig(Config):
     seed: int = 0
     log_every: int = 50
     progress: bool = True  # progress bar on the main process
+    overwrite: bool = False  # allow replacing an existing, non-empty output_dir

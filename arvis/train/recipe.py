@@ -9,6 +9,7 @@ wrong type is an error that names it.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import re
 from pathlib import Path
@@ -38,7 +39,7 @@ def parse_yaml(text: str):
 
 def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
     """Merges ``a.b=value`` strings into a nested dict (a new dict; ``tree`` is not modified)."""
-    merged = parse_yaml(yaml.safe_dump(tree)) or {}
+    merged = copy.deepcopy(tree)
     for override in overrides:
         key, separator, raw_value = override.partition("=")
         if not separator or not key:

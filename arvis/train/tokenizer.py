@@ -13,14 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch.utils.data import DataLoader
 
 from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
-from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, finish_run,
-                              infinite_batches, make_accelerator, optimizer_step)
+from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, check_image_size,
+                              finish_run, infinite_batches, make_accelerator, optimizer_step)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.recipe import run_entry_point
 
@@ -42,11 +41,7 @@ class TokenizerTrainConfig(Config):
 
 def build_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
     tokenizer = TOKENIZERS.build(config.tokenizer, **config.tokenizer_config)
-    if tokenizer.image_size != (config.data.image_size, config.data.image_size):
-        raise ValueError(
-            f"tokenizer {config.tokenizer!r} takes {tokenizer.image_size} images but data.image_size is "
-            f"{config.data.image_size}; set tokenizer_config.image_size or data.image_size to match"
-        )
+    check_image_size(tokenizer, config.data)
     return tokenizer
 
 
@@ -64,8 +59,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     optimizer = build_optimizer(tokenizer, config.optim)
     if loss_fn.generator_parameters():
         optimizer.add_param_group({"params": loss_fn.generator_parameters(), "weight_decay": 0.0})
-    disc_optimizer = torch.optim.AdamW(loss_fn.discriminator_parameters(), lr=config.disc_optim.learning_rate,
-                                       betas=config.disc_optim.betas, weight_decay=config.disc_optim.weight_decay)
+    disc_optimizer = build_optimizer(loss_fn.discriminator, config.disc_optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
     disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, run.max_steps - config.loss.disc_start)
     tokenizer, loss_fn, optimizer, disc_optimizer, loader = accelerator.prepare(
@@ -90,8 +84,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
             disc_optimizer.zero_grad(set_to_none=True)  # drop the grads the generator loss left on D
             optimizer_step(accelerator, disc_loss, disc_optimizer, loss_fn.discriminator_parameters(),
                            config.disc_optim.grad_clip, disc_scheduler)
-        values = {name: float(value) for name, value in {**logs, **disc_logs, **output.metrics}.items()}
-        progress.update(step + 1, values)
+        progress.update(step + 1, {**logs, **disc_logs, **output.metrics})
     output_dir = finish_run(accelerator, progress, run.output_dir, model.eval().save_pretrained)
     return output_dir, progress.history
 

@@ -54,3 +54,33 @@ def test_zero_initialised_head_gives_uniform_start_loss():
     model = GENERATORS.build("raster-tiny").eval()
     loss = model(torch.randint(0, 64, (2, 16)), torch.tensor([0, 1])).loss
     assert loss.item() == pytest.approx(torch.log(torch.tensor(64.0)).item(), abs=1e-5)
+
+
+def test_sampling_first_then_training_works():
+    model = GENERATORS.build("raster-tiny").eval()
+    with torch.inference_mode():
+        model.step(None, torch.tensor([0]), model.new_cache(1))
+    model.train()(torch.zeros(1, 16, dtype=torch.long), torch.tensor([0])).loss.backward()
+
+
+def test_meta_device_construction_then_materialisation():
+    with torch.device("meta"):
+        model = GENERATORS.build("raster-tiny")
+    model = model.to_empty(device="cpu")
+    model.reset_parameters()
+    tokens = torch.zeros(1, 16, dtype=torch.long)
+    assert torch.isfinite(model.eval()(tokens, torch.tensor([0])).logits).all()
+
+
+def test_multi_token_steps_equal_teacher_forcing():
+    model = randomize_parameters_(GENERATORS.build("raster-tiny")).eval()
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([4, 10])
+    with torch.no_grad():
+        expected = model(tokens, labels).logits
+        cache = model.new_cache(2)
+        model.step(None, labels, cache)
+        after_five = model.step(tokens[:, :5], labels, cache)  # five tokens in one step
+        after_six = model.step(tokens[:, 5:6], labels, cache)
+    torch.testing.assert_close(after_five[:, 0], expected[:, 5], atol=1e-5, rtol=0)
+    torch.testing.assert_close(after_six[:, 0], expected[:, 6], atol=1e-5, rtol=0)

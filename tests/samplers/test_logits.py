@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from arvis.samplers.logits import (apply_temperature, cfg_mix, cfg_scale_at, filter_logits, sample_categorical,
-                                   top_k_filter, top_p_filter)
+from arvis.samplers.logits import (apply_temperature, cfg_mix, cfg_scale_at, filter_logits, per_sample_generators,
+                                   sample_categorical, sample_seeds, top_k_filter, top_p_filter)
 
 
 def test_top_k_one_is_argmax():
@@ -24,12 +24,13 @@ def test_top_k_keeps_exactly_k_and_leaves_kept_values_unchanged():
 def test_top_p_removes_the_tail():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
-    assert torch.equal(torch.isfinite(top_p_filter(logits, 0.5)), torch.tensor([[True, False, False, False]]))
-    assert torch.equal(torch.isfinite(top_p_filter(logits, 0.8)), torch.tensor([[True, True, False, False]]))
-    assert torch.equal(torch.isfinite(top_p_filter(logits, 0.81)), torch.tensor([[True, True, True, False]]))
+    # LlamaGen's rule: a token goes once the mass of the tokens before it exceeds p.
+    assert torch.equal(torch.isfinite(top_p_filter(logits, 0.45)), torch.tensor([[True, False, False, False]]))
+    assert torch.equal(torch.isfinite(top_p_filter(logits, 0.7)), torch.tensor([[True, True, False, False]]))
+    assert torch.equal(torch.isfinite(top_p_filter(logits, 0.9)), torch.tensor([[True, True, True, False]]))
     assert torch.equal(top_p_filter(logits, 1.0), logits)
     shuffled = logits[:, [2, 0, 3, 1]]  # the kept set follows the values, not the positions
-    assert torch.equal(torch.isfinite(top_p_filter(shuffled, 0.8)), torch.tensor([[False, True, False, True]]))
+    assert torch.equal(torch.isfinite(top_p_filter(shuffled, 0.7)), torch.tensor([[False, True, False, True]]))
 
 
 def test_cfg_scale_one_is_conditional_only_and_mix_formula():
@@ -61,6 +62,24 @@ def test_sampling_follows_the_distribution_and_is_seeded():
     frequencies = torch.bincount(draws, minlength=3).float() / draws.numel()
     torch.testing.assert_close(frequencies, probs, atol=0.015, rtol=0)
     assert torch.equal(draws, sample_categorical(logits, torch.Generator().manual_seed(0)))
+
+
+def test_sampling_never_draws_a_filtered_token():
+    logits = torch.tensor([[float("-inf"), 0.0, float("-inf")], [5.0, float("-inf"), float("-inf")]]).repeat(500, 1)
+    draws = sample_categorical(logits, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, torch.tensor([1, 0]).repeat(500))
+
+
+def test_per_sample_generators_make_rows_independent_of_the_batch():
+    logits = torch.randn(6, 4, 30, generator=torch.Generator().manual_seed(0))
+    whole = sample_categorical(logits, per_sample_generators(3, 0, 6))
+    head = sample_categorical(logits[:2], per_sample_generators(3, 0, 2))
+    tail = sample_categorical(logits[2:], per_sample_generators(3, 2, 4))
+    assert whole.shape == (6, 4) and torch.equal(torch.cat([head, tail]), whole)
+    assert not torch.equal(sample_categorical(logits, per_sample_generators(4, 0, 6)), whole)
+    assert len(set(sample_seeds(0, 0, 100)) | set(sample_seeds(1, 0, 100))) == 200  # no overlap between runs
+    with pytest.raises(ValueError, match="3 per-sample generators for a batch of 6"):
+        sample_categorical(logits, per_sample_generators(3, 0, 3))
 
 
 def test_filter_order_matches_llamagen():

@@ -2,7 +2,7 @@ import torch
 
 from arvis.generators.base import GENERATORS
 from arvis.samplers import NextTokenSampler, SamplingConfig
-from arvis.samplers.logits import cfg_mix
+from arvis.samplers.logits import cfg_mix, sample_categorical
 from arvis.testing import randomize_parameters_
 
 
@@ -14,12 +14,12 @@ def tiny_model():
 def test_cfg_one_equals_conditional_only_sampling():
     model = tiny_model()
     labels = torch.tensor([1, 2, 3])
-    guided_off = NextTokenSampler(SamplingConfig(cfg_scale=1.0))(model, labels, generator=torch.Generator().manual_seed(3))
+    guided_off = NextTokenSampler(SamplingConfig(cfg_scale=1.0))(model, labels, rng=torch.Generator().manual_seed(3))
     cache, inputs, tokens = model.new_cache(3), None, []
     rng = torch.Generator().manual_seed(3)
     for _ in range(model.layout.length):
         logits = model.step(inputs, labels, cache)[:, -1]
-        tokens.append(torch.multinomial(logits.softmax(-1), 1, generator=rng))
+        tokens.append(sample_categorical(logits, rng)[:, None])
         inputs = tokens[-1]
     assert torch.equal(guided_off, torch.cat(tokens, dim=1))
 
@@ -44,3 +44,11 @@ def test_sampler_rejects_bad_labels():
         NextTokenSampler()(model, torch.tensor([model.num_classes + 1]))
     with pytest.raises(ValueError, match="torch.long"):
         NextTokenSampler()(model, torch.tensor([1.0]))
+
+
+def test_sampler_refuses_a_model_in_training_mode():
+    import pytest
+
+    model = tiny_model().train()
+    with pytest.raises(ValueError, match=r"training mode.*model.eval\(\)"):
+        NextTokenSampler()(model, torch.tensor([1]))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 
 import arvis
 from arvis.tokenizers.base import Tokenizer
@@ -15,16 +14,8 @@ from arvis.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 TINY_DATA = ["data.image_size=16", "data.num_samples=512"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture(scope="module")
 def trained_tokenizer(tmp_path_factory):
-    AcceleratorState._reset_state(reset_partial_state=True)
     output = tmp_path_factory.mktemp("tokenizer")
     config = load_recipe(TokenizerTrainConfig, None, TINY_DATA + [
         "tokenizer=vq-tiny", "run.batch_size=16", "run.max_steps=60", "run.log_every=10", "run.progress=false",
@@ -57,6 +48,48 @@ def test_generator_training_reduces_loss_and_saves_a_pipeline(trained_tokenizer,
     assert pipeline.sampling.cfg_scale == 2.0 and pipeline.generator.vocab_size == pipeline.tokenizer.vocab_size
     images = arvis.generate(pipeline, class_labels=[0, 1], num_samples=2, output_type="pt")
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_after_an_fp32_run_in_the_same_process(trained_tokenizer, tmp_path, precision):
+    tokenizer_path, _ = trained_tokenizer  # trained in fp32 earlier in this process
+    config = load_recipe(GeneratorTrainConfig, None, TINY_DATA + [
+        f"tokenizer_path={tokenizer_path}", "generator=raster-tiny", "run.batch_size=16", "run.max_steps=3",
+        "run.progress=false", f"run.output_dir={tmp_path / precision}", f"run.mixed_precision={precision}",
+    ])
+    path, history = train_generator(config)
+    assert all(torch.isfinite(torch.tensor(record["loss"])) for record in history)
+    assert arvis.load(path).generator.vocab_size == 64
+
+
+def test_flip_augmentation_encodes_mirrors(trained_tokenizer):
+    from arvis.data import GlyphDataset
+    from arvis.train.generator import encode_dataset
+
+    tokenizer = Tokenizer.from_pretrained(trained_tokenizer[0])
+    dataset = GlyphDataset(8, image_size=16)
+    plain = encode_dataset(tokenizer, dataset, 4, torch.device("cpu"))
+    mirrored = encode_dataset(tokenizer, dataset, 4, torch.device("cpu"), with_mirrors=True)
+    assert len(mirrored) == 16 and len(plain) == 8
+    images = torch.stack([dataset[i][0] for i in range(4)])
+    expected = tokenizer.encode(tokenizer.from_unit_range(images.flip(-1)))
+    assert torch.equal(mirrored.tensors[0][4:8], expected)  # batch 1: 4 originals, then their 4 mirrors
+
+
+def test_existing_output_is_never_overwritten_by_default(trained_tokenizer):
+    tokenizer_path, _ = trained_tokenizer
+    config = load_recipe(TokenizerTrainConfig, None, TINY_DATA + ["tokenizer=vq-tiny", f"run.output_dir={tokenizer_path}"])
+    with pytest.raises(ValueError, match="already holds files.*run.overwrite=true"):
+        train_tokenizer(config)
+
+
+def test_generator_incompatible_with_the_tokenizer_fails_before_training(trained_tokenizer, tmp_path):
+    config = load_recipe(GeneratorTrainConfig, None, TINY_DATA + [
+        f"tokenizer_path={trained_tokenizer[0]}", "generator=raster-tiny", "generator_config.vocab_size=99",
+        f"run.output_dir={tmp_path / 'g'}",
+    ])
+    with pytest.raises(ValueError, match="vocabulary"):
+        train_generator(config)
 
 
 def test_mismatched_image_size_is_reported(tmp_path):
