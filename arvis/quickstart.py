@@ -43,7 +43,7 @@ QUICKSTART_GENERATOR = GeneratorTrainConfig(
     optim=OptimConfig(learning_rate=1e-3, weight_decay=0.05, warmup_steps=50, schedule="cosine",
                       min_lr_ratio=0.05),
     sampling=SamplingConfig(cfg_scale=2.0, top_k=0, top_p=0.9, temperature=1.0),
-    run=RunConfig(output_dir="pipeline", batch_size=64, max_steps=1000, log_every=100),
+    run=RunConfig(output_dir="pipeline", batch_size=64, max_steps=1300, log_every=100),
 )
 
 SAMPLES_PER_CLASS = 10

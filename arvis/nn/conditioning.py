@@ -11,7 +11,8 @@ class ClassEmbedding(nn.Module):
 
     During training each label is replaced by the null class with probability
     ``dropout`` (0.1 in LlamaGen and VAR), which teaches the unconditional model used
-    by classifier-free guidance.
+    by classifier-free guidance. Like ``nn.Dropout``, the training-time draw uses torch's global
+    RNG, which the training loop seeds; sampling never draws here (models sample in eval mode).
     """
 
     def __init__(self, num_classes: int, dim: int, dropout: float = 0.1) -> None:

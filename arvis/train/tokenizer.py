@@ -61,7 +61,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
         optimizer.add_param_group({"params": loss_fn.generator_parameters(), "weight_decay": 0.0})
     disc_optimizer = build_optimizer(loss_fn.discriminator, config.disc_optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
-    disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, run.max_steps - config.loss.disc_start)
+    disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, max(1, run.max_steps - config.loss.disc_start))
     tokenizer, loss_fn, optimizer, disc_optimizer, loader = accelerator.prepare(
         tokenizer, loss_fn, optimizer, disc_optimizer, loader
     )
