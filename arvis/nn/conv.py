@@ -5,7 +5,6 @@ Shapes: b batch, c channels, h w spatial size.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn

@@ -120,9 +120,7 @@ class VQGANLoss(nn.Module):
         if self.discriminator_active(step):
             terms["adversarial"] = hinge_generator_loss(self.discriminator(reconstruction))
             weights["adversarial"] = config.disc_weight
-        total = sum(weights[name] * value for name, value in terms.items())
-        for name, value in tokenizer_losses.items():
-            total = total + value
+        total = sum(weights[name] * value for name, value in terms.items()) + sum(tokenizer_losses.values())
         logs = {name: value.detach() for name, value in {**terms, **tokenizer_losses}.items()}
         logs["total"] = total.detach()
         return total, logs
