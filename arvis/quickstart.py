@@ -34,7 +34,7 @@ QUICKSTART_TOKENIZER = TokenizerTrainConfig(
     data=QUICKSTART_DATA,
     optim=OptimConfig(learning_rate=1e-3, betas=(0.9, 0.95), warmup_steps=20, schedule="cosine",
                       min_lr_ratio=0.05),
-    run=RunConfig(output_dir="tokenizer", batch_size=32, max_steps=600, log_every=100),
+    run=RunConfig(output_dir=".", batch_size=32, max_steps=600, log_every=100),
 )
 
 QUICKSTART_GENERATOR = GeneratorTrainConfig(
@@ -43,7 +43,7 @@ QUICKSTART_GENERATOR = GeneratorTrainConfig(
     optim=OptimConfig(learning_rate=1e-3, weight_decay=0.05, warmup_steps=50, schedule="cosine",
                       min_lr_ratio=0.05),
     sampling=SamplingConfig(cfg_scale=2.0, top_k=0, top_p=0.9, temperature=1.0),
-    run=RunConfig(output_dir="pipeline", batch_size=64, max_steps=1300, log_every=100),
+    run=RunConfig(output_dir=".", batch_size=64, max_steps=1300, log_every=100),
 )
 
 SAMPLES_PER_CLASS = 10
@@ -89,6 +89,7 @@ def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_ste
 
 
 def _in_folder(recipe, output_dir: Path, max_steps: int | None, progress: bool, overwrite: bool):
+    """The recipe with its run folder inside ``output_dir`` (exports land in ``tokenizer/`` and ``pipeline/``)."""
     run = recipe.run.replace(output_dir=str(output_dir / recipe.run.output_dir), progress=progress,
                              overwrite=overwrite)
     if max_steps is not None:

@@ -55,5 +55,5 @@ def test_train_forwards_config_and_overrides(tmp_path):
     recipe = Path(__file__).resolve().parents[1] / "configs" / "quickstart_tokenizer.yaml"
     assert main(["train", "tokenizer", "--config", str(recipe), "run.max_steps=1", "data.num_samples=32",
                  "run.progress=false", f"run.output_dir={tmp_path / 'tok'}", "tokenizer_config.codebook_size=32"]) == 0
-    assert Tokenizer.from_pretrained(tmp_path / "tok").vocab_size == 32
+    assert Tokenizer.from_pretrained(tmp_path / "tok" / "tokenizer").vocab_size == 32
     assert main(["train", "tokenizer", "optim.lr=1"]) == 2  # unknown key: an error naming it, not a crash

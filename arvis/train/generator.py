@@ -21,9 +21,11 @@ from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.base import Tokenizer
-from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, check_image_size,
-                              dataset_num_classes, finish_run, infinite_batches, make_accelerator,
-                              optimizer_step)
+from arvis.train.checkpoint import save_checkpoint
+from arvis.train.ema import EMA
+from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_dataset, build_optimizer,
+                              build_scheduler, check_image_size, dataset_num_classes, finish_run, make_accelerator,
+                              resume_step, step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.recipe import run_entry_point
 
@@ -78,11 +80,12 @@ def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_clas
 
 
 def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, float]]]:
-    """Runs the recipe; returns the saved pipeline folder and the logged history."""
+    """Runs the recipe; returns the exported pipeline folder (``run.output_dir/pipeline``) and the log."""
     if config.tokenizer_path is None:
         raise ValueError("tokenizer_path is required: pass tokenizer_path=DIR (a folder saved by the tokenizer trainer)")
     run = config.run
-    accelerator = make_accelerator(run)
+    folders = RunFolders(run, "pipeline")
+    accelerator = make_accelerator(run, folders)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
     check_image_size(tokenizer, config.data)
     dataset = build_dataset(config.data.replace(random_flip=False))
@@ -94,24 +97,36 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                                 with_mirrors=config.data.random_flip)
     logger.info("training %s (%.2fM parameters) on %d token sequences of length %d", config.generator,
                 generator.num_parameters() / 1e6, len(token_data), generator.layout.length)
-    loader = DataLoader(token_data, batch_size=run.batch_size, shuffle=True, drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"the dataset has {len(token_data)} images, fewer than one batch of {run.batch_size}")
     optimizer = build_optimizer(generator, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
-    model, optimizer, loader = accelerator.prepare(generator, optimizer, loader)
-    progress = ProgressLog(accelerator, run, "generator")
-    batches = infinite_batches(loader)
+    model, optimizer = accelerator.prepare(generator, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    ema = EMA(generator, run.ema_decay) if run.ema_decay > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    start = resume_step(accelerator, run, folders)
+    accumulation = run.gradient_accumulation_steps
+    batches = step_batches(token_data, run, accelerator, start * accumulation)
+    progress = ProgressLog(accelerator, run, "generator", start)
     model.train()
-    for step in range(run.max_steps):
-        tokens, labels = next(batches)
-        with accelerator.autocast():
-            output = model(tokens, labels)
-        optimizer_step(accelerator, output.loss, optimizer, model.parameters(), config.optim.grad_clip, scheduler)
+    for step in range(start, run.max_steps):
+        for micro in range(accumulation):
+            tokens, labels = (tensor.to(accelerator.device) for tensor in next(batches))
+            with sync_unless_last(accelerator, model, micro, accumulation):
+                with accelerator.autocast():
+                    output = model(tokens, labels)
+                accelerator.backward(output.loss / accumulation)
+        apply_gradients(accelerator, optimizer, model.parameters(), config.optim.grad_clip, scheduler)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
         progress.update(step + 1, {"loss": output.loss.detach(), **output.metrics})
-    unwrapped = accelerator.unwrap_model(model).eval()
-    output_dir = finish_run(accelerator, progress, run.output_dir,
-                            lambda path: Pipeline(tokenizer.eval(), unwrapped, config.sampling).save_pretrained(path))
+        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
+            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "generator"}, run.keep_last)
+    trained = accelerator.unwrap_model(model).eval()
+    if ema is not None:
+        ema.copy_to(trained)
+    output_dir = finish_run(accelerator, progress, folders.export,
+                            lambda path: Pipeline(tokenizer.eval(), trained, config.sampling).save_pretrained(path))
     return output_dir, progress.history
 
 

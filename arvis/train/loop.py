@@ -6,6 +6,8 @@ points talk to ``accelerate``.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import math
 import time
@@ -20,37 +22,76 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from arvis.train.batches import StepBatchSampler
+from arvis.train.checkpoint import latest_checkpoint, read_metadata
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def check_output_dir(run: RunConfig) -> None:
-    """Refuses to start a run whose ``output_dir`` already holds files, unless ``run.overwrite``."""
-    output_dir = Path(run.output_dir)
-    if not run.overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
-        raise ValueError(
-            f"run.output_dir {output_dir} already holds files; choose another folder or set run.overwrite=true"
-        )
+class RunFolders:
+    """Where a run writes: the export (``output_dir/<name>``) and its checkpoints (``<name>-checkpoints``)."""
+
+    def __init__(self, run: RunConfig, export_name: str) -> None:
+        self.root = Path(run.output_dir)
+        self.export = self.root / export_name
+        self.checkpoints = self.root / f"{export_name}-checkpoints"
 
 
-def make_accelerator(run: RunConfig) -> Accelerator:
-    """An ``Accelerator`` for the run's mixed precision, with the global seed set (device-specific).
+def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
+    """An ``Accelerator`` for the run, after checking that the run may write where it is told to.
 
     accelerate keeps its settings in process-wide state; each run sets them afresh so that runs
     with different precision can follow each other in one process (the quickstart chains two).
     The distributed part of that state is kept. Multi-process runs are refused for now: the
     tokenizer's discriminator is not synchronised and no multi-process run is tested yet.
+    Gradient accumulation is done by the loop itself (see :func:`accumulate_and_step`).
     """
-    check_output_dir(run)
+    if folders.export.exists() and not run.overwrite:
+        raise ValueError(
+            f"{folders.export} already holds a trained result; set run.overwrite=true or choose another run.output_dir"
+        )
+    for tracker in run.trackers:
+        if tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("run.trackers names tensorboard, which is not installed: pip install tensorboard")
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=not torch.cuda.is_available(),
+                              log_with=list(run.trackers) or None, project_dir=str(folders.root / "logs"))
     if accelerator.num_processes > 1:
         raise ValueError(
             f"multi-process training ({accelerator.num_processes} processes) is not supported yet; launch one process"
         )
     set_seed(run.seed, device_specific=True)
     return accelerator
+
+
+def resume_step(accelerator: Accelerator, run: RunConfig, folders: RunFolders) -> int:
+    """Restores the checkpoint that ``run.resume`` selects (models, optimisers, registered objects, RNG).
+
+    Returns the optimiser step to continue from (0 for a fresh run).
+    """
+    if run.resume == "never":
+        return 0
+    checkpoint = latest_checkpoint(folders.checkpoints) if run.resume == "auto" else Path(run.resume)
+    if checkpoint is None:
+        return 0
+    step = int(read_metadata(checkpoint)["step"])
+    accelerator.load_state(str(checkpoint))
+    logger.info("resumed from %s at step %d", checkpoint, step)
+    return step
+
+
+def step_batches(dataset: Dataset, run: RunConfig, accelerator: Accelerator, start_micro_step: int) -> Iterator:
+    """This process's micro-batches from ``start_micro_step`` on, in the run's deterministic order."""
+    sampler = StepBatchSampler(len(dataset), run.batch_size, seed=run.seed, start=start_micro_step,
+                               num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+    # Its own generator: creating the iterator must not draw from the global RNG, whose state a resume restores.
+    worker_seeds = torch.Generator().manual_seed(run.seed + start_micro_step)
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=run.num_workers, generator=worker_seeds))
+
+
+def global_batch_size(run: RunConfig, accelerator: Accelerator) -> int:
+    return run.batch_size * run.gradient_accumulation_steps * accelerator.num_processes
 
 
 def build_dataset(config: DataConfig) -> Dataset:
@@ -74,12 +115,6 @@ def check_image_size(tokenizer, data: DataConfig) -> None:
 
 def dataset_num_classes(dataset: Dataset) -> int:
     return len(dataset.class_names)
-
-
-def infinite_batches(loader: DataLoader) -> Iterator:
-    """Cycles over ``loader`` forever (a new shuffle each epoch)."""
-    while True:
-        yield from loader
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
@@ -111,30 +146,38 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, max_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, config, max_steps))
 
 
-def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   parameters, grad_clip: float, scheduler=None) -> float | None:
-    """Backward, optional clipping, step, zero grad; returns the gradient norm when clipping."""
-    accelerator.backward(loss)
-    grad_norm = None
+def apply_gradients(accelerator: Accelerator, optimizer: torch.optim.Optimizer, parameters, grad_clip: float,
+                    scheduler=None) -> None:
+    """Optional clipping, then step, schedule and zero grad (after the micro-batches' backward passes)."""
     if grad_clip > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(parameters, grad_clip))
+        accelerator.clip_grad_norm_(parameters, grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+
+
+def sync_unless_last(accelerator: Accelerator, model: nn.Module, micro: int, num_micro: int):
+    """Gradient all-reduce only on the last micro-batch of an accumulation (a no-op on one process)."""
+    return accelerator.no_sync(model) if micro < num_micro - 1 else contextlib.nullcontext()
 
 
 class ProgressLog:
     """Main-process progress bar and periodic log lines with loss values and throughput."""
 
-    def __init__(self, accelerator: Accelerator, run: RunConfig, description: str) -> None:
+    def __init__(self, accelerator: Accelerator, run: RunConfig, description: str, start_step: int = 0) -> None:
         self.accelerator = accelerator
         self.run = run
-        self.bar = tqdm(total=run.max_steps, desc=description,
+        self.start_step = start_step
+        self.global_batch = global_batch_size(run, accelerator)
+        self.bar = tqdm(total=run.max_steps, initial=start_step, desc=description,
                         disable=not (run.progress and accelerator.is_main_process))
         self.start = time.perf_counter()
         self.history: list[dict[str, float]] = []
+        if accelerator.is_main_process:
+            logger.info("%s: global batch %d (%d per process x %d accumulation x %d processes), steps %d..%d",
+                        description, self.global_batch, run.batch_size, run.gradient_accumulation_steps,
+                        accelerator.num_processes, start_step, run.max_steps)
 
     def update(self, step: int, values: dict[str, torch.Tensor | float]) -> None:
         """Records ``values`` after optimiser step ``step`` (1-based).
@@ -146,8 +189,11 @@ class ProgressLog:
             return
         values = {name: float(value) for name, value in values.items()}
         elapsed = time.perf_counter() - self.start
-        record = {"step": step, **values, "images_per_second": step * self.run.batch_size / elapsed}
+        record = {"step": step, **values,
+                  "images_per_second": (step - self.start_step) * self.global_batch / elapsed}
         self.history.append(record)
+        if self.run.trackers:
+            self.accelerator.log(values, step=step)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
         if self.accelerator.is_main_process:
             logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
@@ -156,14 +202,12 @@ class ProgressLog:
         self.bar.close()
 
 
-def finish_run(accelerator: Accelerator, progress: ProgressLog, output_dir: str | Path,
-               save: Callable[[Path], None]) -> Path:
-    """Closes the progress bar, lets the main process ``save`` into ``output_dir`` and ends training."""
+def finish_run(accelerator: Accelerator, progress: ProgressLog, export: Path, save: Callable[[Path], None]) -> Path:
+    """Closes the progress bar, lets the main process ``save`` the export, ends training."""
     progress.close()
-    output_dir = Path(output_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save(output_dir)
-        logger.info("saved to %s", output_dir)
+        save(export)
+        logger.info("saved to %s", export)
     accelerator.end_training()
-    return output_dir
+    return export

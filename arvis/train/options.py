@@ -42,13 +42,33 @@ class OptimConfig(Config):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig(Config):
-    """Loop settings."""
+    """Loop settings.
+
+    ``output_dir`` is the run folder: the trained result is exported to a subfolder
+    (``tokenizer/`` or ``pipeline/``) and checkpoints go to ``<that name>-checkpoints/``.
+    """
 
     output_dir: str = "outputs/run"
-    batch_size: int = 32
-    max_steps: int = 1000
+    batch_size: int = 32  # per process and per micro-batch; the global batch is logged
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 1000  # optimiser steps
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     log_every: int = 50
     progress: bool = True  # progress bar on the main process
-    overwrite: bool = False  # allow replacing an existing, non-empty output_dir
+    overwrite: bool = False  # allow replacing an earlier export in output_dir
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 saves none
+    keep_last: int = 2  # complete checkpoints kept (older ones are deleted)
+    resume: str = "auto"  # "auto": newest complete checkpoint if any; "never"; or a checkpoint folder
+    ema_decay: float = 0.0  # > 0 keeps an EMA of the weights, used for the export
+    num_workers: int = 0  # DataLoader worker processes
+    trackers: tuple[str, ...] = ()  # accelerate trackers, e.g. ["tensorboard"]; logs go to output_dir/logs
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0 or self.keep_last < 1:
+            raise ValueError("run.checkpoint_every must be >= 0 and run.keep_last >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"run.ema_decay must be in [0, 1), got {self.ema_decay}")

@@ -13,13 +13,15 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from torch.utils.data import DataLoader
 
 from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
-from arvis.train.loop import (ProgressLog, build_dataset, build_optimizer, build_scheduler, check_image_size,
-                              finish_run, infinite_batches, make_accelerator, optimizer_step)
+from arvis.train.checkpoint import save_checkpoint
+from arvis.train.ema import EMA
+from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_dataset, build_optimizer,
+                              build_scheduler, check_image_size, finish_run, make_accelerator, resume_step,
+                              step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.recipe import run_entry_point
 
@@ -46,46 +48,65 @@ def build_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
 
 
 def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, float]]]:
-    """Runs the recipe; returns the saved tokenizer folder and the logged history."""
+    """Runs the recipe; returns the exported tokenizer folder (``run.output_dir/tokenizer``) and the log."""
     run = config.run
-    accelerator = make_accelerator(run)
+    folders = RunFolders(run, "tokenizer")
+    accelerator = make_accelerator(run, folders)
     tokenizer = build_tokenizer(config)
     loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels)
     dataset = build_dataset(config.data)
-    loader = DataLoader(dataset, batch_size=run.batch_size, shuffle=True, drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {run.batch_size}")
-    generator_params = list(tokenizer.parameters()) + loss_fn.generator_parameters()
     optimizer = build_optimizer(tokenizer, config.optim)
     if loss_fn.generator_parameters():
         optimizer.add_param_group({"params": loss_fn.generator_parameters(), "weight_decay": 0.0})
     disc_optimizer = build_optimizer(loss_fn.discriminator, config.disc_optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
     disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, max(1, run.max_steps - config.loss.disc_start))
-    tokenizer, loss_fn, optimizer, disc_optimizer, loader = accelerator.prepare(
-        tokenizer, loss_fn, optimizer, disc_optimizer, loader
-    )
+    model, loss_fn, optimizer, disc_optimizer = accelerator.prepare(tokenizer, loss_fn, optimizer, disc_optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(disc_scheduler)
+    ema = EMA(tokenizer, run.ema_decay) if run.ema_decay > 0 else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    start = resume_step(accelerator, run, folders)
+    accumulation = run.gradient_accumulation_steps
+    batches = step_batches(dataset, run, accelerator, start * accumulation)
     logger.info("training %s (%.2fM parameters) on %d images", config.tokenizer,
-                sum(p.numel() for p in generator_params) / 1e6, len(dataset))
-    progress = ProgressLog(accelerator, run, "tokenizer")
-    batches = infinite_batches(loader)
-    model = accelerator.unwrap_model(tokenizer)
-    tokenizer.train()
-    for step in range(run.max_steps):
-        images, _ = next(batches)
-        pixels = model.from_unit_range(images)
-        with accelerator.autocast():
-            output = tokenizer(pixels)
-            loss, logs = loss_fn.generator_loss(pixels, output.reconstruction, output.losses, step)
-        optimizer_step(accelerator, loss, optimizer, generator_params, config.optim.grad_clip, scheduler)
-        with accelerator.autocast():
-            disc_loss, disc_logs = loss_fn.discriminator_loss(pixels, output.reconstruction, step)
-        if disc_loss is not None:
-            disc_optimizer.zero_grad(set_to_none=True)  # drop the grads the generator loss left on D
-            optimizer_step(accelerator, disc_loss, disc_optimizer, loss_fn.discriminator_parameters(),
-                           config.disc_optim.grad_clip, disc_scheduler)
+                tokenizer.num_parameters() / 1e6, len(dataset))
+    progress = ProgressLog(accelerator, run, "tokenizer", start)
+    generator_params = list(model.parameters()) + loss_fn.generator_parameters()
+    discriminator = loss_fn.discriminator
+    model.train()
+    for step in range(start, run.max_steps):
+        train_discriminator = loss_fn.discriminator_active(step)
+        for micro in range(accumulation):
+            images, _ = next(batches)
+            pixels = tokenizer.from_unit_range(images.to(accelerator.device))
+            discriminator.requires_grad_(False)  # the tokenizer's update must not touch D's gradients
+            with sync_unless_last(accelerator, model, micro, accumulation):
+                with accelerator.autocast():
+                    output = model(pixels)
+                    loss, logs = loss_fn.generator_loss(pixels, output.reconstruction, output.losses, step)
+                accelerator.backward(loss / accumulation)
+            discriminator.requires_grad_(True)
+            if train_discriminator:
+                with accelerator.autocast():
+                    disc_loss, disc_logs = loss_fn.discriminator_loss(pixels, output.reconstruction, step)
+                accelerator.backward(disc_loss / accumulation)
+            else:
+                disc_logs = {}
+        apply_gradients(accelerator, optimizer, generator_params, config.optim.grad_clip, scheduler)
+        if train_discriminator:
+            apply_gradients(accelerator, disc_optimizer, loss_fn.discriminator_parameters(),
+                            config.disc_optim.grad_clip, disc_scheduler)
+        if ema is not None:
+            ema.update(tokenizer)
         progress.update(step + 1, {**logs, **disc_logs, **output.metrics})
-    output_dir = finish_run(accelerator, progress, run.output_dir, model.eval().save_pretrained)
+        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
+            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "tokenizer"}, run.keep_last)
+    trained = accelerator.unwrap_model(model).eval()
+    if ema is not None:
+        ema.copy_to(trained)
+    output_dir = finish_run(accelerator, progress, folders.export, trained.save_pretrained)
     return output_dir, progress.history
 
 

@@ -78,8 +78,10 @@ def test_flip_augmentation_encodes_mirrors(trained_tokenizer):
 
 def test_existing_output_is_never_overwritten_by_default(trained_tokenizer):
     tokenizer_path, _ = trained_tokenizer
-    config = load_recipe(TokenizerTrainConfig, None, TINY_DATA + ["tokenizer=vq-tiny", f"run.output_dir={tokenizer_path}"])
-    with pytest.raises(ValueError, match="already holds files.*run.overwrite=true"):
+    assert tokenizer_path.name == "tokenizer"  # the export inside the run folder
+    config = load_recipe(TokenizerTrainConfig, None, TINY_DATA + ["tokenizer=vq-tiny",
+                                                                  f"run.output_dir={tokenizer_path.parent}"])
+    with pytest.raises(ValueError, match="already holds a trained result.*run.overwrite=true"):
         train_tokenizer(config)
 
 
