@@ -8,6 +8,7 @@ tokenizer (in memory), the generator is trained with teacher forcing, and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -27,6 +28,7 @@ from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_da
                               build_scheduler, check_image_size, dataset_num_classes, finish_run, make_accelerator,
                               resume_step, step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
+from arvis.train.preview import save_preview
 from arvis.train.recipe import run_entry_point
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,10 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         progress.update(step + 1, {"loss": output.loss.detach(), **output.metrics})
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
             save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "generator"}, run.keep_last)
+        if run.preview_every and (step + 1) % run.preview_every == 0 and accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
+                save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step + 1}.png")
     trained = accelerator.unwrap_model(model).eval()
     if ema is not None:
         ema.copy_to(trained)

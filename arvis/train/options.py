@@ -63,12 +63,13 @@ class RunConfig(Config):
     ema_decay: float = 0.0  # > 0 keeps an EMA of the weights, used for the export
     num_workers: int = 0  # DataLoader worker processes
     trackers: tuple[str, ...] = ()  # accelerate trackers, e.g. ["tensorboard"]; logs go to output_dir/logs
+    preview_every: int = 0  # generator training: optimiser steps between sample grids in output_dir/previews
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
-        if self.checkpoint_every < 0 or self.keep_last < 1:
-            raise ValueError("run.checkpoint_every must be >= 0 and run.keep_last >= 1")
+        if self.checkpoint_every < 0 or self.preview_every < 0 or self.keep_last < 1:
+            raise ValueError("run.checkpoint_every and run.preview_every must be >= 0, run.keep_last >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"run.ema_decay must be in [0, 1), got {self.ema_decay}")

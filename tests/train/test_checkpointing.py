@@ -113,6 +113,15 @@ def test_resume_never_starts_over_and_an_explicit_checkpoint_is_used(tokenizer_p
     assert history[0]["step"] == 6
 
 
+def test_previews_are_written_and_training_mode_is_kept(tokenizer_path, tmp_path):
+    train_generator(recipe(tokenizer_path, tmp_path / "run", "run.preview_every=3", "run.ema_decay=0.5"))
+    previews = sorted(p.name for p in (tmp_path / "run" / "previews").iterdir())
+    assert previews == ["step-3.png", "step-6.png"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "run" / "previews" / "step-3.png").size == (4 * 36, 10 * 36)  # 16 px x2 + padding
+
+
 def test_ema_update_and_apply():
     model = torch.nn.Linear(2, 2, bias=False)
     with torch.no_grad():

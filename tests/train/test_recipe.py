@@ -45,7 +45,8 @@ def test_every_recipe_in_configs_loads():
     recipes = sorted(CONFIGS.glob("*.yaml"))
     assert recipes
     for path in recipes:
-        config_class = TokenizerTrainConfig if "tokenizer" in path.name else GeneratorTrainConfig
+        assert path.stem.endswith(("_tokenizer", "_generator")), f"{path.name}: name recipes *_tokenizer/_generator"
+        config_class = TokenizerTrainConfig if path.stem.endswith("_tokenizer") else GeneratorTrainConfig
         load_recipe(config_class, path)
 
 

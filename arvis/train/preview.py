@@ -1,0 +1,35 @@
+"""Sample previews written during generator training (a grid per preview step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from arvis.api import generate
+from arvis.generators.base import Generator
+from arvis.pipeline import Pipeline
+from arvis.samplers.config import SamplingConfig
+from arvis.tokenizers.base import Tokenizer
+from arvis.visualize import image_grid
+
+MAX_PREVIEW_CLASSES = 10
+
+
+def save_preview(tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig, path: Path, *,
+                 per_class: int = 4, seed: int = 0) -> Path:
+    """Samples ``per_class`` images for the first classes (one row each) and saves the grid as ``path``.
+
+    The generator is put back in the mode it was in.
+    """
+    was_training = generator.training
+    try:
+        pipeline = Pipeline(tokenizer, generator, sampling)
+        classes = list(range(min(generator.num_classes, MAX_PREVIEW_CLASSES)))
+        with torch.no_grad():
+            images = generate(pipeline, class_labels=classes, num_samples=per_class, seed=seed, output_type="pt")
+    finally:
+        generator.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, len(classes), scale=2).save(path)
+    return path
