@@ -1,4 +1,4 @@
-"""The ``arvis`` command line: quickstart, presets, train, generate."""
+"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, sample."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def _train(args: argparse.Namespace) -> None:
     entry(args.arguments)
 
 
+def _pretokenize(args: argparse.Namespace) -> None:
+    from arvis.train import pretokenize
+
+    pretokenize.main([*(["--config", args.config] if args.config else []), *args.overrides])
+
+
 def _generate(args: argparse.Namespace) -> None:
     import arvis
     from arvis.visualize import image_grid
@@ -49,6 +55,31 @@ def _generate(args: argparse.Namespace) -> None:
                             output_type="pt", progress=True, **sampling)
     image_grid(images, len(args.labels), scale=args.scale).save(args.out)
     print(json.dumps({"grid": str(args.out), "images": len(images), "labels": args.labels}))
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import torch
+    from accelerate import PartialState
+
+    from arvis.sample import collect_npz, read_protocol, sample_to_folder
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but no CUDA device is visible; use --device cpu")
+    # Under accelerate launch / torchrun each process gets its index, count and device (one GPU each);
+    # CPU-only processes shard only when PartialState is told cpu=True.
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = state.device
+    sampling = {key: getattr(args, key) for key in ("cfg_scale", "top_k", "top_p", "temperature")}
+    sample_to_folder(args.pipeline, args.out, num_samples=args.num_samples, seed=args.seed, labels=args.labels,
+                     batch_size=args.batch_size, process_index=state.process_index,
+                     num_processes=state.num_processes, progress=state.is_main_process, device=device, **sampling)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        npz = collect_npz(args.out)
+        protocol = read_protocol(args.out)
+        print(json.dumps({"output_dir": str(args.out), "npz": str(npz), "num_samples": protocol["num_samples"],
+                          "num_processes": state.num_processes, "labels": protocol["labels"]["policy"],
+                          "image_size": protocol["image_size"]}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="passed on to the entry point: --config FILE and dotted key=value overrides")
     train.set_defaults(handler=_train)
 
+    pretokenize = commands.add_parser("pretokenize", help="encode a dataset once with a tokenizer into a safetensors "
+                                      "file (same as python -m arvis.train.pretokenize)")
+    # The entry point's own options, declared here: a leading REMAINDER positional would refuse "--config".
+    pretokenize.add_argument("--config", help="YAML recipe; defaults are used when omitted")
+    pretokenize.add_argument("overrides", nargs="*",
+                             help="dotted overrides, e.g. tokenizer_path=DIR data.image_size=32")
+    pretokenize.set_defaults(handler=_pretokenize)
+
     gen = commands.add_parser("generate", help="sample a class-conditional grid from a pipeline folder")
     gen.add_argument("pipeline", help="pipeline folder")
     gen.add_argument("--labels", type=int, nargs="+", required=True, help="class ids, one grid row each")
@@ -84,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scale", type=int, default=3, help="pixel repetition factor of the grid")
     gen.add_argument("--out", default="samples.png")
     gen.set_defaults(handler=_generate)
+
+    sample = commands.add_parser("sample", help="sample an evaluation set into PNGs and an ADM-style .npz "
+                                 "(resumable; shards over accelerate launch / torchrun processes)")
+    sample.add_argument("pipeline", help="pipeline folder")
+    sample.add_argument("--num-samples", type=int, required=True, help="images in the whole set")
+    sample.add_argument("--out", required=True, help="sample folder (rerun with the same settings to resume)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--labels", type=int, nargs="+", default=None,
+                        help="class ids cycled over the samples (default: all classes, balanced)")
+    sample.add_argument("--batch-size", type=int, default=64, help="images per forward batch and process")
+    sample.add_argument("--cfg-scale", type=float, default=None)
+    sample.add_argument("--top-k", type=int, default=None)
+    sample.add_argument("--top-p", type=float, default=None)
+    sample.add_argument("--temperature", type=float, default=None)
+    sample.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="default: this process's accelerate device")
+    sample.set_defaults(handler=_sample)
     return parser
 
 
@@ -96,3 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"arvis: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

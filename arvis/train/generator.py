@@ -44,6 +44,7 @@ class GeneratorTrainConfig(Config):
     """
 
     tokenizer_path: str | None = None
+    tokens_path: str | None = None  # a file from arvis.train.pretokenize; replaces encoding the data here
     generator: str = "raster-demo"
     generator_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     data: DataConfig = DataConfig()
@@ -71,6 +72,20 @@ def encode_dataset(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, devi
     return TensorDataset(torch.cat(tokens), torch.cat(labels))
 
 
+def read_tokens(path: str, tokenizer: Tokenizer) -> tuple[TensorDataset, int]:
+    """Loads a pre-tokenised file and checks it was made by a tokenizer like ``tokenizer``."""
+    from arvis.train.pretokenize import load_pretokenized
+
+    token_data, metadata = load_pretokenized(path)
+    layout = [list(shape) for shape in tokenizer.layout.shapes]
+    if metadata["vocab_size"] != tokenizer.vocab_size or metadata["token_layout"] != layout:
+        raise ValueError(
+            f"{path} holds tokens of vocabulary {metadata['vocab_size']} and layout {metadata['token_layout']}, but "
+            f"the tokenizer has {tokenizer.vocab_size} and {layout}; pretokenize again with this tokenizer"
+        )
+    return token_data, len(metadata["class_names"])
+
+
 def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int) -> Generator:
     preset = GENERATORS.preset(config.generator)
     generator_class = GENERATORS.class_for_config(preset)
@@ -89,14 +104,19 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     folders = RunFolders(run, "pipeline")
     accelerator = make_accelerator(run, folders)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
-    check_image_size(tokenizer, config.data)
-    dataset = build_dataset(config.data.replace(random_flip=False))
-    generator = build_generator(config, tokenizer, dataset_num_classes(dataset))
+    if config.tokens_path is not None:
+        token_data, num_classes = read_tokens(config.tokens_path, tokenizer)
+    else:
+        check_image_size(tokenizer, config.data)
+        dataset = build_dataset(config.data.replace(random_flip=False))
+        num_classes = dataset_num_classes(dataset)
+    generator = build_generator(config, tokenizer, num_classes)
     check_compatible(tokenizer, generator)  # before any training time is spent
-    logger.info("encoding %d images with the tokenizer%s", len(dataset),
-                " (and their mirrors)" if config.data.random_flip else "")
-    token_data = encode_dataset(tokenizer, dataset, config.encode_batch_size, accelerator.device,
-                                with_mirrors=config.data.random_flip)
+    if config.tokens_path is None:
+        logger.info("encoding %d images with the tokenizer%s", len(dataset),
+                    " (and their mirrors)" if config.data.random_flip else "")
+        token_data = encode_dataset(tokenizer, dataset, config.encode_batch_size, accelerator.device,
+                                    with_mirrors=config.data.random_flip)
     logger.info("training %s (%.2fM parameters) on %d token sequences of length %d", config.generator,
                 generator.num_parameters() / 1e6, len(token_data), generator.layout.length)
     optimizer = build_optimizer(generator, config.optim)

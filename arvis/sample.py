@@ -1,0 +1,298 @@
+"""Sharded, resumable sampling into a folder of PNGs, and its export to an ADM-style ``.npz``.
+
+Evaluation protocols (FID, IS, precision/recall with OpenAI's ADM evaluator) sample a fixed
+set of images, e.g. 50,000 with 50 per class. Sample ``i`` of a run is defined by the run
+alone: its class is ``labels[i % len(labels)]`` (or ``i % num_classes`` when no labels are
+given) and its random stream is seeded by (seed, i), as in :func:`arvis.generate`. So the
+set does not depend on batch size, on how many processes share the work, or on how often a
+run was interrupted.
+
+Folder layout::
+
+    protocol.json        what defines the samples (seed, labels, sampling settings, components,
+                         device type and dtype)
+    images/000000.png    sample i as images/{i:06d}.png, written atomically
+    samples.npz          arr_0 (n, h, w, 3) uint8 in index order, labels (n,) int64 (collect_npz)
+
+Process r of k owns the indices i with i % k == r. A PNG that exists is done: a rerun
+skips it, so a killed run resumes where it stopped. This module stays distributed-agnostic;
+the ``arvis sample`` command reads the process index and count from accelerate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from arvis.pipeline import Pipeline
+from arvis.samplers import SamplingConfig, sampler_for
+from arvis.samplers.logits import per_sample_generators
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_FILE = "protocol.json"
+IMAGES_FOLDER = "images"
+NPZ_FILE = "samples.npz"
+_PARTIAL_MARKER = ".partial-"  # temporary files are ".{i:06d}.png.partial-{token}"
+_INFORMATIONAL_KEYS = ("arvis_version",)  # recorded but not required to match on resume
+_REQUIRED_KEYS = frozenset({"num_samples", "seed", "labels", "sampling", "image_size"})
+
+
+def sample_to_folder(
+    pipeline: Pipeline | str | Path,
+    output_dir: str | Path,
+    *,
+    num_samples: int,
+    seed: int = 0,
+    labels: Sequence[int] | None = None,
+    batch_size: int = 64,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    **sampling_overrides: Any,
+) -> Path:
+    """Samples this process's share of ``num_samples`` images into ``output_dir/images``.
+
+    Args:
+        pipeline: a :class:`Pipeline`, or the path of a saved one (then recorded in the protocol).
+        output_dir: the sample folder (created if needed; see the module docstring).
+        num_samples: n, the size of the whole set over all processes.
+        seed: sample i draws from a ``torch.Generator`` seeded by (seed, i).
+        labels: class ids cycled over the indices (sample i has ``labels[i % len(labels)]``);
+            ``None`` balances all classes (sample i has class ``i % num_classes``).
+        batch_size: images sampled per forward batch.
+        process_index, num_processes: this process owns the indices i with
+            ``i % num_processes == process_index``.
+        progress: show a progress bar over batches.
+        device: where to load ``pipeline`` when it is a path (default CPU).
+        **sampling_overrides: ``cfg_scale``, ``cfg_schedule``, ``top_k``, ``top_p``,
+            ``temperature``; ``None`` keeps the pipeline's stored value.
+
+    Returns:
+        ``output_dir``.
+
+    Raises:
+        ValueError: on bad arguments, or if ``output_dir`` holds samples of other settings.
+    """
+    _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size, num_processes=num_processes)
+    if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must be an integer in [0, {num_processes - 1}], got {process_index!r}")
+    pipeline_path = None
+    if not isinstance(pipeline, Pipeline):
+        pipeline_path = str(Path(pipeline).resolve())
+        pipeline = Pipeline.from_pretrained(pipeline, device=device or "cpu")
+    elif device is not None and torch.device(device) != pipeline.device:
+        raise ValueError(
+            f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})"
+        )
+    sampling = _apply_overrides(pipeline.sampling, sampling_overrides)
+    num_classes = pipeline.generator.num_classes
+    label_policy = _label_policy(labels, num_classes)
+    protocol = {
+        "num_samples": int(num_samples),
+        "seed": int(seed),
+        "labels": label_policy,
+        "sampling": sampling.to_dict(),
+        "pipeline": pipeline_path,
+        "tokenizer": _component_summary(pipeline.tokenizer),
+        "generator": _component_summary(pipeline.generator),
+        "image_size": list(pipeline.tokenizer.image_size),
+        # CPU and CUDA generators draw different streams from one seed; precision changes the images too
+        "device_type": pipeline.device.type,
+        "dtype": str(next(pipeline.generator.parameters()).dtype).removeprefix("torch."),
+        "arvis_version": _arvis_version(),
+    }
+    output_dir = Path(output_dir)
+    images_dir = output_dir / IMAGES_FOLDER
+    _claim_folder(output_dir, protocol)
+
+    owned = range(process_index, num_samples, num_processes)
+    _remove_partial_files(images_dir, set(owned))
+    pending = [index for index in owned if not _image_path(images_dir, index).exists()]
+    logger.info("process %d/%d: %d of its %d samples to draw (%d already in %s)", process_index, num_processes,
+                len(pending), len(owned), len(owned) - len(pending), images_dir)
+    sampler = sampler_for(pipeline.generator, sampling)
+    tokenizer = pipeline.tokenizer
+    batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+    for indices in tqdm(batches, disable=not progress, desc="sampling"):
+        batch_labels = torch.tensor([label_for(label_policy, index) for index in indices], device=pipeline.device)
+        rngs = generators_for(seed, indices, pipeline.device)
+        tokens = sampler(pipeline.generator, batch_labels, rng=rngs)
+        with torch.inference_mode():
+            pixels = tokenizer.to_unit_range(tokenizer.decode(tokens).float()).cpu()
+        for index, image in zip(indices, to_uint8(pixels), strict=True):
+            _write_png_atomically(image, _image_path(images_dir, index))
+    return output_dir
+
+
+def collect_npz(output_dir: str | Path) -> Path:
+    """Writes ``output_dir/samples.npz`` once every sample of the run exists.
+
+    The file holds ``arr_0`` (n, h, w, 3) uint8 in index order, as OpenAI's ADM evaluator
+    reads it, and ``labels`` (n,) int64. It is written atomically.
+
+    Raises:
+        FileNotFoundError: ``output_dir`` has no ``protocol.json``.
+        ValueError: samples are missing (their count and the first indices are named) or an
+            image has the wrong size.
+    """
+    output_dir = Path(output_dir)
+    protocol = read_protocol(output_dir)
+    num_samples = protocol["num_samples"]
+    height, width = protocol["image_size"]
+    images_dir = output_dir / IMAGES_FOLDER
+    missing = [index for index in range(num_samples) if not _image_path(images_dir, index).is_file()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {num_samples} samples are missing in {images_dir} (first: {missing[:5]}); "
+            "run sample_to_folder (or arvis sample) again with the same settings to finish them"
+        )
+    images = np.empty((num_samples, height, width, 3), dtype=np.uint8)
+    for index in range(num_samples):
+        path = _image_path(images_dir, index)
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+        if array.shape != (height, width, 3):
+            raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}, not the run's {width}x{height}")
+        images[index] = array
+    labels = np.array([label_for(protocol["labels"], index) for index in range(num_samples)], dtype=np.int64)
+    path = output_dir / NPZ_FILE
+    temporary = path.with_name(f".{path.name}{_PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temporary, "wb") as file:
+            np.savez(file, arr_0=images, labels=labels)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_protocol(output_dir: str | Path) -> dict[str, Any]:
+    """The ``protocol.json`` of a sample folder."""
+    path = Path(output_dir) / PROTOCOL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {Path(output_dir)} is not a sample folder written by arvis")
+    try:
+        protocol = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"corrupt {path}: {error}") from error
+    missing = sorted(_REQUIRED_KEYS - set(protocol)) if isinstance(protocol, dict) else sorted(_REQUIRED_KEYS)
+    if missing:
+        raise ValueError(f"{path} lacks the entries {missing}; it was not written by arvis.sample")
+    return protocol
+
+
+def label_for(label_policy: dict[str, Any], index: int) -> int:
+    """The class id of sample ``index`` under a protocol's ``labels`` entry."""
+    if label_policy["policy"] == "balanced":
+        return index % label_policy["num_classes"]
+    values = label_policy["values"]
+    return values[index % len(values)]
+
+
+def generators_for(seed: int, indices: Sequence[int], device: torch.device | str) -> list[torch.Generator]:
+    """One generator per sample index (any indices, not only a contiguous run), seeded by (seed, index)."""
+    return [per_sample_generators(seed, index, 1, device)[0] for index in indices]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (n, 3, h, w) in [0, 1] -> (n, h, w, 3) uint8, rounded as :func:`arvis.generate` does."""
+    return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _check_counts(**values: int) -> None:
+    for name, value in values.items():
+        minimum = 0 if name == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _apply_overrides(sampling: SamplingConfig, overrides: dict[str, Any]) -> SamplingConfig:
+    known = {field.name for field in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown sampling setting(s) {unknown}; valid ones are {sorted(known)}")
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return sampling.replace(**changes) if changes else sampling
+
+
+def _label_policy(labels: Sequence[int] | None, num_classes: int) -> dict[str, Any]:
+    if labels is None:
+        return {"policy": "balanced", "num_classes": num_classes}
+    values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+    if not values:
+        raise ValueError("labels is empty; pass at least one class id, or None for balanced classes")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"labels must be class ids in [0, {num_classes - 1}] for this pipeline, got {bad[:5]}")
+    return {"policy": "cycle", "values": [int(v) for v in values]}
+
+
+def _component_summary(component) -> dict[str, Any]:
+    return {"type": type(component).__name__, "config": component.config.to_dict()}
+
+
+def _arvis_version() -> str:
+    from arvis import __version__
+
+    return __version__
+
+
+def _claim_folder(output_dir: Path, protocol: dict[str, Any]) -> None:
+    """Checks ``protocol`` against the folder's, or writes it; samples of two settings never mix.
+
+    Every process writes the (identical) protocol before its first image, so images without
+    a protocol are foreign files, not an interrupted run of this module.
+    """
+    images_dir = output_dir / IMAGES_FOLDER
+    has_images = images_dir.is_dir() and any(images_dir.glob("*.png"))  # listed before the protocol is read
+    path = output_dir / PROTOCOL_FILE
+    if path.is_file():
+        existing = read_protocol(output_dir)
+        differing = sorted(key for key in set(existing) | set(protocol)
+                           if key not in _INFORMATIONAL_KEYS and existing.get(key) != protocol.get(key))
+        if differing:
+            raise ValueError(
+                f"{output_dir} holds samples of other settings (differing keys: {differing}, see {path}); "
+                "sample into a new folder, or rerun with the recorded settings to resume"
+            )
+        return
+    if has_images:
+        raise ValueError(f"{images_dir} holds PNG files but {path} is missing; sample into a new folder")
+    images_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}{_PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
+    temporary.write_text(json.dumps(protocol, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _image_path(images_dir: Path, index: int) -> Path:
+    return images_dir / f"{index:06d}.png"
+
+
+def _write_png_atomically(image: np.ndarray, path: Path) -> None:
+    """Writes (h, w, 3) uint8 to ``path`` via a temporary sibling, so a killed run leaves no partial PNG."""
+    temporary = path.with_name(f".{path.name}{_PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
+    try:
+        Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _remove_partial_files(images_dir: Path, owned: set[int]) -> None:
+    """Deletes temporary files that an interrupted run of this process's indices left behind."""
+    for path in images_dir.glob(f".*.png{_PARTIAL_MARKER}*"):
+        stem = path.name[1:].split(".", 1)[0]
+        if stem.isdigit() and int(stem) in owned:
+            path.unlink(missing_ok=True)
