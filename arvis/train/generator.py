@@ -25,8 +25,8 @@ from arvis.tokenizers.base import Tokenizer
 from arvis.train.checkpoint import save_checkpoint
 from arvis.train.ema import EMA
 from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_dataset, build_optimizer,
-                              build_scheduler, check_image_size, dataset_num_classes, finish_run, make_accelerator,
-                              resume_step, step_batches, sync_unless_last)
+                              build_scheduler, check_image_size, check_processes_agree, dataset_num_classes,
+                              finish_run, make_accelerator, resume_step, step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
 from arvis.train.recipe import run_entry_point
@@ -102,7 +102,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         raise ValueError("tokenizer_path is required: pass tokenizer_path=DIR (a folder saved by the tokenizer trainer)")
     run = config.run
     folders = RunFolders(run, "pipeline")
-    accelerator = make_accelerator(run, folders)
+    accelerator = make_accelerator(run, folders, multi_process=True)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
     if config.tokens_path is not None:
         token_data, num_classes = read_tokens(config.tokens_path, tokenizer)
@@ -123,7 +123,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
     model, optimizer = accelerator.prepare(generator, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    ema = EMA(generator, run.ema_decay) if run.ema_decay > 0 else None
+    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None  # after the broadcast
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     start = resume_step(accelerator, run, folders)
@@ -149,6 +149,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
             with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
                 save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step + 1}.png")
     trained = accelerator.unwrap_model(model).eval()
+    check_processes_agree(accelerator, trained)
     if ema is not None:
         ema.copy_to(trained)
     output_dir = finish_run(accelerator, progress, folders.export,

@@ -38,14 +38,14 @@ class RunFolders:
         self.checkpoints = self.root / f"{export_name}-checkpoints"
 
 
-def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
+def make_accelerator(run: RunConfig, folders: RunFolders, *, multi_process: bool) -> Accelerator:
     """An ``Accelerator`` for the run, after checking that the run may write where it is told to.
 
     accelerate keeps its settings in process-wide state; each run sets them afresh so that runs
     with different precision can follow each other in one process (the quickstart chains two).
-    The distributed part of that state is kept. Multi-process runs are refused for now: the
-    tokenizer's discriminator is not synchronised and no multi-process run is tested yet.
-    Gradient accumulation is done by the loop itself (see :func:`accumulate_and_step`).
+    The distributed part of that state is kept. ``multi_process=False`` refuses launches with
+    several processes (the tokenizer trainer, whose discriminator is not synchronised yet).
+    Gradient accumulation is done by the loop itself (see :func:`sync_unless_last`).
     """
     if folders.export.exists() and not run.overwrite:
         raise ValueError(
@@ -57,9 +57,9 @@ def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=not torch.cuda.is_available(),
                               log_with=list(run.trackers) or None, project_dir=str(folders.root / "logs"))
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1 and not multi_process:
         raise ValueError(
-            f"multi-process training ({accelerator.num_processes} processes) is not supported yet; launch one process"
+            f"this trainer runs on one process for now ({accelerator.num_processes} were launched); launch one process"
         )
     set_seed(run.seed, device_specific=True)
     return accelerator
@@ -187,7 +187,7 @@ class ProgressLog:
         self.bar.update(1)
         if step % self.run.log_every and step not in (1, self.run.max_steps):
             return
-        values = {name: float(value) for name, value in values.items()}
+        values = {name: self._mean_over_processes(value) for name, value in values.items()}
         elapsed = time.perf_counter() - self.start
         record = {"step": step, **values,
                   "images_per_second": (step - self.start_step) * self.global_batch / elapsed}
@@ -196,10 +196,29 @@ class ProgressLog:
             self.accelerator.log(values, step=step)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
         if self.accelerator.is_main_process:
-            logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            logger.info(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+    def _mean_over_processes(self, value: torch.Tensor | float) -> float:
+        """The value averaged over processes (a collective: every process logs on the same steps)."""
+        if self.accelerator.num_processes == 1:
+            return float(value)
+        tensor = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
+        return float(self.accelerator.reduce(tensor, reduction="mean"))
 
     def close(self) -> None:
         self.bar.close()
+
+
+def check_processes_agree(accelerator: Accelerator, model: nn.Module) -> None:
+    """Raises ``RuntimeError`` if the processes of a data-parallel run ended with different weights."""
+    if accelerator.num_processes == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+    if not torch.all(gathered == gathered[0]):
+        raise RuntimeError(f"processes ended with different weights (parameter checksums {gathered.tolist()})")
+    if accelerator.is_main_process:
+        logger.info("weights identical on %d processes (checksum %.12g)", accelerator.num_processes, gathered[0])
 
 
 def finish_run(accelerator: Accelerator, progress: ProgressLog, export: Path, save: Callable[[Path], None]) -> Path:

@@ -51,7 +51,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     """Runs the recipe; returns the exported tokenizer folder (``run.output_dir/tokenizer``) and the log."""
     run = config.run
     folders = RunFolders(run, "tokenizer")
-    accelerator = make_accelerator(run, folders)
+    accelerator = make_accelerator(run, folders, multi_process=False)
     tokenizer = build_tokenizer(config)
     loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels)
     dataset = build_dataset(config.data)
@@ -64,7 +64,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     model, loss_fn, optimizer, disc_optimizer = accelerator.prepare(tokenizer, loss_fn, optimizer, disc_optimizer)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(disc_scheduler)
-    ema = EMA(tokenizer, run.ema_decay) if run.ema_decay > 0 else None
+    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     start = resume_step(accelerator, run, folders)
