@@ -34,16 +34,16 @@ QUICKSTART_TOKENIZER = TokenizerTrainConfig(
     data=QUICKSTART_DATA,
     optim=OptimConfig(learning_rate=1e-3, betas=(0.9, 0.95), warmup_steps=20, schedule="cosine",
                       min_lr_ratio=0.05),
-    run=RunConfig(output_dir=".", batch_size=32, max_steps=600, log_every=100),
+    run=RunConfig(output_dir=".", batch_size=32, max_steps=500, log_every=100),
 )
 
 QUICKSTART_GENERATOR = GeneratorTrainConfig(
     generator="raster-demo",
     data=QUICKSTART_DATA,
-    optim=OptimConfig(learning_rate=1e-3, weight_decay=0.05, warmup_steps=50, schedule="cosine",
+    optim=OptimConfig(learning_rate=2e-3, weight_decay=0.05, warmup_steps=50, schedule="cosine",
                       min_lr_ratio=0.05),
     sampling=SamplingConfig(cfg_scale=2.0, top_k=0, top_p=0.9, temperature=1.0),
-    run=RunConfig(output_dir=".", batch_size=64, max_steps=1300, log_every=100),
+    run=RunConfig(output_dir=".", batch_size=64, max_steps=1200, log_every=100),
 )
 
 SAMPLES_PER_CLASS = 10
