@@ -75,17 +75,27 @@ def generate(
                       disable=not progress, desc="sampling"):
         batch_labels = labels[start:start + batch_size].to(device)
         rngs = per_sample_generators(seed, start, len(batch_labels), device)
-        tokens = sampler(pipeline.generator, batch_labels, rng=rngs)
-        with torch.inference_mode():
-            pixels = pipeline.tokenizer.decode(tokens)
-        batches.append(pipeline.tokenizer.to_unit_range(pixels.float()).cpu())
+        batches.append(draw_images(pipeline, sampler, batch_labels, rngs))
     images = torch.cat(batches)
     if output_type == "pt":
         return images
-    array = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    array = to_uint8(images)
     if output_type == "np":
         return array
     return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
+
+
+def draw_images(pipeline: Pipeline, sampler, labels: torch.Tensor, rngs) -> torch.Tensor:
+    """Samples tokens for labels (b,) and decodes them -> (b, 3, h, w) float in [0, 1] on the CPU."""
+    tokens = sampler(pipeline.generator, labels, rng=rngs)
+    with torch.inference_mode():
+        pixels = pipeline.tokenizer.decode(tokens)
+    return pipeline.tokenizer.to_unit_range(pixels.float()).cpu()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (n, 3, h, w) in [0, 1] -> (n, h, w, 3) uint8 (rounded)."""
+    return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _labels_tensor(class_labels: Sequence[int], num_classes: int) -> torch.Tensor:

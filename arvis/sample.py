@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from arvis.api import draw_images, to_uint8
 from arvis.pipeline import Pipeline
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.samplers.logits import per_sample_generators
@@ -123,14 +124,10 @@ def sample_to_folder(
     logger.info("process %d/%d: %d of its %d samples to draw (%d already in %s)", process_index, num_processes,
                 len(pending), len(owned), len(owned) - len(pending), images_dir)
     sampler = sampler_for(pipeline.generator, sampling)
-    tokenizer = pipeline.tokenizer
     batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
     for indices in tqdm(batches, disable=not progress, desc="sampling"):
         batch_labels = torch.tensor([label_for(label_policy, index) for index in indices], device=pipeline.device)
-        rngs = generators_for(seed, indices, pipeline.device)
-        tokens = sampler(pipeline.generator, batch_labels, rng=rngs)
-        with torch.inference_mode():
-            pixels = tokenizer.to_unit_range(tokenizer.decode(tokens).float()).cpu()
+        pixels = draw_images(pipeline, sampler, batch_labels, generators_for(seed, indices, pipeline.device))
         for index, image in zip(indices, to_uint8(pixels), strict=True):
             _write_png_atomically(image, _image_path(images_dir, index))
     return output_dir
@@ -204,11 +201,6 @@ def label_for(label_policy: dict[str, Any], index: int) -> int:
 def generators_for(seed: int, indices: Sequence[int], device: torch.device | str) -> list[torch.Generator]:
     """One generator per sample index (any indices, not only a contiguous run), seeded by (seed, index)."""
     return [per_sample_generators(seed, index, 1, device)[0] for index in indices]
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (n, 3, h, w) in [0, 1] -> (n, h, w, 3) uint8, rounded as :func:`arvis.generate` does."""
-    return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _check_counts(**values: int) -> None:

@@ -15,13 +15,18 @@ def _read_images(folder, count):
     return np.stack([np.asarray(Image.open(folder / "images" / f"{index:06d}.png")) for index in range(count)])
 
 
+def _single_and_sharded(pipeline, tmp_path, *, single_batch, sharded_batch, order):
+    """7 images sampled by one process, and by 2 simulated processes run in ``order``: both as uint8 arrays."""
+    sample_to_folder(pipeline, tmp_path / "single", num_samples=7, seed=3, batch_size=single_batch)
+    for process_index in order:
+        sample_to_folder(pipeline, tmp_path / "sharded", num_samples=7, seed=3, batch_size=sharded_batch,
+                         process_index=process_index, num_processes=2)
+    return _read_images(tmp_path / "single", 7), _read_images(tmp_path / "sharded", 7)
+
+
 def test_two_processes_write_exactly_the_images_of_one(tiny_pipeline, tmp_path):
     # Batch size 1 everywhere, so every image is computed from the same tensors: the PNGs must be identical.
-    sample_to_folder(tiny_pipeline, tmp_path / "single", num_samples=7, seed=3, batch_size=1)
-    for process_index in (1, 0):
-        sample_to_folder(tiny_pipeline, tmp_path / "sharded", num_samples=7, seed=3, batch_size=1,
-                         process_index=process_index, num_processes=2)
-    single, sharded = _read_images(tmp_path / "single", 7), _read_images(tmp_path / "sharded", 7)
+    single, sharded = _single_and_sharded(tiny_pipeline, tmp_path, single_batch=1, sharded_batch=1, order=(1, 0))
     np.testing.assert_array_equal(sharded, single)
     assert len(np.unique(single.reshape(7, -1), axis=0)) == 7  # every index has its own image
 
@@ -29,11 +34,7 @@ def test_two_processes_write_exactly_the_images_of_one(tiny_pipeline, tmp_path):
 def test_sharding_and_batching_keep_each_images_tokens(tiny_pipeline, tmp_path):
     # Other batch shapes draw the same tokens; the decoder's float rounding may then differ by ~1e-6,
     # which can move a pixel across a uint8 rounding boundary, so at most one level of difference.
-    sample_to_folder(tiny_pipeline, tmp_path / "single", num_samples=7, seed=3, batch_size=4)
-    for process_index in (0, 1):
-        sample_to_folder(tiny_pipeline, tmp_path / "sharded", num_samples=7, seed=3, batch_size=3,
-                         process_index=process_index, num_processes=2)
-    single, sharded = _read_images(tmp_path / "single", 7), _read_images(tmp_path / "sharded", 7)
+    single, sharded = _single_and_sharded(tiny_pipeline, tmp_path, single_batch=4, sharded_batch=3, order=(0, 1))
     assert np.abs(single.astype(int) - sharded.astype(int)).max() <= 1
 
 

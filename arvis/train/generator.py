@@ -57,19 +57,22 @@ class GeneratorTrainConfig(Config):
 @torch.inference_mode()
 def encode_dataset(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, device: torch.device, *,
                    with_mirrors: bool = False) -> TensorDataset:
-    """Encodes every image once -> TensorDataset(tokens (n, l) long, labels (n,) long) on the CPU.
+    """Encodes every image once -> TensorDataset(tokens (r, l) long, labels (r,) long) on the CPU.
 
     ``with_mirrors`` also encodes each image's horizontal mirror (LlamaGen's flip augmentation
-    of extracted codes), doubling n.
+    of extracted codes): rows 0..n-1 are the images in dataset order, rows n..2n-1 their mirrors.
     """
-    tokens, labels = [], []
+    tokens, mirror_tokens, labels = [], [], []
     for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         pixels = tokenizer.from_unit_range(images.to(device))
-        variants = [pixels, pixels.flip(-1)] if with_mirrors else [pixels]
-        for variant in variants:
-            tokens.append(tokenizer.encode(variant).cpu())
-            labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
-    return TensorDataset(torch.cat(tokens), torch.cat(labels))
+        tokens.append(tokenizer.encode(pixels).cpu())
+        if with_mirrors:
+            mirror_tokens.append(tokenizer.encode(pixels.flip(-1)).cpu())
+        labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
+    labels = torch.cat(labels)
+    if with_mirrors:
+        return TensorDataset(torch.cat(tokens + mirror_tokens), torch.cat([labels, labels]))
+    return TensorDataset(torch.cat(tokens), labels)
 
 
 def read_tokens(path: str, tokenizer: Tokenizer) -> tuple[TensorDataset, int]:

@@ -86,10 +86,7 @@ def pretokenize(config: PretokenizeConfig) -> Path:
     logger.info("encoding %d images%s with %s", len(dataset), " and their mirrors" if with_mirrors else "",
                 config.tokenizer_path)
     encoded = encode_dataset(tokenizer, dataset, config.batch_size, device, with_mirrors=with_mirrors)
-    tokens, labels = encoded.tensors
-    if with_mirrors:
-        order = _originals_then_mirrors(len(dataset), config.batch_size)
-        tokens, labels = tokens[order], labels[order]
+    tokens, labels = encoded.tensors  # with mirrors: all images, then all mirrors
     expected_rows = len(dataset) * (2 if with_mirrors else 1)
     if tokens.shape != (expected_rows, tokenizer.layout.length):
         raise ValueError(
@@ -144,18 +141,6 @@ def load_pretokenized(path: str | Path) -> tuple[TensorDataset, dict[str, Any]]:
     tokens, labels = tensors["tokens"], tensors["labels"]
     _check_tensors(tokens, labels, metadata, path)
     return TensorDataset(tokens.long(), labels.long()), metadata
-
-
-def _originals_then_mirrors(num_images: int, batch_size: int) -> torch.Tensor:
-    """Row order that turns encode_dataset's per-batch [images; mirrors] blocks into [all images; all mirrors]."""
-    originals, mirrors = [], []
-    row = 0
-    for start in range(0, num_images, batch_size):
-        count = min(batch_size, num_images - start)
-        originals.append(torch.arange(row, row + count))
-        mirrors.append(torch.arange(row + count, row + 2 * count))
-        row += 2 * count
-    return torch.cat(originals + mirrors)
 
 
 def _save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:

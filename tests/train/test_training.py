@@ -73,7 +73,8 @@ def test_flip_augmentation_encodes_mirrors(trained_tokenizer):
     assert len(mirrored) == 16 and len(plain) == 8
     images = torch.stack([dataset[i][0] for i in range(4)])
     expected = tokenizer.encode(tokenizer.from_unit_range(images.flip(-1)))
-    assert torch.equal(mirrored.tensors[0][4:8], expected)  # batch 1: 4 originals, then their 4 mirrors
+    assert torch.equal(mirrored.tensors[0][8:12], expected)  # rows 0..7 images, rows 8..15 their mirrors
+    assert torch.equal(mirrored.tensors[0][:8], plain.tensors[0])
 
 
 def test_existing_output_is_never_overwritten_by_default(trained_tokenizer):
