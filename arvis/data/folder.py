@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -14,6 +16,8 @@ from arvis.data.transforms import center_crop_resize, to_unit_tensor
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+VerifyMode = Literal["none", "header", "decode"]
+MAX_LISTED_FILES = 10
 
 
 class ImageFolderDataset(Dataset):
@@ -30,10 +34,17 @@ class ImageFolderDataset(Dataset):
         random_flip: flip horizontally with probability 0.5, drawn from torch's global RNG
             so that ``torch.manual_seed`` and DataLoader worker seeding control it.
         extensions: accepted file suffixes, case-insensitive.
+        verify: checks every file once, here, so that a broken file stops a run before training
+            rather than hours into it: ``"header"`` (default) opens each file and reads its
+            header, which catches files that are not images or are empty; ``"decode"`` also
+            decodes the pixels, which catches truncated files too but reads the whole dataset;
+            ``"none"`` skips the check (a broken file then fails when it is loaded).
+        verify_threads: threads reading files during the check.
     """
 
     def __init__(self, root: str | Path, image_size: int, *, random_flip: bool = False,
-                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS, verify: VerifyMode = "header",
+                 verify_threads: int = 8) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         self.root = Path(root)
@@ -61,6 +72,24 @@ class ImageFolderDataset(Dataset):
                 f"found no images under {str(self.root)!r}; accepted extensions are {self.extensions} "
                 f"in root/<class_name>/<image>"
             )
+        if verify != "none":
+            self.verify(decode=verify == "decode", num_threads=verify_threads)
+
+    def verify(self, *, decode: bool = False, num_threads: int = 8) -> None:
+        """Raises ``ValueError`` naming every file (up to ten) that cannot be read as an image."""
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        paths = [path for path, _ in self.samples]
+        with ThreadPoolExecutor(max_workers=num_threads) as pool:
+            problems = [problem for problem in pool.map(lambda path: _read_problem(path, decode), paths) if problem]
+        if problems:
+            listed = "\n  ".join(problems[:MAX_LISTED_FILES])
+            more = f"\n  ... and {len(problems) - MAX_LISTED_FILES} more" if len(problems) > MAX_LISTED_FILES else ""
+            raise ValueError(
+                f"{len(problems)} of {len(paths)} files under {str(self.root)!r} cannot be read as images:\n  "
+                f"{listed}{more}\nremove or replace them, or move them out of the class folders"
+            )
+        logger.info("checked %d images under %s (%s)", len(paths), self.root, "decoded" if decode else "headers")
 
     def _is_image(self, path: Path, folder: Path) -> bool:
         hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
@@ -82,3 +111,14 @@ class ImageFolderDataset(Dataset):
         if self.random_flip and torch.rand(()).item() < 0.5:
             image = image.flip(-1)
         return image, label
+
+
+def _read_problem(path: Path, decode: bool) -> str | None:
+    """None if ``path`` opens as an image (and decodes, with ``decode``), else ``"path: reason"``."""
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"{path}: {error}"
+    return None

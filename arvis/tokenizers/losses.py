@@ -13,6 +13,7 @@ The adversarial weight is fixed (LlamaGen's default; taming's adaptive weight is
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -125,14 +126,17 @@ class VQGANLoss(nn.Module):
         logs["total"] = total.detach()
         return total, logs
 
-    def discriminator_loss(self, inputs: Tensor, reconstruction: Tensor,
-                           step: int) -> tuple[Tensor | None, dict[str, Tensor]]:
+    def discriminator_loss(self, inputs: Tensor, reconstruction: Tensor, step: int, *,
+                           discriminator: Callable[[Tensor], Tensor] | None = None,
+                           ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Loss of the discriminator's update; ``(None, {})`` before ``disc_start`` (skip the step).
 
         Args:
             inputs: (b, c, h, w) real images.
             reconstruction: (b, c, h, w) tokenizer output; detached here, so no gradient reaches the tokenizer.
             step: global training step.
+            discriminator: what to call instead of ``self.discriminator`` (the same module wrapped
+                for data parallelism, so that its gradients are all-reduced).
 
         Returns:
             ``disc_weight`` times the hinge loss, and detached logs ``"discriminator"``,
@@ -141,8 +145,9 @@ class VQGANLoss(nn.Module):
         _check_pair(inputs, reconstruction)
         if not self.discriminator_active(step):
             return None, {}
-        real_logits = self.discriminator(inputs.detach())
-        fake_logits = self.discriminator(reconstruction.detach())
+        discriminator = self.discriminator if discriminator is None else discriminator
+        real_logits = discriminator(inputs.detach())
+        fake_logits = discriminator(reconstruction.detach())
         loss = self.config.disc_weight * hinge_discriminator_loss(real_logits, fake_logits)
         logs = {"discriminator": loss.detach(), "logits_real": real_logits.detach().mean(),
                 "logits_fake": fake_logits.detach().mean()}

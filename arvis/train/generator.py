@@ -105,7 +105,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         raise ValueError("tokenizer_path is required: pass tokenizer_path=DIR (a folder saved by the tokenizer trainer)")
     run = config.run
     folders = RunFolders(run, "pipeline")
-    accelerator = make_accelerator(run, folders, multi_process=True)
+    accelerator = make_accelerator(run, folders)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
     if config.tokens_path is not None:
         token_data, num_classes = read_tokens(config.tokens_path, tokenizer)
@@ -132,7 +132,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     start = resume_step(accelerator, run, folders)
     accumulation = run.gradient_accumulation_steps
     batches = step_batches(token_data, run, accelerator, start * accumulation)
-    progress = ProgressLog(accelerator, run, "generator", start)
+    progress = ProgressLog(accelerator, run, "generator", start, recipe=config)
     model.train()
     for step in range(start, run.max_steps):
         for micro in range(accumulation):
@@ -150,7 +150,9 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         if run.preview_every and (step + 1) % run.preview_every == 0 and accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
-                save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step + 1}.png")
+                grid = save_preview(tokenizer, unwrapped, config.sampling,
+                                    folders.root / "previews" / f"step-{step + 1}.png")
+            progress.log_image("preview", grid, step + 1)
     trained = accelerator.unwrap_model(model).eval()
     check_processes_agree(accelerator, trained)
     if ema is not None:

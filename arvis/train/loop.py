@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
+from PIL import Image
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from arvis.config import Config
 from arvis.train.batches import StepBatchSampler
 from arvis.train.checkpoint import latest_checkpoint, read_metadata
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
@@ -38,13 +42,12 @@ class RunFolders:
         self.checkpoints = self.root / f"{export_name}-checkpoints"
 
 
-def make_accelerator(run: RunConfig, folders: RunFolders, *, multi_process: bool) -> Accelerator:
+def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
     """An ``Accelerator`` for the run, after checking that the run may write where it is told to.
 
     accelerate keeps its settings in process-wide state; each run sets them afresh so that runs
     with different precision can follow each other in one process (the quickstart chains two).
-    The distributed part of that state is kept. ``multi_process=False`` refuses launches with
-    several processes (the tokenizer trainer, whose discriminator is not synchronised yet).
+    The distributed part of that state is kept.
     Gradient accumulation is done by the loop itself (see :func:`sync_unless_last`).
     """
     if folders.export.exists() and not run.overwrite:
@@ -57,9 +60,11 @@ def make_accelerator(run: RunConfig, folders: RunFolders, *, multi_process: bool
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=not torch.cuda.is_available(),
                               log_with=list(run.trackers) or None, project_dir=str(folders.root / "logs"))
-    if accelerator.num_processes > 1 and not multi_process:
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ValueError(
-            f"this trainer runs on one process for now ({accelerator.num_processes} were launched); launch one process"
+            f"this launch uses {accelerator.distributed_type.value}, which shards parameters; arvis's export and "
+            "EMA read whole parameters on each process and are only tested with data parallelism (DDP). "
+            "Launch with a multi-GPU (DDP) accelerate config instead"
         )
     set_seed(run.seed, device_specific=True)
     return accelerator
@@ -101,7 +106,8 @@ def build_dataset(config: DataConfig) -> Dataset:
     if config.name == "glyphs":
         return GlyphDataset(config.num_samples, image_size=config.image_size, seed=config.seed,
                             num_classes=config.num_classes)
-    return ImageFolderDataset(config.root, config.image_size, random_flip=config.random_flip)
+    return ImageFolderDataset(config.root, config.image_size, random_flip=config.random_flip,
+                              verify=config.verify_images)
 
 
 def check_image_size(tokenizer, data: DataConfig) -> None:
@@ -163,9 +169,16 @@ def sync_unless_last(accelerator: Accelerator, model: nn.Module, micro: int, num
 
 
 class ProgressLog:
-    """Main-process progress bar and periodic log lines with loss values and throughput."""
+    """Main-process progress bar, periodic log lines with loss values and throughput, and the trackers.
 
-    def __init__(self, accelerator: Accelerator, run: RunConfig, description: str, start_step: int = 0) -> None:
+    With ``run.trackers`` set, the trackers are started here (project ``description``) with the
+    recipe's flattened fields as hyper-parameters; values and images go to them from then on.
+    """
+
+    def __init__(self, accelerator: Accelerator, run: RunConfig, description: str, start_step: int = 0, *,
+                 recipe: Config | None = None) -> None:
+        if run.trackers:
+            accelerator.init_trackers(description, config=flatten_recipe(recipe) if recipe is not None else None)
         self.accelerator = accelerator
         self.run = run
         self.start_step = start_step
@@ -198,6 +211,16 @@ class ProgressLog:
         if self.accelerator.is_main_process:
             logger.info(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
+    def log_image(self, name: str, image: Image.Image, step: int) -> None:
+        """Sends ``image`` to the trackers that take images (main process only)."""
+        if not self.accelerator.is_main_process:
+            return
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({name: np.asarray(image)[None]}, step=step, dataformats="NHWC")
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({name: [image]}, step=step)
+
     def _mean_over_processes(self, value: torch.Tensor | float) -> float:
         """The value averaged over processes (a collective: every process logs on the same steps)."""
         if self.accelerator.num_processes == 1:
@@ -207,6 +230,23 @@ class ProgressLog:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def flatten_recipe(recipe: Config) -> dict[str, bool | int | float | str | None]:
+    """The recipe as ``{"section.field": scalar}`` (lists and dicts as their JSON text), for trackers."""
+    flat: dict[str, bool | int | float | str | None] = {}
+
+    def visit(prefix: str, value) -> None:
+        if isinstance(value, dict) and value and all(isinstance(key, str) for key in value):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}" if prefix else key, item)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        else:
+            flat[prefix] = json.dumps(value)
+
+    visit("", recipe.to_dict())
+    return flat
 
 
 def check_processes_agree(accelerator: Accelerator, model: nn.Module) -> None:

@@ -20,6 +20,8 @@ class DataConfig(Config):
     seed: int = 0  # glyphs only: the dataset's rendering seed
     random_flip: bool = False  # folder datasets only (glyph classes are not flip-invariant); generator
     # training encodes each image and its mirror once instead (LlamaGen's flip augmentation of codes)
+    verify_images: Literal["none", "header", "decode"] = "header"  # folder datasets: check every file before
+    # training ("decode" also catches truncated files but reads the whole dataset once)
 
     def __post_init__(self) -> None:
         if self.name == "folder" and not self.root:

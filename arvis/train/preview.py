@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from arvis.api import generate
 from arvis.generators.base import Generator
@@ -17,10 +18,10 @@ MAX_PREVIEW_CLASSES = 10
 
 
 def save_preview(tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig, path: Path, *,
-                 per_class: int = 4, seed: int = 0) -> Path:
-    """Samples ``per_class`` images for the first classes (one row each) and saves the grid as ``path``.
+                 per_class: int = 4, seed: int = 0) -> Image.Image:
+    """Samples ``per_class`` images for the first classes (one row each), saves the grid as ``path``.
 
-    The generator is put back in the mode it was in.
+    Returns the grid. The generator is put back in the mode it was in.
     """
     was_training = generator.training
     try:
@@ -31,5 +32,6 @@ def save_preview(tokenizer: Tokenizer, generator: Generator, sampling: SamplingC
     finally:
         generator.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, len(classes), scale=2).save(path)
-    return path
+    grid = image_grid(images, len(classes), scale=2)
+    grid.save(path)
+    return grid

@@ -1,9 +1,13 @@
 """Train a tokenizer: ``python -m arvis.train.tokenizer --config configs/<recipe>.yaml key=value ...``.
 
-Also runs under ``accelerate launch -m arvis.train.tokenizer``. Each iteration does
-the tokenizer (generator) update, then, once the discriminator has started, the
-discriminator update with its own optimiser (VQGAN / LlamaGen schedule). The
-trained tokenizer is saved as a component folder in ``run.output_dir``.
+Also runs under ``accelerate launch -m arvis.train.tokenizer`` on several processes. Each
+iteration does the tokenizer (generator) update, then, once the discriminator has started,
+the discriminator update with its own optimiser (VQGAN / LlamaGen schedule). The tokenizer
+and the discriminator are prepared as two data-parallel models: the tokenizer's adversarial
+term calls the discriminator unwrapped with its parameters frozen (no gradient, nothing to
+all-reduce), the discriminator's update calls it through its wrapper, so only that backward
+all-reduces its gradients. As in LlamaGen, the discriminator's batch norms use each process's
+own batch statistics. The trained tokenizer is saved as a component folder in ``run.output_dir``.
 """
 
 from __future__ import annotations
@@ -13,15 +17,14 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
 from arvis.train.checkpoint import save_checkpoint
 from arvis.train.ema import EMA
 from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_dataset, build_optimizer,
-                              build_scheduler, check_image_size, finish_run, make_accelerator, resume_step,
-                              step_batches, sync_unless_last)
+                              build_scheduler, check_image_size, check_processes_agree, finish_run,
+                              make_accelerator, resume_step, step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.recipe import run_entry_point
 
@@ -51,7 +54,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     """Runs the recipe; returns the exported tokenizer folder (``run.output_dir/tokenizer``) and the log."""
     run = config.run
     folders = RunFolders(run, "tokenizer")
-    accelerator = make_accelerator(run, folders, multi_process=False)
+    accelerator = make_accelerator(run, folders)
     tokenizer = build_tokenizer(config)
     loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels)
     dataset = build_dataset(config.data)
@@ -61,10 +64,12 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     disc_optimizer = build_optimizer(loss_fn.discriminator, config.disc_optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
     disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, max(1, run.max_steps - config.loss.disc_start))
-    model, loss_fn, optimizer, disc_optimizer = accelerator.prepare(tokenizer, loss_fn, optimizer, disc_optimizer)
+    loss_fn.to(accelerator.device)  # the frozen LPIPS network; the discriminator is prepared below
+    model, discriminator, optimizer, disc_optimizer = accelerator.prepare(
+        tokenizer, loss_fn.discriminator, optimizer, disc_optimizer)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(disc_scheduler)
-    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None
+    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None  # after the broadcast
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     start = resume_step(accelerator, run, folders)
@@ -72,38 +77,39 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     batches = step_batches(dataset, run, accelerator, start * accumulation)
     logger.info("training %s (%.2fM parameters) on %d images", config.tokenizer,
                 tokenizer.num_parameters() / 1e6, len(dataset))
-    progress = ProgressLog(accelerator, run, "tokenizer", start)
+    progress = ProgressLog(accelerator, run, "tokenizer", start, recipe=config)
     generator_params = list(model.parameters()) + loss_fn.generator_parameters()
-    discriminator = loss_fn.discriminator
     model.train()
     for step in range(start, run.max_steps):
         train_discriminator = loss_fn.discriminator_active(step)
+        disc_logs = {}
         for micro in range(accumulation):
             images, _ = next(batches)
             pixels = tokenizer.from_unit_range(images.to(accelerator.device))
-            discriminator.requires_grad_(False)  # the tokenizer's update must not touch D's gradients
+            loss_fn.discriminator.requires_grad_(False)  # the tokenizer's update must not touch D's gradients
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
                     output = model(pixels)
                     loss, logs = loss_fn.generator_loss(pixels, output.reconstruction, output.losses, step)
                 accelerator.backward(loss / accumulation)
-            discriminator.requires_grad_(True)
+            loss_fn.discriminator.requires_grad_(True)
             if train_discriminator:
-                with accelerator.autocast():
-                    disc_loss, disc_logs = loss_fn.discriminator_loss(pixels, output.reconstruction, step)
-                accelerator.backward(disc_loss / accumulation)
-            else:
-                disc_logs = {}
+                with sync_unless_last(accelerator, discriminator, micro, accumulation):
+                    with accelerator.autocast():
+                        disc_loss, disc_logs = loss_fn.discriminator_loss(pixels, output.reconstruction, step,
+                                                                          discriminator=discriminator)
+                    accelerator.backward(disc_loss / accumulation)
         apply_gradients(accelerator, optimizer, generator_params, config.optim.grad_clip, scheduler)
         if train_discriminator:
             apply_gradients(accelerator, disc_optimizer, loss_fn.discriminator_parameters(),
                             config.disc_optim.grad_clip, disc_scheduler)
         if ema is not None:
-            ema.update(tokenizer)
+            ema.update(accelerator.unwrap_model(model))
         progress.update(step + 1, {**logs, **disc_logs, **output.metrics})
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
             save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "tokenizer"}, run.keep_last)
     trained = accelerator.unwrap_model(model).eval()
+    check_processes_agree(accelerator, trained)
     if ema is not None:
         ema.copy_to(trained)
     output_dir = finish_run(accelerator, progress, folders.export, trained.save_pretrained)

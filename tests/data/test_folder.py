@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +110,30 @@ def test_no_class_folders_or_no_images_raise_value_error(tmp_path: Path):
         ImageFolderDataset(tmp_path / "text", 8)
 
 
-def test_corrupt_image_raises_value_error_naming_it(image_root: Path):
+def test_corrupt_image_is_found_when_the_dataset_is_built(image_root: Path):
     (image_root / "apple" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    dataset = ImageFolderDataset(image_root, 8)
+    with pytest.raises(ValueError, match=r"(?s)1 of 5 files.*broken\.png"):
+        ImageFolderDataset(image_root, 8)
+    dataset = ImageFolderDataset(image_root, 8, verify="none")  # unchecked: fails when loaded, still naming it
     index = [path.name for path, _ in dataset.samples].index("broken.png")
     with pytest.raises(ValueError, match="broken.png"):
         dataset[index]
+
+
+def test_truncated_image_needs_the_decode_check(image_root: Path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    (image_root / "zebra" / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    ImageFolderDataset(image_root, 8)  # the header is intact
+    with pytest.raises(ValueError, match="cut.png"):
+        ImageFolderDataset(image_root, 8, verify="decode")
+
+
+def test_many_broken_files_are_listed_up_to_ten(image_root: Path):
+    for index in range(12):
+        (image_root / "zebra" / f"bad{index:02d}.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"(?s)12 of 16 files.*bad09\.jpg.*and 2 more"):
+        ImageFolderDataset(image_root, 8)
 
 
 def test_extensions_filter(image_root: Path):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from arvis.tokenizers.base import TOKENIZERS
@@ -120,6 +121,28 @@ def test_previews_are_written_and_training_mode_is_kept(tokenizer_path, tmp_path
     from PIL import Image
 
     assert Image.open(tmp_path / "run" / "previews" / "step-3.png").size == (4 * 36, 10 * 36)  # 16 px x2 + padding
+
+
+def test_tensorboard_receives_losses_previews_and_the_recipe(tokenizer_path, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_generator(recipe(tokenizer_path, tmp_path / "run", "run.preview_every=3", "run.log_every=2",
+                           "run.trackers=[tensorboard]"))
+    event_files = sorted((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert event_files, "no tensorboard event file written"
+    tags = {"scalars": set(), "images": set(), "tensors": set()}
+    steps = set()
+    for path in event_files:
+        events = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0}).Reload().Tags()
+        for kind in tags:
+            tags[kind] |= set(events[kind])
+        if "loss" in events["scalars"]:
+            steps |= {event.step for event in EventAccumulator(str(path)).Reload().Scalars("loss")}
+    assert "loss" in tags["scalars"] and steps == {1, 2, 4, 6}
+    assert "preview" in tags["images"]
+    hparams = yaml.safe_load(next((tmp_path / "run" / "logs").rglob("hparams.yml")).read_text())
+    assert hparams["run.max_steps"] == 6 and hparams["generator"] == "raster-tiny"
 
 
 def test_ema_update_and_apply():

@@ -118,3 +118,47 @@ def test_learning_rate_schedule_shapes():
     assert lr_multiplier(110, warm_cosine, 110) == pytest.approx(0.1)
     assert lr_multiplier(60, OptimConfig(schedule="linear"), 100) == pytest.approx(0.4)
     assert lr_multiplier(99, OptimConfig(), 100) == 1.0
+
+
+def _folder_with(tmp_path, problem: str):
+    """An image folder root with one kind of problem (or none)."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    if problem == "missing folder":
+        return root
+    (root / "cat").mkdir(parents=True)
+    if problem == "empty folder":
+        return root
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(root / "cat" / "good.png")
+    (root / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+@pytest.mark.parametrize("problem, error, message", [
+    ("missing folder", FileNotFoundError, "images"),
+    ("empty folder", ValueError, "no images"),
+    ("corrupt image", ValueError, "corrupt.png"),
+])
+@pytest.mark.parametrize("trainer", ["tokenizer", "generator"])
+def test_bad_data_fails_before_training_starts(trainer, problem, error, message, tmp_path, monkeypatch):
+    import arvis.train.generator as generator_module
+    import arvis.train.tokenizer as tokenizer_module
+
+    module = tokenizer_module if trainer == "tokenizer" else generator_module
+
+    def training_started(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(module, "ProgressLog", training_started)
+    overrides = ["data.name=folder", f"data.root={_folder_with(tmp_path, problem)}", "data.image_size=16",
+                 f"run.output_dir={tmp_path / 'run'}"]
+    if trainer == "tokenizer":
+        config = load_recipe(TokenizerTrainConfig, None, ["tokenizer=vq-tiny", *overrides])
+    else:
+        arvis.build("vq-tiny").save_pretrained(tmp_path / "tokenizer")
+        config = load_recipe(GeneratorTrainConfig, None, [f"tokenizer_path={tmp_path / 'tokenizer'}",
+                                                          "generator=raster-tiny", *overrides])
+    with pytest.raises(error, match=message):
+        (train_tokenizer if trainer == "tokenizer" else train_generator)(config)
+    assert not (tmp_path / "run" / trainer).exists() and not (tmp_path / "run" / "pipeline").exists()
