@@ -1,4 +1,4 @@
-"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, sample."""
+"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, sample, eval."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def _quickstart(args: argparse.Namespace) -> None:
     print(f"sample grid:   {report['samples']}  (one row per class)")
     print(f"report:        {Path(args.output_dir) / 'report.json'}")
     print(f"training time: tokenizer {report['tokenizer_seconds']} s, generator {report['generator_seconds']} s")
+    glyphs = report["glyph_metrics"]
+    print(f"glyph metrics: fd-glyphs {glyphs['fd_glyphs']:.3f} (rendered glyphs score {glyphs['fd_glyphs_real_floor']:.3f}),"
+          f" class accuracy {glyphs['glyph_accuracy']:.0%}  (built-in glyph classifier; not FID)")
     print(f"try:           python -c \"import arvis; arvis.generate('{report['pipeline']}', class_labels=[3], "
           "num_samples=4)[0].save('glyph.png')\"")
 
@@ -140,11 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: this process's accelerate device")
     sample.set_defaults(handler=_sample)
+
+    from arvis.eval.cli import add_eval_commands
+
+    add_eval_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = ["arvis", *argv]  # recorded with evaluation results
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         args.handler(args)

@@ -1,4 +1,4 @@
-"""Writing saved folders safely: a save either completes or leaves the previous folder untouched.
+"""Writing safely: a save either completes or leaves the previous folder or file untouched.
 
 A save is written into a hidden staging sibling and renamed into place only when
 it is complete, so an interrupted save never leaves a folder that mixes a new
@@ -14,7 +14,9 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+PARTIAL_MARKER = ".partial-"  # temporary files are ".{name}.partial-{token}"
 
 
 @contextlib.contextmanager
@@ -48,3 +50,20 @@ def replace_folder(path: str | Path, marker: str) -> Iterator[Path]:
         shutil.rmtree(retired)
     else:
         os.replace(staging, path)
+
+
+def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Calls ``write(temporary)`` for a hidden sibling of ``path``, then renames it to ``path``.
+
+    An interrupted write leaves ``path`` as it was (absent or the previous file) and removes
+    the temporary file. Creates the parent folder. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

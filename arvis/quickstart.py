@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from arvis.api import generate, load
-from arvis.data import GLYPH_CLASSES
+from arvis.data import GLYPH_CLASSES, GlyphDataset
 from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.losses import TokenizerLossConfig
 from arvis.train.generator import GeneratorTrainConfig, train_generator
@@ -83,6 +83,7 @@ def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_ste
         "generator_final": generator_history[-1] if generator_history else {},
         "sampling": pipeline.sampling.to_dict(),
         "reconstruction_mse": _reconstruction_error(pipeline),
+        "glyph_metrics": _glyph_metrics(images, num_classes),
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -97,11 +98,31 @@ def _in_folder(recipe, output_dir: Path, max_steps: int | None, progress: bool, 
     return recipe.replace(run=run)
 
 
+def _glyph_metrics(images: torch.Tensor, num_classes: int, num_real: int = 1000) -> dict:
+    """fd-glyphs and glyph accuracy of the grid's samples (the built-in classifier; not FID).
+
+    ``fd_glyphs_real_floor`` is the same distance for as many rendered glyphs as samples: what a
+    perfect generator would score with this sample count.
+    """
+    from arvis.eval.glyph_classifier import load_glyph_classifier
+    from arvis.eval.glyph_metrics import glyph_metrics
+    from arvis.eval.images import to_uint8_chw
+
+    classifier = load_glyph_classifier()
+    size = images.shape[-1]
+    labels = torch.arange(num_classes).repeat_interleave(SAMPLES_PER_CLASS)
+    real, _ = GlyphDataset(num_real, image_size=size, seed=777).tensors()
+    floor, _ = GlyphDataset(len(images), image_size=size, seed=778).tensors()
+    real = to_uint8_chw(real, value_range=(0, 1))
+    result = glyph_metrics(to_uint8_chw(images, value_range=(0, 1)), labels, real, classifier)
+    floor_result = glyph_metrics(to_uint8_chw(floor, value_range=(0, 1)), None, real, classifier)
+    return {"fd_glyphs": round(result["fd_glyphs"], 4), "glyph_accuracy": result["glyph_accuracy"],
+            "fd_glyphs_real_floor": round(floor_result["fd_glyphs"], 4), "protocol": result["protocol"]}
+
+
 @torch.inference_mode()
 def _reconstruction_error(pipeline, num_images: int = 256) -> float:
     """Mean squared error in [0, 1] pixels of the tokenizer on held-out glyphs (another seed)."""
-    from arvis.data import GlyphDataset
-
     tokenizer = pipeline.tokenizer
     images, _ = GlyphDataset(num_images, image_size=tokenizer.image_size[0], seed=12345).tensors()
     reconstruction = tokenizer.to_unit_range(tokenizer.decode(tokenizer.encode(tokenizer.from_unit_range(images))))

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from arvis.api import draw_images, to_uint8
+from arvis.folders import PARTIAL_MARKER, write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.samplers.logits import per_sample_generators
@@ -44,7 +43,6 @@ logger = logging.getLogger(__name__)
 PROTOCOL_FILE = "protocol.json"
 IMAGES_FOLDER = "images"
 NPZ_FILE = "samples.npz"
-_PARTIAL_MARKER = ".partial-"  # temporary files are ".{i:06d}.png.partial-{token}"
 _INFORMATIONAL_KEYS = ("arvis_version",)  # recorded but not required to match on resume
 _REQUIRED_KEYS = frozenset({"num_samples", "seed", "labels", "sampling", "image_size"})
 
@@ -89,17 +87,66 @@ def sample_to_folder(
     _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size, num_processes=num_processes)
     if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
         raise ValueError(f"process_index must be an integer in [0, {num_processes - 1}], got {process_index!r}")
-    pipeline_path = None
+    pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
+    sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels,
+                                                 sampling_overrides)
+    output_dir = Path(output_dir)
+    images_dir = output_dir / IMAGES_FOLDER
+    _claim_folder(output_dir, protocol)
+
+    owned = range(process_index, num_samples, num_processes)
+    _remove_partial_files(images_dir, set(owned))
+    pending = [index for index in owned if not _image_path(images_dir, index).exists()]
+    logger.info("process %d/%d: %d of its %d samples to draw (%d already in %s)", process_index, num_processes,
+                len(pending), len(owned), len(owned) - len(pending), images_dir)
+    for indices, images in _draw(pipeline, sampling, label_policy, seed, pending, batch_size, progress):
+        for index, image in zip(indices, images, strict=True):
+            _write_png_atomically(image, _image_path(images_dir, index))
+    return output_dir
+
+
+def sample_in_memory(
+    pipeline: Pipeline | str | Path,
+    *,
+    num_samples: int,
+    seed: int = 0,
+    labels: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    **sampling_overrides: Any,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The same images as :func:`sample_to_folder` with these arguments, returned instead of written.
+
+    Returns:
+        images (n, h, w, 3) uint8, labels (n,) int64 and the protocol record.
+    """
+    _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size)
+    pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
+    sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels,
+                                                 sampling_overrides)
+    images = [batch for _, batch in _draw(pipeline, sampling, label_policy, seed, range(num_samples), batch_size,
+                                          progress)]
+    sample_labels = np.array([label_for(label_policy, index) for index in range(num_samples)], dtype=np.int64)
+    return np.concatenate(images), sample_labels, protocol
+
+
+def _resolve_pipeline(pipeline: Pipeline | str | Path, device) -> tuple[Pipeline, str | None]:
+    """The pipeline (loaded on ``device``, default CPU, when given as a path) and its resolved path."""
     if not isinstance(pipeline, Pipeline):
-        pipeline_path = str(Path(pipeline).resolve())
-        pipeline = Pipeline.from_pretrained(pipeline, device=device or "cpu")
-    elif device is not None and torch.device(device) != pipeline.device:
+        return Pipeline.from_pretrained(pipeline, device=device or "cpu"), str(Path(pipeline).resolve())
+    if device is not None and torch.device(device) != pipeline.device:
         raise ValueError(
             f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})"
         )
-    sampling = _apply_overrides(pipeline.sampling, sampling_overrides)
-    num_classes = pipeline.generator.num_classes
-    label_policy = _label_policy(labels, num_classes)
+    return pipeline, None
+
+
+def _protocol(pipeline: Pipeline, pipeline_path: str | None, num_samples: int, seed: int,
+              labels: Sequence[int] | None, overrides: dict[str, Any]) -> tuple[SamplingConfig, dict, dict]:
+    """The sampling settings, the label policy and the record of everything that defines the samples."""
+    sampling = _apply_overrides(pipeline.sampling, overrides)
+    label_policy = _label_policy(labels, pipeline.generator.num_classes)
     protocol = {
         "num_samples": int(num_samples),
         "seed": int(seed),
@@ -114,23 +161,18 @@ def sample_to_folder(
         "dtype": str(next(pipeline.generator.parameters()).dtype).removeprefix("torch."),
         "arvis_version": _arvis_version(),
     }
-    output_dir = Path(output_dir)
-    images_dir = output_dir / IMAGES_FOLDER
-    _claim_folder(output_dir, protocol)
+    return sampling, label_policy, protocol
 
-    owned = range(process_index, num_samples, num_processes)
-    _remove_partial_files(images_dir, set(owned))
-    pending = [index for index in owned if not _image_path(images_dir, index).exists()]
-    logger.info("process %d/%d: %d of its %d samples to draw (%d already in %s)", process_index, num_processes,
-                len(pending), len(owned), len(owned) - len(pending), images_dir)
+
+def _draw(pipeline: Pipeline, sampling: SamplingConfig, label_policy: dict[str, Any], seed: int,
+          indices: Sequence[int], batch_size: int, progress: bool):
+    """Yields (indices, images (b, h, w, 3) uint8) for ``indices`` in batches of ``batch_size``."""
     sampler = sampler_for(pipeline.generator, sampling)
-    batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
-    for indices in tqdm(batches, disable=not progress, desc="sampling"):
-        batch_labels = torch.tensor([label_for(label_policy, index) for index in indices], device=pipeline.device)
-        pixels = draw_images(pipeline, sampler, batch_labels, generators_for(seed, indices, pipeline.device))
-        for index, image in zip(indices, to_uint8(pixels), strict=True):
-            _write_png_atomically(image, _image_path(images_dir, index))
-    return output_dir
+    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    for batch in tqdm(batches, disable=not progress, desc="sampling"):
+        batch_labels = torch.tensor([label_for(label_policy, index) for index in batch], device=pipeline.device)
+        pixels = draw_images(pipeline, sampler, batch_labels, generators_for(seed, batch, pipeline.device))
+        yield batch, to_uint8(pixels)
 
 
 def collect_npz(output_dir: str | Path) -> Path:
@@ -164,15 +206,8 @@ def collect_npz(output_dir: str | Path) -> Path:
             raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}, not the run's {width}x{height}")
         images[index] = array
     labels = np.array([label_for(protocol["labels"], index) for index in range(num_samples)], dtype=np.int64)
-    path = output_dir / NPZ_FILE
-    temporary = path.with_name(f".{path.name}{_PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, arr_0=images, labels=labels)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_file_atomically(output_dir / NPZ_FILE, lambda temporary: save_npz(temporary, arr_0=images,
+                                                                                    labels=labels))
 
 
 def read_protocol(output_dir: str | Path) -> dict[str, Any]:
@@ -263,9 +298,7 @@ def _claim_folder(output_dir: Path, protocol: dict[str, Any]) -> None:
     if has_images:
         raise ValueError(f"{images_dir} holds PNG files but {path} is missing; sample into a new folder")
     images_dir.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}{_PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
-    temporary.write_text(json.dumps(protocol, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_file_atomically(path, lambda temporary: temporary.write_text(json.dumps(protocol, indent=2) + "\n"))
 
 
 def _image_path(images_dir: Path, index: int) -> Path:
@@ -274,17 +307,19 @@ def _image_path(images_dir: Path, index: int) -> Path:
 
 def _write_png_atomically(image: np.ndarray, path: Path) -> None:
     """Writes (h, w, 3) uint8 to ``path`` via a temporary sibling, so a killed run leaves no partial PNG."""
-    temporary = path.with_name(f".{path.name}{_PARTIAL_MARKER}{uuid.uuid4().hex[:8]}")
-    try:
-        Image.fromarray(np.ascontiguousarray(image)).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_file_atomically(path, lambda temporary: Image.fromarray(np.ascontiguousarray(image)).save(temporary,
+                                                                                                   format="PNG"))
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to exactly ``path`` (numpy would append ``.npz`` to a name without it)."""
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def _remove_partial_files(images_dir: Path, owned: set[int]) -> None:
     """Deletes temporary files that an interrupted run of this process's indices left behind."""
-    for path in images_dir.glob(f".*.png{_PARTIAL_MARKER}*"):
+    for path in images_dir.glob(f".*.png{PARTIAL_MARKER}*"):
         stem = path.name[1:].split(".", 1)[0]
         if stem.isdigit() and int(stem) in owned:
             path.unlink(missing_ok=True)

@@ -18,6 +18,10 @@ def test_quickstart_writes_pipeline_grid_and_report(tmp_path, capsys):
     assert str(output / "samples.png") in printed and str(output / "pipeline") in printed
     report = json.loads((output / "report.json").read_text())
     assert report["generator_final"]["step"] == 2 and report["sampling"]["cfg_scale"] == 2.0
+    glyphs = report["glyph_metrics"]
+    assert glyphs["protocol"]["extractor"] == "arvis-glyph-classifier" and glyphs["protocol"]["num_fake"] == 100
+    assert 0 <= glyphs["glyph_accuracy"] <= 1 and 0 < glyphs["fd_glyphs_real_floor"] < glyphs["fd_glyphs"]
+    assert "fd-glyphs" in printed
     grid = Image.open(output / "samples.png")
     assert grid.height == 10 * (32 * 3 + 4) and grid.width > SAMPLES_PER_CLASS * (32 * 3 + 4)
     pipeline = arvis.load(output / "pipeline")

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +31,7 @@ from safetensors.torch import save_file
 from torch.utils.data import TensorDataset
 
 from arvis.config import Config
+from arvis.folders import write_file_atomically
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.generator import encode_dataset
 from arvis.train.loop import build_dataset, check_image_size
@@ -145,13 +144,7 @@ def load_pretokenized(path: str | Path) -> tuple[TensorDataset, dict[str, Any]]:
 
 def _save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
     """Writes via a temporary sibling renamed into place, so an interrupted run leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_file_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 def _parse_metadata(raw: dict[str, str], path: Path) -> dict[str, Any]:
