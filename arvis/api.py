@@ -33,6 +33,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     temperature: float | None = None,
+    more_smooth: bool | None = None,
     batch_size: int = 64,
     output_type: OutputType = "pil",
     device: str | torch.device | None = None,
@@ -48,8 +49,9 @@ def generate(
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
             (seed, i), so the same seed, labels and settings give identical images
             whatever the ``batch_size``.
-        cfg_scale, cfg_schedule, top_k, top_p, temperature: override the
-            pipeline's stored sampling settings (``None`` keeps them).
+        cfg_scale, cfg_schedule, top_k, top_p, temperature, more_smooth: override the
+            pipeline's stored sampling settings (``None`` keeps them; ``more_smooth`` is VAR's
+            visualisation mode).
         batch_size: images sampled per forward batch.
         device: where to load ``pipeline`` when it is a path (default CPU); a loaded
             :class:`Pipeline` is used where it is.
@@ -68,7 +70,7 @@ def generate(
         raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
     labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
     sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
-                               temperature=temperature)
+                               temperature=temperature, more_smooth=more_smooth)
     device = pipeline.device
     batches = []
     for start in tqdm(range(0, len(labels), batch_size), total=math.ceil(len(labels) / batch_size),

@@ -100,3 +100,4 @@ def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:
             f"tokenizer token layout {tokenizer.layout.shapes} does not match the generator's "
             f"{generator.layout.shapes}; the generator was built for another image size or tokenizer"
         )
+    generator.check_tokenizer(tokenizer)

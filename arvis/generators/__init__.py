@@ -2,5 +2,7 @@
 
 from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
 from arvis.generators.raster import RasterConfig, RasterGenerator
+from arvis.generators.var import VARConfig, VARGenerator
 
-__all__ = ["GENERATORS", "Generator", "GeneratorOutput", "RasterConfig", "RasterGenerator"]
+__all__ = ["GENERATORS", "Generator", "GeneratorOutput", "RasterConfig", "RasterGenerator", "VARConfig",
+           "VARGenerator"]

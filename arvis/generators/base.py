@@ -65,9 +65,16 @@ class Generator(Component):
         return self.num_classes
 
     @classmethod
-    def fit_config(cls, config, *, layout: TokenLayout, vocab_size: int, num_classes: int):
-        """Returns ``config`` adapted to a tokenizer's layout and vocabulary and a dataset's classes."""
+    def fit_config(cls, config, *, tokenizer, num_classes: int):
+        """Returns ``config`` adapted to a tokenizer (layout, vocabulary, ...) and a dataset's classes."""
         raise NotImplementedError
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Takes what the generator needs from its tokenizer's weights (VAR: the codebook); most need nothing."""
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raises ``ValueError`` if this generator cannot model ``tokenizer``'s tokens beyond layout and
+        vocabulary (which :func:`arvis.pipeline.check_compatible` checks); most need nothing more."""
 
     def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
         raise NotImplementedError

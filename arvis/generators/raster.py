@@ -119,9 +119,9 @@ class RasterGenerator(Generator):
         return self.config.num_classes
 
     @classmethod
-    def fit_config(cls, config: RasterConfig, *, layout: TokenLayout, vocab_size: int,
-                   num_classes: int) -> RasterConfig:
+    def fit_config(cls, config: RasterConfig, *, tokenizer, num_classes: int) -> RasterConfig:
         """Returns ``config`` with the grid, vocabulary and classes of a tokenizer and dataset."""
+        layout, vocab_size = tokenizer.layout, tokenizer.vocab_size
         if len(layout.shapes) != 1 or len(layout.shapes[0]) != 2:
             raise ValueError(f"the raster generator needs a single 2D token grid, got layout {layout.shapes}")
         return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=vocab_size,

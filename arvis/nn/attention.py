@@ -8,6 +8,9 @@ block-causal) with the helpers below, so the rule each method uses is explicit.
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -23,6 +26,15 @@ def causal_mask(num_queries: int, num_keys: int | None = None, *, device: torch.
     offset = num_keys - num_queries
     query_positions = torch.arange(num_queries, device=device)[:, None] + offset
     return torch.arange(num_keys, device=device)[None, :] <= query_positions
+
+
+def block_causal_mask(unit_lengths: Sequence[int], *, device: torch.device | str | None = None) -> Tensor:
+    """(l, l) boolean mask over units of the given lengths (l = their sum): a position sees every
+    position of its own unit and of earlier units (bidirectional within a unit, causal across;
+    VAR's scales, ResTok's levels)."""
+    units = torch.repeat_interleave(torch.arange(len(unit_lengths), device=device),
+                                    torch.tensor(list(unit_lengths), device=device))
+    return units[None, :] <= units[:, None]
 
 
 class SelfAttention(nn.Module):
@@ -64,3 +76,45 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         return self.resid_dropout(self.wo(rearrange(out, "b h n d -> b n (h d)")))
+
+
+class NormalizedSelfAttention(nn.Module):
+    """VAR's attention: L2-normalised q and k with a learnable per-head temperature.
+
+    ``mat_qkv`` has no bias; q and v have their own biases, k has none (names as upstream).
+    With ``l2_norm`` the query is scaled by ``exp(min(log_scale, log 100))`` (initialised to 4)
+    and the softmax scale is 1; without it the softmax scale is ``0.25 / sqrt(head_dim)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, l2_norm: bool = True, attn_dropout: float = 0.0,
+                 resid_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.l2_norm = l2_norm
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0))) if l2_norm else None
+        self.max_log_scale = math.log(100.0)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> Tensor:
+        """x (b, n, dim) -> (b, n, dim); keys and values of the n positions are appended to ``cache``."""
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(x, self.mat_qkv.weight, bias)
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, d=self.head_dim)
+        scale = 0.25 / math.sqrt(self.head_dim)
+        if self.l2_norm:
+            q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=self.max_log_scale).exp()
+            k = F.normalize(k, dim=-1)
+            scale = 1.0
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(rearrange(out, "b h n d -> b n (h d)")))

@@ -1,4 +1,4 @@
-"""Feed-forward blocks."""
+"""Feed-forward blocks: SwiGLU (Llama, LlamaGen) and the GELU MLP (ViT, VAR)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,16 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class GeluMLP(nn.Module):
+    """fc2(gelu_tanh(fc1 x)) with biases (VAR's ``FFN``; names fc1/fc2 as upstream)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from arvis.samplers.config import SamplingConfig
+from arvis.samplers.next_scale import NextScaleSampler
 from arvis.samplers.next_token import NextTokenSampler
 
-SAMPLERS = {"token": NextTokenSampler}
+SAMPLERS = {"token": NextTokenSampler, "scale": NextScaleSampler}
 
 
 def sampler_for(generator, config: SamplingConfig | None = None):
@@ -15,4 +16,4 @@ def sampler_for(generator, config: SamplingConfig | None = None):
     return SAMPLERS[generator.unit](config)
 
 
-__all__ = ["NextTokenSampler", "SAMPLERS", "SamplingConfig", "sampler_for"]
+__all__ = ["NextScaleSampler", "NextTokenSampler", "SAMPLERS", "SamplingConfig", "sampler_for"]

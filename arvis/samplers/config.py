@@ -17,6 +17,7 @@ class SamplingConfig(Config):
     top_p: float = 1.0  # 1.0 disables nucleus filtering
     cfg_scale: float = 1.0  # uncond + cfg_scale·(cond − uncond); 1.0 runs the conditional model only
     cfg_schedule: Literal["constant", "linear"] = "constant"
+    more_smooth: bool = False  # next-scale sampling only: VAR's Gumbel-softmax visualisation mode (not for FID)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:

@@ -12,7 +12,8 @@ from torch import Tensor
 
 from arvis.generators.base import Generator
 from arvis.samplers.config import SamplingConfig, check_drivable
-from arvis.samplers.logits import RandomSource, cfg_mix, cfg_scale_at, filter_logits, sample_categorical
+from arvis.samplers.guidance import feed_both, guidance_conditions, guide
+from arvis.samplers.logits import RandomSource, filter_logits, sample_categorical
 
 
 class NextTokenSampler:
@@ -22,6 +23,8 @@ class NextTokenSampler:
 
     def __init__(self, config: SamplingConfig | None = None) -> None:
         self.config = config or SamplingConfig()
+        if self.config.more_smooth:
+            raise ValueError("more_smooth is VAR's next-scale mode; raster sampling has no soft inputs")
 
     @torch.inference_mode()
     def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None) -> Tensor:
@@ -29,20 +32,14 @@ class NextTokenSampler:
         check_drivable(model, self.units)
         model.check_labels(labels, allow_null=True)
         config = self.config
-        guided = config.cfg_scale != 1.0
-        batch = labels.shape[0]
-        conditions = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
+        conditions = guidance_conditions(labels, model.null_class, config)
         cache = model.new_cache(conditions.shape[0])
         num_steps = model.layout.length
-        tokens = torch.empty(batch, num_steps, dtype=torch.long, device=labels.device)
+        tokens = torch.empty(labels.shape[0], num_steps, dtype=torch.long, device=labels.device)
         inputs = None
         for step in range(num_steps):
-            logits = model.step(inputs, conditions, cache)[:, -1]
-            if guided:
-                cond, uncond = logits.chunk(2)
-                logits = cfg_mix(cond, uncond, cfg_scale_at(config.cfg_schedule, config.cfg_scale, step, num_steps))
+            logits = guide(model.step(inputs, conditions, cache)[:, -1], config, step, num_steps)
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
             tokens[:, step] = sample_categorical(logits, rng)
-            next_token = tokens[:, step:step + 1]
-            inputs = torch.cat([next_token, next_token]) if guided else next_token
+            inputs = feed_both(tokens[:, step:step + 1], config)
         return tokens

@@ -92,11 +92,12 @@ def read_tokens(path: str, tokenizer: Tokenizer) -> tuple[TensorDataset, int]:
 def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int) -> Generator:
     preset = GENERATORS.preset(config.generator)
     generator_class = GENERATORS.class_for_config(preset)
-    fitted = generator_class.fit_config(preset, layout=tokenizer.layout, vocab_size=tokenizer.vocab_size,
-                                        num_classes=num_classes)
+    fitted = generator_class.fit_config(preset, tokenizer=tokenizer, num_classes=num_classes)
     if config.generator_config:
         fitted = fitted.replace(**config.generator_config)
-    return generator_class(fitted)
+    generator = generator_class(fitted)
+    generator.bind_tokenizer(tokenizer)
+    return generator
 
 
 def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, float]]]:

@@ -124,10 +124,15 @@ def dataset_num_classes(dataset: Dataset) -> int:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only: never norms or biases, embeddings only if configured."""
+    """AdamW with weight decay on weight matrices only: never norms or biases, embeddings only if configured.
+
+    A model may name more parameters to exempt with ``no_weight_decay()`` (e.g. VAR's position tables).
+    """
     no_decay_ids = set() if config.decay_embeddings else {
         id(param) for module in model.modules() if isinstance(module, nn.Embedding) for param in module.parameters()
     }
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    no_decay_ids |= {id(param) for name, param in model.named_parameters() if name in exempt}
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:

@@ -1,0 +1,321 @@
+"""VAR: next-scale prediction with an AdaLN transformer.
+
+Tian et al., "Visual Autoregressive Modeling: Scalable Image Generation via Next-Scale
+Prediction", NeurIPS 2024, https://arxiv.org/abs/2404.02905 (upstream FoundationVision/VAR).
+
+Shapes: b batch, l = sum(p_k ** 2) tokens over k scales, n positions of one step, c width,
+e code dimension (the tokenizer's latent channels), v vocabulary.
+
+The sequence is [start tokens (p_0 ** 2 of them: class embedding + ``pos_start``), then
+for each scale k >= 1 the running latent f_hat of scales < k, area-downsampled to p_k x p_k,
+projected by ``word_embed``]; every position also gets a learned absolute position
+(``pos_1LC``) and its scale's ``lvl_embed``. Position i predicts token i. Attention is
+bidirectional within a scale and causal across scales (:func:`block_causal_mask`); while
+sampling, one step feeds a whole scale against the KV cache of the earlier ones. The class
+embedding is also the AdaLN condition of every block and of the head.
+
+The inputs are computed from token ids by a frozen copy of the tokenizer's multi-scale
+quantizer (codebook and phi convs): VAR's model holds the VAE's quantizer for the same
+purpose. :meth:`VARGenerator.bind_tokenizer` copies it from a tokenizer, pipelines check that
+the two agree, and the copy is saved with the generator so that it loads on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from arvis.config import Config
+from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.nn.adaln import AdaLNBlock, AdaLNHead, SharedAdaLN
+from arvis.nn.attention import block_causal_mask
+from arvis.nn.conditioning import ClassEmbedding
+from arvis.nn.kv_cache import KVCache
+from arvis.quantizers.multiscale import MultiScaleQuantizer
+from arvis.tokenizers.base import TokenLayout
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VARConfig(Config):
+    """VAR transformer; defaults are VAR-d16 on the released VAE at 256 px.
+
+    The quantizer fields (``vocab_size`` ... ``share_quant_resi``) describe the tokenizer and are
+    filled by :meth:`VARGenerator.fit_config`. ``init_*`` follow ``build_vae_var``: weights
+    N(0, init_std) truncated (init_std < 0 means sqrt(1 / 3c)), head x ``init_head``, AdaLN
+    scale/shift x ``init_adaln``, gates x ``init_adaln_gamma`` (the README's d16 recipe uses 1e-3).
+    """
+
+    vocab_size: int = 4096
+    code_dim: int = 32
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    quant_resi: float = 0.5
+    share_quant_resi: int = 4
+    num_classes: int = 1000
+    depth: int = 16
+    dim: int = 1024
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    shared_adaln: bool = False
+    attn_l2_norm: bool = True
+    class_dropout: float = 0.1
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path_rate: float = 0.1 * 16 / 24  # build_vae_var: 0.1 * depth / 24
+    label_smoothing: float = 0.0
+    init_std: float = -1.0
+    init_head: float = 0.02
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"VARConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        increasing = all(a < b for a, b in zip(self.patch_nums, self.patch_nums[1:], strict=False))
+        if not self.patch_nums or self.patch_nums[0] < 1 or not increasing:
+            raise ValueError(f"VARConfig.patch_nums must be strictly increasing positive sides, got {self.patch_nums}")
+        if self.vocab_size < 2 or self.num_classes < 1 or self.depth < 1 or self.code_dim < 1:
+            raise ValueError("VARConfig: vocab_size >= 2 and positive num_classes, depth and code_dim are required")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"VARConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(tuple((p, p) for p in self.patch_nums))
+
+
+class VARCache(KVCache):
+    """KV cache plus the sampling state of next-scale prediction: the scale to feed next and f_hat."""
+
+    def __init__(self, num_layers: int, max_length: int) -> None:
+        super().__init__(num_layers, max_length)
+        self.scale = 0  # index of the scale whose logits the next step returns
+        self.f_hat: Tensor | None = None  # (b, e, h, w) running latent of the scales fed so far
+
+
+@GENERATORS.register
+class VARGenerator(Generator):
+    """Class-conditional next-scale prediction (VAR); one sampling step per scale."""
+
+    config_class = VARConfig
+    unit = "scale"
+
+    def __init__(self, config: VARConfig) -> None:
+        super().__init__(config)
+        c = config.dim
+        self.quantizer = MultiScaleQuantizer(config.vocab_size, config.code_dim, config.patch_nums,
+                                             quant_resi=config.quant_resi, share_quant_resi=config.share_quant_resi)
+        self.quantizer.requires_grad_(False)
+        self.word_embed = nn.Linear(config.code_dim, c)
+        self.class_emb = ClassEmbedding(config.num_classes, c, config.class_dropout)
+        self.first_l = config.patch_nums[0] ** 2
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, c))
+        self.pos_1LC = nn.Parameter(torch.empty(1, config.layout.length, c))
+        self.lvl_embed = nn.Embedding(len(config.patch_nums), c)
+        self.shared_ada_lin = SharedAdaLN(c, c) if config.shared_adaln else None
+        # stochastic depth rises linearly over the blocks, from 0 to drop_path_rate (upstream's linspace)
+        rates = [config.drop_path_rate * index / max(1, config.depth - 1) for index in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(c, config.num_heads, c, mlp_ratio=config.mlp_ratio, shared_adaln=config.shared_adaln,
+                       norm_eps=config.norm_eps, attn_l2_norm=config.attn_l2_norm, dropout=config.dropout,
+                       attn_dropout=config.attn_dropout, drop_path=rate)
+            for rate in rates
+        )
+        self.head_nm = AdaLNHead(c, c, norm_eps=config.norm_eps)
+        self.head = nn.Linear(c, config.vocab_size)
+        # the scale of every position, kept as data (not a buffer) so that meta-device builds stay valid
+        self._levels = [level for level, side in enumerate(config.patch_nums) for _ in range(side * side)]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``VAR.init_weights`` as ``build_vae_var`` calls it (see :class:`VARConfig`)."""
+        config = self.config
+        std = config.init_std if config.init_std >= 0 else math.sqrt(1 / config.dim / 3)
+        for name, module in self.named_modules():
+            if name.startswith("quantizer"):
+                continue
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std)
+        for parameter in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(parameter, std=std)
+        with torch.no_grad():
+            self.head.weight.mul_(config.init_head)
+            self.head_nm.ada_lin[-1].weight.mul_(config.init_adaln)
+            depth = len(self.blocks)
+            for block in self.blocks:
+                block.attn.proj.weight.div_(math.sqrt(2 * depth))
+                block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+                for parameter in (block.attn.q_bias, block.attn.v_bias):
+                    nn.init.zeros_(parameter)
+                if block.shared_adaln:
+                    block.ada_gss[:, :, 2:].mul_(config.init_adaln)
+                    block.ada_gss[:, :, :2].mul_(config.init_adaln_gamma)
+                else:
+                    weight = block.ada_lin[-1].weight  # rows: gamma1, gamma2 | scale1, scale2, shift1, shift2
+                    weight[2 * config.dim:].mul_(config.init_adaln)
+                    weight[:2 * config.dim].mul_(config.init_adaln_gamma)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters upstream exempts from weight decay besides 1-D ones: positions, levels, gates, temperatures."""
+        keys = ("pos_start", "pos_1LC", "lvl_embed", "ada_gss", "scale_mul")
+        return {name for name, _ in self.named_parameters() if any(key in name for key in keys)}
+
+    # ---- interface -----------------------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> TokenLayout:
+        return self.config.layout
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @classmethod
+    def fit_config(cls, config: VARConfig, *, tokenizer, num_classes: int) -> VARConfig:
+        """``config`` with the scales, codebook and phi settings of a multi-scale tokenizer."""
+        quantizer = getattr(tokenizer, "quantizer", None)
+        if not isinstance(quantizer, MultiScaleQuantizer):
+            raise ValueError(f"VAR needs a multi-scale (VAR) tokenizer, got {type(tokenizer).__name__}")
+        return dataclasses.replace(
+            config, vocab_size=quantizer.codebook_size, code_dim=quantizer.dim, patch_nums=quantizer.patch_nums,
+            quant_resi=tokenizer.config.quant_resi, share_quant_resi=tokenizer.config.share_quant_resi,
+            num_classes=num_classes)
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Copies the tokenizer's codebook and phi convs into this generator's frozen quantizer."""
+        self.quantizer.load_state_dict(tokenizer.quantizer.state_dict())
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raises ``ValueError`` unless this generator's quantizer copy equals ``tokenizer``'s quantizer."""
+        theirs = getattr(tokenizer, "quantizer", None)
+        if not isinstance(theirs, MultiScaleQuantizer):
+            raise ValueError(f"VAR needs a multi-scale (VAR) tokenizer, got {type(tokenizer).__name__}")
+        ours_state, theirs_state = self.quantizer.state_dict(), theirs.state_dict()
+        differing = [name for name in ours_state if name not in theirs_state
+                     or ours_state[name].shape != theirs_state[name].shape
+                     or not torch.equal(ours_state[name].cpu(), theirs_state[name].cpu())]
+        if differing or self.quantizer.phi_indices != theirs.phi_indices:
+            raise ValueError(
+                f"the generator's copy of the tokenizer's codebook and phi convs differs from this tokenizer's "
+                f"({', '.join(differing) or 'phi assignment'}); the generator was trained with another tokenizer"
+            )
+
+    # ---- model ---------------------------------------------------------------------------------------------
+
+    def _condition(self, labels: Tensor) -> Tensor:
+        return self.class_emb(labels)
+
+    def _start_tokens(self, condition: Tensor) -> Tensor:
+        """(b, p_0 ** 2, c): class embedding + pos_start (before position and level embeddings)."""
+        return rearrange(condition, "b c -> b 1 c") + self.pos_start
+
+    def _embed_positions(self, x: Tensor, start: int) -> Tensor:
+        end = start + x.shape[1]
+        levels = torch.tensor(self._levels[start:end], device=x.device)
+        return x + self.lvl_embed(levels) + self.pos_1LC[:, start:end]
+
+    def _run(self, x: Tensor, condition: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        """Embedded inputs (b, n, c) -> logits (b, n, v) float32."""
+        block_condition = self.shared_ada_lin(condition) if self.shared_ada_lin is not None else condition
+        for index, block in enumerate(self.blocks):
+            x = block(x, block_condition, mask=mask, cache=cache, layer=index)
+        return self.head(self.head_nm(x.float(), condition.float())).float()
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long (scales concatenated), labels (b,) -> loss and (b, l, v)."""
+        self.check_tokens(tokens)
+        self.check_labels(labels, allow_null=True)
+        with torch.no_grad():
+            inputs = self.quantizer.teacher_forcing_inputs(self.quantizer.indices_to_scales(tokens))
+        condition = self._condition(labels)
+        x = torch.cat([self._start_tokens(condition), self.word_embed(inputs.to(self.word_embed.weight.dtype))], 1)
+        mask = block_causal_mask([p * p for p in self.config.patch_nums], device=x.device)
+        logits = self._run(self._embed_positions(x, 0), condition, mask, None)
+        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"),
+                               label_smoothing=self.config.label_smoothing)
+        accuracy = (logits.argmax(-1) == tokens).float().mean()
+        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+
+    def new_cache(self, batch_size: int) -> VARCache:
+        return VARCache(len(self.blocks), self.layout.length)
+
+    def codebook(self) -> Tensor:
+        """(v, e) code vectors, for samplers that feed soft mixtures of codes (VAR's ``more_smooth``)."""
+        return self.quantizer.codebook.weight
+
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: VARCache) -> Tensor:
+        """Feeds the start tokens (``tokens=None``, first call) or the scale just sampled; -> next scale's logits.
+
+        ``tokens`` is (b, p_k ** 2) long ids of scale k, or (b, p_k ** 2, e) float code vectors (a soft
+        mixture of codes); the returned logits are (b, p_{k+1} ** 2, v).
+        """
+        if not isinstance(cache, VARCache):
+            raise ValueError("VAR steps need the cache from new_cache()")
+        self.check_labels(labels, allow_null=True)
+        condition = self._condition(labels)
+        if tokens is None:
+            if cache.length:
+                raise ValueError("step(None, ...) feeds the start tokens and must be the first call on a fresh cache")
+            x = self._start_tokens(condition)
+        else:
+            if cache.length == 0:
+                raise ValueError("the first step must feed the start tokens: call step(None, labels, cache)")
+            x = self._next_scale_input(tokens, cache)
+        start = cache.length
+        logits = self._run(self._embed_positions(x, start), condition, None, cache)
+        cache.advance(x.shape[1])
+        cache.scale += 1
+        return logits
+
+    def _next_scale_input(self, tokens: Tensor, cache: VARCache) -> Tensor:
+        """Scale ``cache.scale - 1``'s ids or codes -> embedded input of scale ``cache.scale``, updating f_hat."""
+        scale = cache.scale - 1
+        if scale >= len(self.config.patch_nums) - 1:
+            raise ValueError("every scale has been fed; start a new cache for another image")
+        side = self.config.patch_nums[scale]
+        if tokens.dtype == torch.long:
+            if tokens.shape[1:] != (side * side,):
+                raise ValueError(f"expected (batch, {side * side}) token ids of scale {scale}, got {tuple(tokens.shape)}")
+            codes = self.quantizer.lookup(rearrange(tokens, "b (h w) -> b h w", h=side))
+        else:
+            if tokens.shape[1:] != (side * side, self.config.code_dim):
+                raise ValueError(f"expected (batch, {side * side}, {self.config.code_dim}) code vectors of scale "
+                                 f"{scale}, got {tuple(tokens.shape)}")
+            codes = rearrange(tokens, "b (h w) e -> b e h w", h=side)
+        cache.f_hat, next_input = self.quantizer.next_scale_input(scale, cache.f_hat, codes)
+        return self.word_embed(next_input.to(self.word_embed.weight.dtype))
+
+
+def _var(depth: int, **overrides) -> VARConfig:
+    """``build_vae_var``'s sizes: width 64·depth, heads = depth, drop path 0.1·depth/24."""
+    return VARConfig(depth=depth, dim=64 * depth, num_heads=depth, drop_path_rate=0.1 * depth / 24, **overrides)
+
+
+PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+
+GENERATORS.add_preset("var-tiny", VARConfig(vocab_size=64, code_dim=8, patch_nums=(1, 2, 3, 4), num_classes=10,
+                                            depth=2, dim=32, num_heads=2, drop_path_rate=0.0),
+                      "2-layer test model for var-vae-tiny (scales 1, 2, 3, 4)")
+GENERATORS.add_preset("var-demo", VARConfig(vocab_size=512, code_dim=16, patch_nums=(1, 2, 3, 4, 6, 8),
+                                            num_classes=10, depth=4, dim=128, num_heads=4, drop_path_rate=0.0,
+                                            init_adaln_gamma=1e-3),
+                      "quickstart-size model for var-vae-demo on the built-in glyphs")
+GENERATORS.add_preset("var-d16", _var(16), "VAR-d16, 310M (256 px, 10 scales)")
+GENERATORS.add_preset("var-d20", _var(20), "VAR-d20, 600M")
+GENERATORS.add_preset("var-d24", _var(24), "VAR-d24, 1.0B")
+GENERATORS.add_preset("var-d30", _var(30), "VAR-d30, 2.0B")
+GENERATORS.add_preset("var-d36", _var(36, patch_nums=PATCH_NUMS_512, shared_adaln=True),
+                      "VAR-d36-s, 2.3B (512 px, shared AdaLN)")
