@@ -206,3 +206,8 @@ TOKENIZERS.add_preset(
     "VAR's released VQ-VAE (vae_ch160v4096z32): 256 px, f=16, 10 scales (1..16) = 680 tokens, codebook 4096x32, "
     "plain L2, 4 shared phi convs, 108.9M parameters.",
 )
+TOKENIZERS.add_preset(
+    "var-vae-f16-512",
+    VARTokenizerConfig(image_size=512, patch_nums=(1, 2, 3, 4, 6, 9, 13, 18, 24, 32)),
+    "The same released VQ-VAE at 512 px (VAR-d36's schedule 1..32) = 2240 tokens.",
+)

@@ -39,9 +39,9 @@ def test_metrics_equal_torch_fidelity_calculate_metrics(extractor, inception_wei
     assert set(ours["metrics"]) == set(theirs)
     for name, value in theirs.items():
         # FID: 20 images give singular 2048-d covariances; torch-fidelity's eigvals(sigma1 sigma2) sums square
-        # roots of rounding-level eigenvalues (about 1e-6 relative here), which arvis drops (exact to 1e-12,
-        # see test_frechet.py). IS, KID and PRC are torch-fidelity's own functions: identical.
-        tolerance = 1e-5 * abs(value) if name == torch_fidelity.KEY_METRIC_FID else 0.0
+        # roots of rounding-level eigenvalues (2e-6 to 7e-6 relative for 20 to 32 images), which arvis drops
+        # (exact to 1e-12, see test_frechet.py). IS, KID and PRC are torch-fidelity's own functions: identical.
+        tolerance = 5e-5 * abs(value) if name == torch_fidelity.KEY_METRIC_FID else 0.0
         assert ours["metrics"][name] == pytest.approx(value, abs=tolerance), name
     protocol = ours["protocol"]
     assert protocol["num_fake"] == protocol["num_real"] == NUM and protocol["device"] == "cpu"

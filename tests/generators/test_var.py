@@ -78,6 +78,8 @@ def test_paper_presets_have_the_published_sizes(name, millions):
     assert config.dim == 64 * config.depth and config.num_heads == config.depth
     assert config.drop_path_rate == pytest.approx(0.1 * config.depth / 24)
     assert model.layout.length == (2240 if name == "var-d36" else 680)
+    tokenizer = "var-vae-f16-512" if name == "var-d36" else "var-vae-f16"
+    assert TOKENIZERS.preset(tokenizer).layout == model.layout  # each VAR preset has its released VAE preset
 
 
 def test_initialisation_follows_build_vae_var():
