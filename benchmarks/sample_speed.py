@@ -1,0 +1,109 @@
+"""Class-conditional sampling speed and peak memory of paper-size pipelines with random weights.
+
+    python benchmarks/sample_speed.py                                  # both models, batch 1, 2, 8, CPU fp32
+    python benchmarks/sample_speed.py --models var-d16 --batch-sizes 2 --device cuda --dtype bf16 --compile
+
+Rows: LlamaGen GPT-B on VQ-16 (256 tokens, CFG 2.0 constant) and VAR-d16 on its VAE (680 tokens in
+10 scales, VAR's cfg 1.5 ramp), both at 256 px with classifier-free guidance (the batch is doubled).
+Token sampling and decoding are timed separately, after one warm-up call, in seconds per image.
+Each row runs in its own process so that its peak memory (resident set on the CPU, allocated
+memory on CUDA) is its own. Prints a Markdown table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+MODELS = {
+    "llamagen-b": ("vq-f16", "llamagen-b", dict(cfg_scale=2.0)),
+    "var-d16": ("var-vae-f16", "var-d16", dict(cfg_scale=2.5, cfg_schedule="linear")),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model: bool, repeats: int) -> dict:
+    """Builds the pipeline, samples ``repeats`` batches after a warm-up; returns the timings of one row."""
+    from arvis.generators.base import GENERATORS
+    from arvis.samplers import SamplingConfig, sampler_for
+    from arvis.tokenizers.base import TOKENIZERS
+
+    tokenizer_name, generator_name, sampling = MODELS[model]
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS.build(tokenizer_name).eval()
+    preset = GENERATORS.preset(generator_name)
+    generator_class = GENERATORS.class_for_config(preset)
+    generator = generator_class(generator_class.fit_config(preset, tokenizer=tokenizer, num_classes=1000)).eval()
+    generator.bind_tokenizer(tokenizer)
+    tokenizer.to(device=device, dtype=DTYPES[dtype])
+    generator.to(device=device, dtype=DTYPES[dtype])
+    if compile_model:
+        generator.forward = torch.compile(generator.forward)
+        tokenizer.decode = torch.compile(tokenizer.decode)
+    sampler = sampler_for(generator, SamplingConfig(**sampling))
+    labels = torch.arange(batch_size, device=device) % 1000
+
+    def sample_once() -> tuple[float, float]:
+        rng = torch.Generator(device=device).manual_seed(0)
+        start = time.perf_counter()
+        tokens = sampler(generator, labels, rng=rng)
+        synchronize(device)
+        middle = time.perf_counter()
+        with torch.inference_mode():
+            tokenizer.decode(tokens)
+        synchronize(device)
+        return middle - start, time.perf_counter() - middle
+
+    sample_once()  # warm-up (and compilation)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timings = [sample_once() for _ in range(repeats)]
+    token_seconds = min(t for t, _ in timings) / batch_size
+    decode_seconds = min(d for _, d in timings) / batch_size
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"model": model, "batch": batch_size, "tokens_s": token_seconds, "decode_s": decode_seconds,
+            "total_s": token_seconds + decode_seconds, "peak_mb": peak / 2**20}
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 8])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the generator forward and the decoder")
+    parser.add_argument("--repeats", type=int, default=1, help="timed batches per row (the minimum is reported)")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: "model:batch", run one row in this process
+    args = parser.parse_args()
+    if args.row:
+        model, batch = args.row.split(":")
+        print(json.dumps(run_row(model, int(batch), args.device, args.dtype, args.compile, args.repeats)))
+        return
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; dtype {args.dtype}; compile {args.compile}; torch {torch.__version__}\n")
+    print("| model | batch | tokens s/img | decode s/img | total s/img | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for model in args.models:
+        for batch in args.batch_sizes:
+            command = [sys.executable, __file__, "--row", f"{model}:{batch}", "--device", args.device,
+                       "--dtype", args.dtype, "--repeats", str(args.repeats)] + (["--compile"] if args.compile else [])
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            row = json.loads(output.strip().splitlines()[-1])
+            print(f"| {row['model']} | {row['batch']} | {row['tokens_s']:.3f} | {row['decode_s']:.3f} | "
+                  f"{row['total_s']:.3f} | {row['peak_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
