@@ -1,4 +1,4 @@
-"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, sample, eval."""
+"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, sample, eval, convert."""
 
 from __future__ import annotations
 
@@ -144,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: this process's accelerate device")
     sample.set_defaults(handler=_sample)
 
+    from arvis.convert.cli import add_convert_commands
     from arvis.eval.cli import add_eval_commands
 
     add_eval_commands(commands)
+    add_convert_commands(commands)
     return parser
 
 
