@@ -11,6 +11,7 @@ Samplers (``arvis.samplers``) own every decoding policy around these calls.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -81,6 +82,10 @@ class Generator(Component):
 
     def new_cache(self, batch_size: int) -> KVCache:
         raise NotImplementedError
+
+    def unit_lengths(self) -> list[int]:
+        """Tokens produced by each decoding step, in order (one step per unit of the layout by default)."""
+        return [math.prod(shape) for shape in self.layout.shapes]
 
     def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
         raise NotImplementedError

@@ -6,7 +6,7 @@ from arvis.samplers.config import SamplingConfig
 from arvis.samplers.next_scale import NextScaleSampler
 from arvis.samplers.next_token import NextTokenSampler
 
-SAMPLERS = {"token": NextTokenSampler, "scale": NextScaleSampler}
+SAMPLERS = {"token": NextTokenSampler, "scale": NextScaleSampler, "level": NextScaleSampler}
 
 
 def sampler_for(generator, config: SamplingConfig | None = None):

@@ -1,4 +1,5 @@
-"""Next-scale sampling for VAR-style generators (``autoregressive_infer_cfg``, policy kept out of the model).
+"""Unit-parallel sampling: VAR's next-scale prediction (``autoregressive_infer_cfg``) and ResTok's
+level-parallel HAR decoding; the policy is kept out of the models.
 
 Shapes: b batch, n tokens of one scale, v vocabulary, e code dimension.
 
@@ -28,9 +29,9 @@ from arvis.samplers.logits import RandomSource, filter_logits, sample_categorica
 
 
 class NextScaleSampler:
-    """Samples a whole scale per step: K steps for K scales."""
+    """Samples every position a step returns (a whole scale or level) and feeds them back: one step per unit."""
 
-    units = frozenset({"scale"})
+    units = frozenset({"scale", "level"})
 
     def __init__(self, config: SamplingConfig | None = None) -> None:
         self.config = config or SamplingConfig()
@@ -43,7 +44,9 @@ class NextScaleSampler:
         config = self.config
         conditions = guidance_conditions(labels, model.null_class, config)
         cache = model.new_cache(conditions.shape[0])
-        num_scales = len(model.layout.shapes)
+        num_scales = len(model.unit_lengths())
+        if config.more_smooth and not hasattr(model, "codebook"):
+            raise ValueError(f"more_smooth feeds code vectors, which {type(model).__name__} does not take")
         scales, inputs = [], None
         for scale in range(num_scales):
             logits = guide(model.step(inputs, conditions, cache), config, scale, num_scales)
