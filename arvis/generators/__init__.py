@@ -1,8 +1,9 @@
 """Generators: token sequence models trained with teacher forcing and driven by samplers."""
 
 from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.generators.har import HARConfig, HARGenerator
 from arvis.generators.raster import RasterConfig, RasterGenerator
 from arvis.generators.var import VARConfig, VARGenerator
 
-__all__ = ["GENERATORS", "Generator", "GeneratorOutput", "RasterConfig", "RasterGenerator", "VARConfig",
-           "VARGenerator"]
+__all__ = ["GENERATORS", "Generator", "GeneratorOutput", "HARConfig", "HARGenerator", "RasterConfig",
+           "RasterGenerator", "VARConfig", "VARGenerator"]

@@ -1,6 +1,6 @@
 """Tokenizers: pixels <-> discrete tokens. Importing this package registers every tokenizer and its presets."""
 
-from arvis.tokenizers import base, var, vq  # noqa: F401  (explicit imports register the classes and presets)
+from arvis.tokenizers import base, restok, var, vq  # noqa: F401  (explicit imports register the classes and presets)
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer, TokenizerOutput, TokenLayout
 from arvis.tokenizers.var import VARTokenizer, VARTokenizerConfig
 from arvis.tokenizers.vq import VQConfig, VQTokenizer

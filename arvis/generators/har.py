@@ -1,0 +1,287 @@
+"""HAR: ResTok's hierarchical autoregressive generator (LlamaGen GPT over 1D token levels).
+
+Zhang et al., "ResTok" (arXiv 2601.03955), upstream Kwai-Kolors/ResTok ``autoregressive/models/gpt_har.py``.
+
+Shapes: b batch, l tokens (the tokenizer's 1D levels concatenated, coarse to fine), n positions of
+one step, d model width, v vocabulary.
+
+Decoding units. The first ``ar_token_num`` (a) tokens are predicted one at a time; after that each
+step predicts as many tokens as have been generated so far, so the units are
+``[1] * a + [a, 2a, 4a, ..., l/2]`` (l must be a * 2**k with k >= 1). For l = 128, a = 4 this is
+[1, 1, 1, 1, 4, 8, 16, 32, 64]: 9 steps (1 prefill, 3 autoregressive, 5 level steps). The units
+must fit the tokenizer's levels: from position a on, the unit boundaries must be exactly the level
+boundaries (every parallel step predicts one whole level; levels inside the first a tokens may be
+split across single-token steps), which :class:`HARConfig` checks.
+
+Training sequence (l positions; position i predicts token t_i, so one CE over all l tokens):
+``[cls, t_0 .. t_{a-2}]`` causally, then one block per parallel unit: the unit [p, 2p) is predicted
+from the block at positions [p, 2p), which holds the previous unit's tokens (t_{a-1} alone for
+p = a, else t_{p/2} .. t_{p-1}) followed by learnable placeholder embeddings s_j, numbered
+consecutively over the blocks. For l = 128, a = 4: [cls, t0, t1, t2], [t3, s0..s2], [t4..t7, s3..s6],
+..., [t32..t63, s31..s62]. Attention is bidirectional inside a unit and causal across units
+(:func:`block_causal_mask` over the decoding units). While sampling one step feeds one block
+against the KV cache of the earlier ones (mask ``None``). 1D RoPE uses positions 0..l-1 in
+sequence order (upstream ``precompute_freqs_cis_1d``; the class token sits at position 0 with the
+identity rotation, unlike LlamaGen's zeroed prefix).
+
+Upstream allocates ``spe_token_num = l - 1`` placeholder embeddings but reads only the first
+l/2 - 1; the table keeps upstream's size so that released weights load without reshaping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from arvis.config import Config
+from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.nn.attention import block_causal_mask
+from arvis.nn.conditioning import ClassEmbedding
+from arvis.nn.kv_cache import KVCache
+from arvis.nn.mlp import llama_hidden_dim
+from arvis.nn.norms import RMSNorm
+from arvis.nn.rope import rope_table_1d
+from arvis.nn.transformer import LlamaBlock
+from arvis.tokenizers.base import TokenLayout
+
+CLASS, TOKEN, PLACEHOLDER = "class", "token", "placeholder"
+
+
+def decoding_units(length: int, ar_token_num: int) -> tuple[int, ...]:
+    """Unit lengths ``[1] * a + [a, 2a, ..., length/2]``; raises ``ValueError`` unless length = a * 2**k, k >= 1."""
+    if ar_token_num < 1:
+        raise ValueError(f"ar_token_num must be >= 1, got {ar_token_num}")
+    units, total = [1] * ar_token_num, ar_token_num
+    while total < length:
+        units.append(total)
+        total *= 2
+    if total != length or length < 2 * ar_token_num:
+        raise ValueError(f"HAR needs a token count of ar_token_num * 2**k with k >= 1 (each parallel step doubles "
+                         f"the generated tokens); got {length} tokens with ar_token_num={ar_token_num}")
+    return tuple(units)
+
+
+def check_levels(level_sizes: tuple[int, ...], ar_token_num: int) -> tuple[int, ...]:
+    """Returns the decoding units of ``level_sizes``; raises ``ValueError`` if they do not fit the levels."""
+    if not level_sizes or min(level_sizes) < 1:
+        raise ValueError(f"level_sizes must be a non-empty tuple of positive lengths, got {level_sizes}")
+    units = decoding_units(sum(level_sizes), ar_token_num)
+    unit_ends = {end for end in itertools.accumulate(units) if end >= ar_token_num}
+    level_ends = {end for end in itertools.accumulate(level_sizes) if end >= ar_token_num}
+    if unit_ends != level_ends:
+        raise ValueError(
+            f"the HAR decoding units {list(units)} (ar_token_num={ar_token_num}) do not match the token levels "
+            f"{list(level_sizes)}: from token {ar_token_num} on, each parallel step must predict exactly one "
+            f"level (unit ends {sorted(unit_ends)} vs level ends {sorted(level_ends)}); choose another ar_token_num"
+        )
+    return units
+
+
+def sequence_plan(length: int, ar_token_num: int) -> tuple[tuple[str, int], ...]:
+    """What sits at each of the ``length`` input positions: ("class", 0), ("token", i) or ("placeholder", j)."""
+    decoding_units(length, ar_token_num)
+    plan = [(CLASS, 0)] + [(TOKEN, i) for i in range(ar_token_num - 1)]
+    start, used = ar_token_num, 0
+    while start < length:
+        fed = [ar_token_num - 1] if start == ar_token_num else list(range(start // 2, start))
+        plan += [(TOKEN, i) for i in fed]
+        plan += [(PLACEHOLDER, used + j) for j in range(start - len(fed))]
+        used += start - len(fed)
+        start *= 2
+    return tuple(plan)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HARConfig(Config):
+    """HAR GPT configuration; defaults are GPT-L on ResTok's 128 tokens (levels 1, 1, 2, ..., 64)."""
+
+    vocab_size: int = 8192
+    level_sizes: tuple[int, ...] = (1, 1, 2, 4, 8, 16, 32, 64)  # the tokenizer's 1D levels, coarse to fine
+    ar_token_num: int = 4  # tokens predicted one at a time before the level-parallel steps
+    num_classes: int = 1000
+    dim: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    num_kv_heads: int | None = None
+    ffn_multiple_of: int = 256  # SwiGLU width = 2/3·4·dim rounded up to this
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    class_dropout: float = 0.1
+    token_dropout: float = 0.1  # dropout on input embeddings
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}) into an even head dim")
+        if self.vocab_size < 2 or self.num_classes < 1:
+            raise ValueError(f"vocab_size must be >= 2 and num_classes >= 1, got {self.vocab_size}, {self.num_classes}")
+        check_levels(tuple(self.level_sizes), self.ar_token_num)
+
+
+@GENERATORS.register
+class HARGenerator(Generator):
+    """Class-conditional HAR transformer: a few AR tokens, then one parallel step per ResTok level."""
+
+    config_class = HARConfig
+    unit = "level"
+
+    def __init__(self, config: HARConfig) -> None:
+        super().__init__(config)
+        self.units = check_levels(tuple(config.level_sizes), config.ar_token_num)
+        self.plan = sequence_plan(self.layout.length, config.ar_token_num)
+        self.unit_starts = (0, *itertools.accumulate(self.units))
+        self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.placeholder_embeddings = nn.Embedding(self.layout.length - 1, config.dim)  # upstream spe_token_num
+        self.tok_dropout = nn.Dropout(config.token_dropout)
+        hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
+        self.layers = nn.ModuleList(
+            LlamaBlock(config.dim, config.num_heads, hidden_dim, num_kv_heads=config.num_kv_heads,
+                       norm_eps=config.norm_eps, attn_dropout=config.attn_dropout,
+                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout)
+            for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # Derived per device on first use, never buffers (see RasterGenerator): fp32 angles survive
+        # module.to(dtype) and a meta-device build still gets real tables.
+        self._rope_by_device: dict[torch.device, Tensor] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=self.config.initializer_range)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                module.reset_parameters()
+        nn.init.zeros_(self.output.weight)
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(tuple((n,) for n in self.config.level_sizes))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def unit_lengths(self) -> list[int]:
+        """Tokens of each decoding step: [1]*a, then a, 2a, ... (9 steps for 128 tokens with ar_token_num 4)."""
+        return list(self.units)
+
+    @classmethod
+    def fit_config(cls, config: HARConfig, *, tokenizer, num_classes: int) -> HARConfig:
+        """Returns ``config`` with the levels, vocabulary and classes of a 1D-level tokenizer and a dataset."""
+        shapes = tokenizer.layout.shapes
+        if not shapes or any(len(shape) != 1 for shape in shapes):
+            raise ValueError(f"HAR needs a tokenizer whose layout is 1D levels (shapes like ((1,), (1,), (2,), ...)), "
+                             f"got {shapes}")
+        return dataclasses.replace(config, level_sizes=tuple(shape[0] for shape in shapes),
+                                   vocab_size=tokenizer.vocab_size, num_classes=num_classes)
+
+    def rope_table(self, start: int, count: int, device: torch.device) -> Tensor:
+        """(count, head_dim/2, 2) float32 RoPE rows of sequence positions [start, start + count)."""
+        if device not in self._rope_by_device:
+            config = self.config
+            with torch.inference_mode(False):
+                table = rope_table_1d(self.layout.length, config.dim // config.num_heads, config.rope_base)
+                self._rope_by_device[device] = table.to(device)
+        return self._rope_by_device[device][start:start + count]
+
+    def _embed(self, plan: tuple[tuple[str, int], ...], labels: Tensor, token_ids: Tensor | None) -> Tensor:
+        """Input embeddings (b, n, d) of ``plan``'s entries; ``token_ids`` (b, #token entries) in plan order."""
+        counts = {kind: sum(entry == kind for entry, _ in plan) for kind in (CLASS, TOKEN, PLACEHOLDER)}
+        rows = []  # class row, then token rows, then placeholder rows; reordered into plan order below
+        if counts[CLASS]:
+            rows.append(rearrange(self.cls_embedding(labels), "b d -> b 1 d"))
+        if counts[TOKEN]:
+            rows.append(self.tok_embeddings(token_ids))
+        if counts[PLACEHOLDER]:
+            ids = torch.tensor([index for kind, index in plan if kind == PLACEHOLDER], device=labels.device)
+            rows.append(self.placeholder_embeddings(ids).expand(labels.shape[0], -1, -1))
+        offsets = {CLASS: 0, TOKEN: counts[CLASS], PLACEHOLDER: counts[CLASS] + counts[TOKEN]}
+        order, seen = [], dict.fromkeys(offsets, 0)
+        for kind, _ in plan:
+            order.append(offsets[kind] + seen[kind])
+            seen[kind] += 1
+        x = torch.cat(rows, dim=1)
+        if order == list(range(len(order))):
+            return x
+        return x[:, torch.tensor(order, device=x.device)]
+
+    def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
+        rope = self.rope_table(start, x.shape[1], x.device)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
+        return self.output(self.norm(x)).float()
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
+        self.check_tokens(tokens)
+        self.check_labels(labels, allow_null=True)
+        if tokens.shape[0] != labels.shape[0]:
+            raise ValueError(f"tokens hold {tokens.shape[0]} samples but labels {labels.shape[0]}")
+        fed = [index for kind, index in self.plan if kind == TOKEN]
+        x = self._embed(self.plan, labels, tokens[:, fed])
+        mask = block_causal_mask(self.units, device=x.device)
+        logits = self._run_layers(self.tok_dropout(x), 0, mask, None)
+        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
+        accuracy = (logits.argmax(-1) == tokens).float().mean()
+        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(self.config.num_layers, self.layout.length)
+
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+        """Feeds the class token (``tokens=None``, first call) or the (b, m) ids of the unit just sampled;
+        returns the next unit's logits (b, n, v) (n = 1 during the first ``ar_token_num`` steps, then the
+        next level's length)."""
+        self.check_labels(labels, allow_null=True)
+        start = cache.length
+        if start not in self.unit_starts[:-1]:
+            raise ValueError(f"the cache holds {start} positions, which is not the start of a HAR unit "
+                             f"(starts {list(self.unit_starts[:-1])}); every unit has been fed or the cache is foreign")
+        count = self.units[self.unit_starts.index(start)]
+        plan = self.plan[start:start + count]
+        if tokens is None:
+            if start:
+                raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
+        else:
+            if start == 0:
+                raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
+            expected = sum(kind == TOKEN for kind, _ in plan)
+            if (not isinstance(tokens, Tensor) or tokens.dtype != torch.long
+                    or tuple(tokens.shape) != (labels.shape[0], expected)):
+                raise ValueError(f"expected ({labels.shape[0]}, {expected}) long ids of the unit just sampled, got "
+                                 f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+            if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size - 1}]")
+        x = self._embed(plan, labels, tokens)
+        logits = self._run_layers(self.tok_dropout(x), start, None, cache)
+        cache.advance(count)
+        return logits
+
+
+GENERATORS.add_preset("har-tiny", HARConfig(vocab_size=64, level_sizes=(1, 1, 2, 4), ar_token_num=2, num_classes=10,
+                                            dim=32, num_layers=2, num_heads=2, ffn_multiple_of=32),
+                      "2-layer test model for a tiny ResTok (8 tokens in levels 1, 1, 2, 4; units 1, 1, 2, 4)")
+GENERATORS.add_preset("har-demo", HARConfig(vocab_size=256, level_sizes=(1, 1, 2, 4, 8, 16), ar_token_num=4,
+                                            num_classes=10, dim=128, num_layers=4, num_heads=4, ffn_multiple_of=64,
+                                            token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+                      "quickstart HAR for a 32-token ResTok (units 1, 1, 1, 1, 4, 8, 16: 7 steps)")
+GENERATORS.add_preset("har-l", HARConfig(), "ResTok HAR GPT-L (README 326M): 128 tokens in 9 steps")

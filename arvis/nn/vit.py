@@ -1,0 +1,74 @@
+"""Pre-norm ViT block with QK-norm and LayerScale (Dosovitskiy et al., 2021; Dehghani et al., 2023 for
+QK-norm; Touvron et al., 2021 for LayerScale), in timm's layout as used by ResTok's ``blocks.py``.
+
+Shapes: b batch, n positions, h heads, d head dim. ``mask`` is boolean, True where a query may
+attend, broadcastable to (b, h, n, n); ``None`` means full attention.
+
+The block exposes its two residual branches (:meth:`ViTBlock.attend`, :meth:`ViTBlock.feed_forward`)
+so that a model can act on the sequence between them (ResTok merges image tokens there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from arvis.nn.mlp import GeluMLP
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale ``gamma * x`` (CaiT); ``init_value`` 1.0 starts as the identity."""
+
+    def __init__(self, dim: int, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class QKNormAttention(nn.Module):
+    """Fused-qkv multi-head attention with LayerNorm on each head's queries and keys."""
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, qk_norm: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        """x (b, n, dim) -> (b, n, dim)."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=mask)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class ViTBlock(nn.Module):
+    """x + ls1(attn(norm1 x)), then x + ls2(mlp(norm2 x)); LayerNorm eps 1e-6, GELU MLP."""
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qk_norm: bool = True,
+                 layer_scale_init: float | None = 1.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = QKNormAttention(dim, num_heads, qk_norm=qk_norm)
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+
+    def attend(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        """The attention residual branch: x (b, n, dim) -> (b, n, dim)."""
+        return x + self.ls1(self.attn(self.norm1(x), mask=mask))
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """The MLP residual branch: x (b, n, dim) -> (b, n, dim)."""
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        return self.feed_forward(self.attend(x, mask=mask))
