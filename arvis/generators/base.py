@@ -54,11 +54,13 @@ class Generator(Component):
 
     @property
     def vocab_size(self) -> int:
-        raise NotImplementedError
+        """Token vocabulary (every generator config names it ``vocab_size``)."""
+        return self.config.vocab_size
 
     @property
     def num_classes(self) -> int:
-        raise NotImplementedError
+        """Real classes, without the null class (every generator config names it ``num_classes``)."""
+        return self.config.num_classes
 
     @property
     def null_class(self) -> int:

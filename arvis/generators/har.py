@@ -39,14 +39,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from arvis.config import Config
-from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.generators.base import GENERATORS, GeneratorOutput
+from arvis.generators.llama import LlamaGenerator
 from arvis.nn.attention import block_causal_mask
-from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
-from arvis.nn.mlp import llama_hidden_dim
-from arvis.nn.norms import RMSNorm
 from arvis.nn.rope import rope_table_1d
-from arvis.nn.transformer import LlamaBlock
 from arvis.tokenizers.base import TokenLayout
 
 CLASS, TOKEN, PLACEHOLDER = "class", "token", "placeholder"
@@ -127,7 +124,7 @@ class HARConfig(Config):
 
 
 @GENERATORS.register
-class HARGenerator(Generator):
+class HARGenerator(LlamaGenerator):
     """Class-conditional HAR transformer: a few AR tokens, then one parallel step per ResTok level."""
 
     config_class = HARConfig
@@ -138,46 +135,12 @@ class HARGenerator(Generator):
         self.units = check_levels(tuple(config.level_sizes), config.ar_token_num)
         self.plan = sequence_plan(self.layout.length, config.ar_token_num)
         self.unit_starts = (0, *itertools.accumulate(self.units))
-        self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.placeholder_embeddings = nn.Embedding(self.layout.length - 1, config.dim)  # upstream spe_token_num
-        self.tok_dropout = nn.Dropout(config.token_dropout)
-        hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
-        self.layers = nn.ModuleList(
-            LlamaBlock(config.dim, config.num_heads, hidden_dim, num_kv_heads=config.num_kv_heads,
-                       norm_eps=config.norm_eps, attn_dropout=config.attn_dropout,
-                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout)
-            for _ in range(config.num_layers)
-        )
-        self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
-        # Derived per device on first use, never buffers (see RasterGenerator): fp32 angles survive
-        # module.to(dtype) and a meta-device build still gets real tables.
-        self._rope_by_device: dict[torch.device, Tensor] = {}
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.initializer_range)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()
-        nn.init.zeros_(self.output.weight)
 
     @property
     def layout(self) -> TokenLayout:
         return TokenLayout(tuple((n,) for n in self.config.level_sizes))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
 
     def unit_lengths(self) -> list[int]:
         """Tokens of each decoding step: [1]*a, then a, 2a, ... (9 steps for 128 tokens with ar_token_num 4)."""
@@ -193,14 +156,10 @@ class HARGenerator(Generator):
         return dataclasses.replace(config, level_sizes=tuple(shape[0] for shape in shapes),
                                    vocab_size=tokenizer.vocab_size, num_classes=num_classes)
 
-    def rope_table(self, start: int, count: int, device: torch.device) -> Tensor:
-        """(count, head_dim/2, 2) float32 RoPE rows of sequence positions [start, start + count)."""
-        if device not in self._rope_by_device:
-            config = self.config
-            with torch.inference_mode(False):
-                table = rope_table_1d(self.layout.length, config.dim // config.num_heads, config.rope_base)
-                self._rope_by_device[device] = table.to(device)
-        return self._rope_by_device[device][start:start + count]
+    def build_rope_table(self) -> Tensor:
+        """1D RoPE over sequence positions 0..l-1 (the class token gets the identity rotation, as upstream)."""
+        config = self.config
+        return rope_table_1d(self.layout.length, config.dim // config.num_heads, config.rope_base)
 
     def _embed(self, plan: tuple[tuple[str, int], ...], labels: Tensor, token_ids: Tensor | None) -> Tensor:
         """Input embeddings (b, n, d) of ``plan``'s entries; ``token_ids`` (b, #token entries) in plan order."""
@@ -222,13 +181,6 @@ class HARGenerator(Generator):
         if order == list(range(len(order))):
             return x
         return x[:, torch.tensor(order, device=x.device)]
-
-    def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
-        """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
-        rope = self.rope_table(start, x.shape[1], x.device)
-        for index, layer in enumerate(self.layers):
-            x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
-        return self.output(self.norm(x)).float()
 
     def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
         """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""

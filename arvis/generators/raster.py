@@ -21,17 +21,14 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from arvis.config import Config
-from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
+from arvis.generators.base import GENERATORS, GeneratorOutput
+from arvis.generators.llama import LlamaGenerator
 from arvis.nn.attention import causal_mask
-from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
-from arvis.nn.mlp import llama_hidden_dim
-from arvis.nn.norms import RMSNorm
 from arvis.nn.rope import rope_table_2d
-from arvis.nn.transformer import LlamaBlock
 from arvis.tokenizers.base import TokenLayout
 
 PREFIX_LENGTH = 1  # one class token (LlamaGen's cls_token_num for class-conditional models)
@@ -69,7 +66,7 @@ class RasterConfig(Config):
 
 
 @GENERATORS.register
-class RasterGenerator(Generator):
+class RasterGenerator(LlamaGenerator):
     """Class-conditional raster-order AR transformer (LlamaGen c2i)."""
 
     config_class = RasterConfig
@@ -77,46 +74,11 @@ class RasterGenerator(Generator):
 
     def __init__(self, config: RasterConfig) -> None:
         super().__init__(config)
-        self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.tok_dropout = nn.Dropout(config.token_dropout)
-        hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
-        self.layers = nn.ModuleList(
-            LlamaBlock(config.dim, config.num_heads, hidden_dim, num_kv_heads=config.num_kv_heads,
-                       norm_eps=config.norm_eps, attn_dropout=config.attn_dropout,
-                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout)
-            for _ in range(config.num_layers)
-        )
-        self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
-        # RoPE tables are derived from the config on first use per device, never stored as buffers:
-        # module.to(dtype) must not round the angles (upstream keeps them in fp32), and a model
-        # built on the meta device must still get real tables.
-        self._rope_by_device: dict[torch.device, Tensor] = {}
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.initializer_range)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()
-        nn.init.zeros_(self.output.weight)
 
     @property
     def layout(self) -> TokenLayout:
         return TokenLayout((tuple(self.config.token_grid),))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
 
     @classmethod
     def fit_config(cls, config: RasterConfig, *, tokenizer, num_classes: int) -> RasterConfig:
@@ -127,22 +89,11 @@ class RasterGenerator(Generator):
         return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=vocab_size,
                                    num_classes=num_classes)
 
-    def rope_table(self, start: int, count: int, device: torch.device) -> Tensor:
-        """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count) on ``device``."""
-        if device not in self._rope_by_device:
-            config = self.config
-            with torch.inference_mode(False):  # a table first built while sampling must serve training too
-                table = rope_table_2d(*config.token_grid, config.dim // config.num_heads, config.rope_base,
-                                      prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
-                self._rope_by_device[device] = table.to(device)
-        return self._rope_by_device[device][start:start + count]
-
-    def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
-        """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
-        rope = self.rope_table(start, x.shape[1], x.device)
-        for index, layer in enumerate(self.layers):
-            x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
-        return self.output(self.norm(x)).float()
+    def build_rope_table(self) -> Tensor:
+        """2D RoPE over the token grid after the class prefix (zeroed for the prefix as upstream, by default)."""
+        config = self.config
+        return rope_table_2d(*config.token_grid, config.dim // config.num_heads, config.rope_base,
+                             prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
 
     def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
         """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""

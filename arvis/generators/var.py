@@ -175,14 +175,6 @@ class VARGenerator(Generator):
     def layout(self) -> TokenLayout:
         return self.config.layout
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
     @classmethod
     def fit_config(cls, config: VARConfig, *, tokenizer, num_classes: int) -> VARConfig:
         """``config`` with the scales, codebook and phi settings of a multi-scale tokenizer."""
