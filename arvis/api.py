@@ -30,6 +30,7 @@ def generate(
     seed: int = 0,
     cfg_scale: float | None = None,
     cfg_schedule: str | None = None,
+    cfg_start: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     temperature: float | None = None,
@@ -49,7 +50,7 @@ def generate(
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
             (seed, i), so the same seed, labels and settings give identical images
             whatever the ``batch_size``.
-        cfg_scale, cfg_schedule, top_k, top_p, temperature, more_smooth: override the
+        cfg_scale, cfg_schedule, cfg_start, top_k, top_p, temperature, more_smooth: override the
             pipeline's stored sampling settings (``None`` keeps them; ``more_smooth`` is VAR's
             visualisation mode).
         batch_size: images sampled per forward batch.
@@ -69,7 +70,7 @@ def generate(
     elif device is not None and torch.device(device) != pipeline.device:
         raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
     labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
-    sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, top_k=top_k, top_p=top_p,
+    sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_start=cfg_start, top_k=top_k, top_p=top_p,
                                temperature=temperature, more_smooth=more_smooth)
     device = pipeline.device
     batches = []

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from arvis.samplers.options import add_sampling_arguments, sampling_overrides
+
 
 def _quickstart(args: argparse.Namespace) -> None:
     from arvis.quickstart import run_quickstart
@@ -53,7 +55,7 @@ def _generate(args: argparse.Namespace) -> None:
     import arvis
     from arvis.visualize import image_grid
 
-    sampling = {key: getattr(args, key) for key in ("cfg_scale", "top_k", "top_p", "temperature")}
+    sampling = sampling_overrides(args)
     images = arvis.generate(args.pipeline, class_labels=args.labels, num_samples=args.num_samples, seed=args.seed,
                             output_type="pt", progress=True, **sampling)
     image_grid(images, len(args.labels), scale=args.scale).save(args.out)
@@ -72,7 +74,7 @@ def _sample(args: argparse.Namespace) -> None:
     # CPU-only processes shard only when PartialState is told cpu=True.
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     device = state.device
-    sampling = {key: getattr(args, key) for key in ("cfg_scale", "top_k", "top_p", "temperature")}
+    sampling = sampling_overrides(args)
     sample_to_folder(args.pipeline, args.out, num_samples=args.num_samples, seed=args.seed, labels=args.labels,
                      batch_size=args.batch_size, process_index=state.process_index,
                      num_processes=state.num_processes, progress=state.is_main_process, device=device, **sampling)
@@ -119,10 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--labels", type=int, nargs="+", required=True, help="class ids, one grid row each")
     gen.add_argument("--num-samples", type=int, default=8, help="images per class")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--cfg-scale", type=float, default=None)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--temperature", type=float, default=None)
+    add_sampling_arguments(gen, "default: the pipeline's setting")
     gen.add_argument("--scale", type=int, default=3, help="pixel repetition factor of the grid")
     gen.add_argument("--out", default="samples.png")
     gen.set_defaults(handler=_generate)
@@ -136,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--labels", type=int, nargs="+", default=None,
                         help="class ids cycled over the samples (default: all classes, balanced)")
     sample.add_argument("--batch-size", type=int, default=64, help="images per forward batch and process")
-    sample.add_argument("--cfg-scale", type=float, default=None)
-    sample.add_argument("--top-k", type=int, default=None)
-    sample.add_argument("--top-p", type=float, default=None)
-    sample.add_argument("--temperature", type=float, default=None)
+    add_sampling_arguments(sample, "default: the pipeline's setting")
     sample.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: this process's accelerate device")
     sample.set_defaults(handler=_sample)

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from arvis.samplers.options import add_sampling_arguments, sampling_overrides
+
 IMAGE_METRICS = ("fid", "isc", "kid", "prc")
 DEFAULT_CACHE = Path(os.environ.get("ARVIS_CACHE_DIR", Path.home() / ".cache" / "arvis")) / "eval-features"
 GLYPHS = "glyphs"  # --real value for fd-builtin: freshly rendered built-in glyphs
@@ -62,8 +64,7 @@ def _add_source_options(parser: argparse.ArgumentParser, *, needs_real: bool) ->
     parser.add_argument("--sample-seed", type=int, default=0, help="sampling seed when --fake is a pipeline")
     parser.add_argument("--labels", type=int, nargs="+", default=None, help="class ids cycled over the samples "
                         "(default: all classes, balanced)")
-    for option, kind in (("--cfg-scale", float), ("--top-k", int), ("--top-p", float), ("--temperature", float)):
-        parser.add_argument(option, type=kind, default=None, help="sampling override when --fake is a pipeline")
+    add_sampling_arguments(parser, "sampling override when --fake is a pipeline")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward batch")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--json", default=None, help="also write the result to this file")
@@ -106,7 +107,7 @@ def _fake_images(args: argparse.Namespace):
     if (fake / "pipeline.json").is_file():
         if args.num_samples is None:
             raise ValueError("--fake is a pipeline folder: pass --num-samples to say how many images to sample")
-        sampling = {key: getattr(args, key) for key in ("cfg_scale", "top_k", "top_p", "temperature")}
+        sampling = sampling_overrides(args)
         return sample_pipeline(fake, num_samples=args.num_samples, seed=args.sample_seed, labels=args.labels,
                                batch_size=args.batch_size, progress=True, device=args.device, **sampling)
     if args.num_samples is not None:

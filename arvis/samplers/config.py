@@ -16,7 +16,8 @@ class SamplingConfig(Config):
     top_k: int = 0  # 0 keeps the whole vocabulary
     top_p: float = 1.0  # 1.0 disables nucleus filtering
     cfg_scale: float = 1.0  # uncond + cfg_scale·(cond − uncond); 1.0 runs the conditional model only
-    cfg_schedule: Literal["constant", "linear"] = "constant"
+    cfg_schedule: Literal["constant", "linear", "step"] = "constant"
+    cfg_start: float = 0.25  # "step" schedule only: guidance from this fraction of the steps on (ResTok)
     more_smooth: bool = False  # next-scale sampling only: VAR's Gumbel-softmax visualisation mode (not for FID)
 
     def __post_init__(self) -> None:
@@ -28,6 +29,8 @@ class SamplingConfig(Config):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not 0.0 <= self.cfg_start <= 1.0:
+            raise ValueError(f"cfg_start must be in [0, 1], got {self.cfg_start}")
 
 
 def check_drivable(model, units: frozenset[str]) -> None:

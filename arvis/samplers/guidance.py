@@ -26,7 +26,8 @@ def guide(logits: Tensor, config: SamplingConfig, step: int, num_steps: int) -> 
     if config.cfg_scale == 1.0:
         return logits
     cond, uncond = logits.chunk(2)
-    return cfg_mix(cond, uncond, cfg_scale_at(config.cfg_schedule, config.cfg_scale, step, num_steps))
+    return cfg_mix(cond, uncond, cfg_scale_at(config.cfg_schedule, config.cfg_scale, step, num_steps,
+                                              config.cfg_start))
 
 
 def feed_both(inputs: Tensor, config: SamplingConfig) -> Tensor:

@@ -30,26 +30,40 @@ def cfg_mix(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
-def constant_cfg(scale: float, step: int, num_steps: int) -> float:
+def constant_cfg(scale: float, step: int, num_steps: int, start: float) -> float:
     """The same guidance scale at every step (LlamaGen)."""
     return scale
 
 
-def linear_cfg(scale: float, step: int, num_steps: int) -> float:
+def linear_cfg(scale: float, step: int, num_steps: int, start: float) -> float:
     """Ramps the scale linearly from 1 (no guidance) at the first step to ``scale`` at the last (VAR)."""
     if num_steps <= 1:
         return scale
     return 1.0 + (scale - 1.0) * step / (num_steps - 1)
 
 
-CFG_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {"constant": constant_cfg, "linear": linear_cfg}
+def step_cfg(scale: float, step: int, num_steps: int, start: float) -> float:
+    """No guidance before the fraction ``start`` of the steps, ``scale`` from there on (ResTok's "step" schedule).
+
+    The fraction of step s is s / (num_steps - 1), as upstream's ``step_schedule`` with ``num_steps``:
+    for 9 HAR steps and start 0.25, steps 0 and 1 run unguided. (Upstream's 1 + 1e-4 for "unguided"
+    is exactly 1 here.)
+    """
+    if num_steps <= 1:
+        return scale
+    return scale if step / (num_steps - 1) >= start else 1.0
 
 
-def cfg_scale_at(schedule: str, scale: float, step: int, num_steps: int) -> float:
-    """The guidance scale of ``step`` (0-based) out of ``num_steps`` under a named schedule."""
+CFG_SCHEDULES: dict[str, Callable[[float, int, int, float], float]] = {
+    "constant": constant_cfg, "linear": linear_cfg, "step": step_cfg}
+
+
+def cfg_scale_at(schedule: str, scale: float, step: int, num_steps: int, start: float = 0.25) -> float:
+    """The guidance scale of ``step`` (0-based) out of ``num_steps`` under a named schedule
+    (``start`` is read by the "step" schedule only)."""
     if schedule not in CFG_SCHEDULES:
         raise ValueError(f"unknown CFG schedule {schedule!r}; choose one of {sorted(CFG_SCHEDULES)}")
-    return CFG_SCHEDULES[schedule](scale, step, num_steps)
+    return CFG_SCHEDULES[schedule](scale, step, num_steps, start)
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:

@@ -44,6 +44,9 @@ def test_cfg_schedules():
     assert [cfg_scale_at("constant", 4.0, step, 5) for step in range(5)] == [4.0] * 5
     assert [cfg_scale_at("linear", 4.0, step, 4) for step in range(4)] == [1.0, 2.0, 3.0, 4.0]
     assert cfg_scale_at("linear", 4.0, 0, 1) == 4.0
+    # ResTok's HAR: 9 steps, guidance from 0.25 of the way on, so steps 0 and 1 are unguided.
+    assert [cfg_scale_at("step", 3.75, step, 9, 0.25) for step in range(9)] == [1.0, 1.0] + [3.75] * 7
+    assert [cfg_scale_at("step", 2.0, step, 5, 0.5) for step in range(5)] == [1.0, 1.0, 2.0, 2.0, 2.0]
     with pytest.raises(ValueError, match="unknown CFG schedule"):
         cfg_scale_at("cosine-ish", 2.0, 0, 2)
 
