@@ -72,10 +72,17 @@ class VQGANLoss(nn.Module):
         in_channels: image channels seen by the discriminator.
         lpips: a ready LPIPS network (e.g. random weights in tests); by default it is loaded
             with :func:`resolve_lpips` from the config paths when ``perceptual_weight > 0``.
+        pixel_range: the tokenizer's pixel range (its ``pixel_range``); LPIPS is fed the images
+            mapped to the [-1, 1] it was trained on (ResTok and LARP work in [0, 1]).
     """
 
-    def __init__(self, config: TokenizerLossConfig, *, in_channels: int = 3, lpips: LPIPS | None = None) -> None:
+    def __init__(self, config: TokenizerLossConfig, *, in_channels: int = 3, lpips: LPIPS | None = None,
+                 pixel_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         super().__init__()
+        low, high = pixel_range
+        if not high > low:
+            raise ValueError(f"pixel_range must be (low, high) with high > low, got {pixel_range}")
+        self.pixel_range = (float(low), float(high))
         self.config = config
         self.discriminator = PatchDiscriminator(in_channels, ndf=config.disc_ndf, num_layers=config.disc_layers)
         if lpips is None and config.perceptual_weight > 0:
@@ -116,7 +123,7 @@ class VQGANLoss(nn.Module):
             terms["l1"] = F.l1_loss(reconstruction, inputs)
             weights["l1"] = config.l1_weight
         if self.lpips is not None:
-            terms["perceptual"] = self.lpips(reconstruction, inputs).mean()
+            terms["perceptual"] = self.lpips(self._lpips_range(reconstruction), self._lpips_range(inputs)).mean()
             weights["perceptual"] = config.perceptual_weight
         if self.discriminator_active(step):
             terms["adversarial"] = hinge_generator_loss(self.discriminator(reconstruction))
@@ -125,6 +132,13 @@ class VQGANLoss(nn.Module):
         logs = {name: value.detach() for name, value in {**terms, **tokenizer_losses}.items()}
         logs["total"] = total.detach()
         return total, logs
+
+    def _lpips_range(self, pixels: Tensor) -> Tensor:
+        """Pixels in ``pixel_range`` -> [-1, 1] (the identity for [-1, 1] tokenizers)."""
+        low, high = self.pixel_range
+        if (low, high) == (-1.0, 1.0):
+            return pixels
+        return (pixels - low) * (2.0 / (high - low)) - 1.0
 
     def discriminator_loss(self, inputs: Tensor, reconstruction: Tensor, step: int, *,
                            discriminator: Callable[[Tensor], Tensor] | None = None,

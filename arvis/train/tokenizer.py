@@ -56,7 +56,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     folders = RunFolders(run, "tokenizer")
     accelerator = make_accelerator(run, folders)
     tokenizer = build_tokenizer(config)
-    loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels)
+    loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels, pixel_range=tokenizer.pixel_range)
     dataset = build_dataset(config.data)
     optimizer = build_optimizer(tokenizer, config.optim)
     if loss_fn.generator_parameters():

@@ -133,6 +133,18 @@ def test_generator_loss_uses_lpips_and_separates_parameters(lpips):
     assert len(loss.discriminator_parameters()) == len(list(loss.discriminator.parameters()))
 
 
+def test_lpips_sees_minus_one_to_one_whatever_the_tokenizer_range(lpips):
+    """A [0, 1] tokenizer (ResTok, LARP) gets the same perceptual term as the same images in [-1, 1]."""
+    unit = VQGANLoss(TokenizerLossConfig(disc_ndf=8, disc_layers=2), lpips=lpips, pixel_range=(0.0, 1.0))
+    signed = VQGANLoss(TokenizerLossConfig(disc_ndf=8, disc_layers=2), lpips=lpips)
+    inputs, reconstruction = _images(0), _images(1)  # in [-1, 1]
+    _, unit_logs = unit.generator_loss((inputs + 1) / 2, (reconstruction + 1) / 2, {}, step=0)
+    _, signed_logs = signed.generator_loss(inputs, reconstruction, {}, step=0)
+    assert unit_logs["perceptual"].item() == pytest.approx(signed_logs["perceptual"].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="pixel_range"):
+        VQGANLoss(TokenizerLossConfig(), lpips=lpips, pixel_range=(1.0, 0.0))
+
+
 def test_missing_lpips_turns_perceptual_term_off(caplog, monkeypatch, tmp_path):
     monkeypatch.delenv("ARVIS_LPIPS_VGG", raising=False)
     monkeypatch.delenv("ARVIS_LPIPS_LIN", raising=False)
