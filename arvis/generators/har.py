@@ -8,7 +8,8 @@ one step, d model width, v vocabulary.
 Decoding units. The first ``ar_token_num`` (a) tokens are predicted one at a time; after that each
 step predicts as many tokens as have been generated so far, so the units are
 ``[1] * a + [a, 2a, 4a, ..., l/2]`` (l must be a * 2**k with k >= 1). For l = 128, a = 4 this is
-[1, 1, 1, 1, 4, 8, 16, 32, 64]: 9 steps (1 prefill, 3 autoregressive, 5 level steps). The units
+[1, 1, 1, 1, 4, 8, 16, 32, 64]: 9 steps (1 prefill, 3 autoregressive, 5 level steps); ``ar_token_num = l``
+makes every unit one token (plain next-token AR with the same model, for comparisons). The units
 must fit the tokenizer's levels: from position a on, the unit boundaries must be exactly the level
 boundaries (every parallel step predicts one whole level; levels inside the first a tokens may be
 split across single-token steps), which :class:`HARConfig` checks.
@@ -50,16 +51,19 @@ CLASS, TOKEN, PLACEHOLDER = "class", "token", "placeholder"
 
 
 def decoding_units(length: int, ar_token_num: int) -> tuple[int, ...]:
-    """Unit lengths ``[1] * a + [a, 2a, ..., length/2]``; raises ``ValueError`` unless length = a * 2**k, k >= 1."""
+    """Unit lengths ``[1] * a + [a, 2a, ..., length/2]``; raises ``ValueError`` unless length = a * 2**k.
+
+    ``a == length`` (k = 0) is plain next-token AR over the 1D sequence, the raster baseline at the same tokens.
+    """
     if ar_token_num < 1:
         raise ValueError(f"ar_token_num must be >= 1, got {ar_token_num}")
     units, total = [1] * ar_token_num, ar_token_num
     while total < length:
         units.append(total)
         total *= 2
-    if total != length or length < 2 * ar_token_num:
-        raise ValueError(f"HAR needs a token count of ar_token_num * 2**k with k >= 1 (each parallel step doubles "
-                         f"the generated tokens); got {length} tokens with ar_token_num={ar_token_num}")
+    if total != length:
+        raise ValueError(f"HAR needs a token count of ar_token_num * 2**k (each parallel step doubles the generated "
+                         f"tokens); got {length} tokens with ar_token_num={ar_token_num}")
     return tuple(units)
 
 

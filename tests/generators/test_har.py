@@ -63,6 +63,12 @@ def test_units_for_128_tokens_take_nine_steps():
     assert model.layout == TokenLayout(((1,), (1,), (2,), (4,)))
 
 
+def test_ar_token_num_equal_to_the_length_is_plain_next_token_ar():
+    assert list(decoding_units(8, 8)) == [1] * 8
+    assert list(sequence_plan(8, 8)) == [("class", 0)] + [("token", i) for i in range(7)]
+    assert torch.equal(block_causal_mask(decoding_units(8, 8)), torch.ones(8, 8).tril().bool())
+
+
 def test_input_layout_matches_upstream_description():
     plan = sequence_plan(16, 4)
     tok = lambda *ids: [("token", i) for i in ids]  # noqa: E731
@@ -81,7 +87,7 @@ def test_input_layout_and_mask_equal_upstream_code(length, ar):
 
 
 @pytest.mark.parametrize("levels,ar", [((1, 1, 2, 4), 2), ((1, 1, 2, 4, 8, 16), 4), ((1, 1, 2, 4, 8), 1),
-                                       ((2, 2, 4, 8), 2), ((1, 1, 2, 4, 8, 16), 2)])
+                                       ((2, 2, 4, 8), 2), ((1, 1, 2, 4, 8, 16), 2), ((1, 1, 2, 4), 8)])
 def test_cached_level_steps_equal_teacher_forcing(levels, ar):
     model = small_har(levels, ar)
     tokens = torch.randint(0, model.vocab_size, (3, sum(levels)), generator=torch.Generator().manual_seed(1))
@@ -146,7 +152,7 @@ def test_fit_config_takes_levels_from_the_tokenizer():
     (dict(level_sizes=(4, 4)), "do not match the token levels"),
     (dict(level_sizes=(1, 1, 1, 1, 4)), "do not match the token levels"),
     (dict(ar_token_num=0), "ar_token_num must be >= 1"),
-    (dict(ar_token_num=8), "ar_token_num \\* 2\\*\\*k"),
+    (dict(ar_token_num=16), "ar_token_num \\* 2\\*\\*k"),
     (dict(dim=30), "divisible by num_heads"),
     (dict(level_sizes=()), "non-empty"),
 ])
