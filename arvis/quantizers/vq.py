@@ -104,6 +104,10 @@ class VectorQuantizer(nn.Module):
         indices = self._squared_distances(prepared).argmin(dim=1)
         return rearrange(indices, "(b h w) -> b h w", b=latents.shape[0], h=latents.shape[2])
 
+    def choose_indices(self, distances: Tensor) -> Tensor:
+        """(n, k) squared distances -> (n,) code indices of a :meth:`forward` pass: the nearest codes."""
+        return distances.argmin(dim=1)
+
     def lookup(self, indices: Tensor) -> Tensor:
         """indices (b, h, w) long -> codes (b, d, h, w) (unit-normalised if ``l2_norm``)."""
         if indices.ndim != 3 or indices.dtype != torch.long:
@@ -121,7 +125,7 @@ class VectorQuantizer(nn.Module):
         """
         prepared = self._prepare(latents)
         distances = self._squared_distances(prepared)
-        flat_indices = distances.argmin(dim=1)
+        flat_indices = self.choose_indices(distances)
         indices = rearrange(flat_indices, "(b h w) -> b h w", b=latents.shape[0], h=latents.shape[2])
         codes = self.lookup(indices).to(prepared.dtype)
         codes_float, prepared_float = codes.float(), prepared.float()  # losses in float32 under bf16
