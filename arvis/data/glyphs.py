@@ -30,7 +30,7 @@ SCALE_RANGE = (0.45, 0.75)
 MAX_ROTATION_DEGREES = 10.0
 _ROTATED_EXTENT = 1.1  # largest half-extent, in local units, of any glyph rotated by up to 10 degrees
 _BORDER_MARGIN = 0.04  # image units kept free between the glyph and the image border
-_RENDER_CHUNK = 2048
+RENDER_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,12 @@ _SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 GLYPH_CLASSES: tuple[str, ...] = tuple(_SHAPES)
 
 
+def centre_reach(scale: float) -> float:
+    """Largest |x| or |y| of a glyph centre that keeps a glyph of ``scale``, rotated by up to
+    ``MAX_ROTATION_DEGREES``, inside the image with a ``_BORDER_MARGIN`` to spare."""
+    return max(0.0, 1.0 - _BORDER_MARGIN - scale * _ROTATED_EXTENT)
+
+
 def _luma(rgb: Sequence[float]) -> float:
     return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
@@ -152,7 +158,7 @@ def sample_glyph_params(label: int, rng: np.random.Generator) -> GlyphParams:
         return float(low + (high - low) * uniform[position])
 
     scale = between(0, *SCALE_RANGE)
-    reach = max(0.0, 1.0 - _BORDER_MARGIN - scale * _ROTATED_EXTENT)
+    reach = centre_reach(scale)
     centre = (between(1, -reach, reach), between(2, -reach, reach))
     rotation = between(3, -MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
     foreground = colorsys.hsv_to_rgb(between(4, 0.0, 1.0), between(5, 0.6, 0.9), between(6, 0.85, 1.0))
@@ -173,7 +179,7 @@ def _check_label(label: int) -> None:
         raise ValueError(f"label must be in [0, {len(GLYPH_CLASSES)}) (one of {GLYPH_CLASSES}), got {label}")
 
 
-def _render_channels_first(labels: Sequence[int], size: int, params: Sequence[GlyphParams]) -> np.ndarray:
+def render_glyphs_chw(labels: Sequence[int], size: int, params: Sequence[GlyphParams]) -> np.ndarray:
     """(n, 3, size, size) float32 images; the one rendering path behind every public function."""
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -207,7 +213,7 @@ def _render_channels_first(labels: Sequence[int], size: int, params: Sequence[Gl
 
 def render_glyphs(labels: Sequence[int], size: int, params: Sequence[GlyphParams]) -> np.ndarray:
     """Renders many glyphs at once: (n, size, size, 3) float32 in [0, 1]."""
-    return np.ascontiguousarray(_render_channels_first(labels, size, params).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(render_glyphs_chw(labels, size, params).transpose(0, 2, 3, 1))
 
 
 def render_glyph(label: int, size: int, params: GlyphParams) -> np.ndarray:
@@ -262,17 +268,17 @@ class GlyphDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         label = self.label(index)
-        image = _render_channels_first([label], self.image_size, [self.params(index)])[0]
+        image = render_glyphs_chw([label], self.image_size, [self.params(index)])[0]
         return torch.from_numpy(image), label
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Renders the whole dataset: images (n, 3, h, w) float32 in [0, 1] and labels (n,) long."""
         labels = torch.arange(self.num_samples) % self.num_classes
         images = torch.empty(self.num_samples, 3, self.image_size, self.image_size)
-        for start in range(0, self.num_samples, _RENDER_CHUNK):
-            indices = range(start, min(start + _RENDER_CHUNK, self.num_samples))
+        for start in range(0, self.num_samples, RENDER_CHUNK):
+            indices = range(start, min(start + RENDER_CHUNK, self.num_samples))
             chunk_labels = [index % self.num_classes for index in indices]
             chunk_params = [self.params(index) for index in indices]
-            rendered = _render_channels_first(chunk_labels, self.image_size, chunk_params)
+            rendered = render_glyphs_chw(chunk_labels, self.image_size, chunk_params)
             images[start:start + len(indices)] = torch.from_numpy(rendered)
         return images, labels

@@ -23,7 +23,6 @@ Shapes: n clips, b batch, t frames, c channels, h w frame height and width.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,7 +33,8 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from arvis.data.frames import IMAGE_SUFFIXES, natural_key, read_frames
+
 LAYOUT_HINT = "expected uint8 videos of shape (n, t, h, w, 3) (NTHWC, like the image .npz convention)"
 
 VideoSource = str | Path | np.ndarray | Tensor | Iterable[Tensor]
@@ -195,14 +195,14 @@ def _folder_batches(root: Path, needed: int, batch_size: int) -> Iterator[Tensor
 
     def generate() -> Iterator[Tensor]:
         for start in range(0, len(clips), batch_size):
-            batch = [_read_clip(frames[:needed], expected_size) for _, frames in clips[start : start + batch_size]]
+            batch = [read_frames(frames[:needed], expected_size) for _, frames in clips[start : start + batch_size]]
             yield rearrange(torch.from_numpy(np.stack(batch)), "b t h w c -> b c t h w")
 
     return generate()
 
 
 def _list_clips(root: Path) -> list[tuple[Path, list[Path]]]:
-    entries = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=_natural_key)
+    entries = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=natural_key)
     stray = [p.name for p in entries if not p.is_dir()]
     if stray:
         raise ValueError(f"{root} should hold only clip folders (one per video) but also holds files {stray[:5]}")
@@ -210,7 +210,7 @@ def _list_clips(root: Path) -> list[tuple[Path, list[Path]]]:
         raise ValueError(f"{root} holds no clip folders; expected one subfolder of frame images per video")
     clips = []
     for clip in entries:
-        frames = sorted((p for p in clip.iterdir() if not p.name.startswith(".")), key=_natural_key)
+        frames = sorted((p for p in clip.iterdir() if not p.name.startswith(".")), key=natural_key)
         bad = [p.name for p in frames if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file()]
         if bad:
             raise ValueError(f"clip folder {clip} holds non-image entries {bad[:5]}; keep only {IMAGE_SUFFIXES} frames")
@@ -226,20 +226,6 @@ def _list_clips(root: Path) -> list[tuple[Path, list[Path]]]:
             "trim every clip to the same length"
         )
     return clips
-
-
-def _read_clip(frames: list[Path], size: tuple[int, int]) -> np.ndarray:
-    images = []
-    for frame in frames:
-        with Image.open(frame) as image:
-            if image.size != size:
-                raise ValueError(f"frame {frame} is {image.size[0]}x{image.size[1]}, expected {size[0]}x{size[1]}")
-            images.append(np.asarray(image.convert("RGB")))
-    return np.stack(images)  # (t, h, w, 3)
-
-
-def _natural_key(path: Path) -> list:
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
 def _fix(needed: int) -> str:
