@@ -31,13 +31,19 @@ class SwiGLU(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """fc2(gelu_tanh(fc1 x)) with biases (VAR's ``FFN``; names fc1/fc2 as upstream)."""
+    """fc2(gelu(fc1 x)) with biases; names fc1/fc2 as upstream.
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+    ``approximate="tanh"`` is VAR's ``FFN``; ``"none"`` (exact erf GELU) is timm's ``Mlp`` (ResTok, LARP).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, approximate: str = "tanh") -> None:
         super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))

@@ -32,34 +32,45 @@ class LayerScale(nn.Module):
 class QKNormAttention(nn.Module):
     """Fused-qkv multi-head attention with LayerNorm on each head's queries and keys."""
 
-    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, qk_norm: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, qk_norm: bool = True,
+                 attn_dropout: float = 0.0, proj_dropout: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.proj_dropout = nn.Dropout(proj_dropout)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
         """x (b, n, dim) -> (b, n, dim)."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=mask)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=mask,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.proj_dropout(self.proj(rearrange(out, "b h n d -> b n (h d)")))
 
 
 class ViTBlock(nn.Module):
-    """x + ls1(attn(norm1 x)), then x + ls2(mlp(norm2 x)); LayerNorm eps 1e-6, GELU MLP."""
+    """x + ls1(attn(norm1 x)), then x + ls2(mlp(norm2 x)); exact-GELU MLP (timm's ``Mlp``).
+
+    Defaults are ResTok's blocks (QK-norm, LayerScale 1, LayerNorm eps 1e-6); timm's plain ``Block`` as
+    LARP uses it is ``qk_norm=False, layer_scale_init=None, qkv_bias=False, norm_eps=1e-5``. ``dropout``
+    is timm's ``proj_drop`` (after the attention projection and the MLP), ``attn_dropout`` its ``attn_drop``.
+    """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qk_norm: bool = True,
-                 layer_scale_init: float | None = 1.0) -> None:
+                 layer_scale_init: float | None = 1.0, qkv_bias: bool = True, norm_eps: float = 1e-6,
+                 dropout: float = 0.0, attn_dropout: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = QKNormAttention(dim, num_heads, qk_norm=qk_norm)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = QKNormAttention(dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_dropout=attn_dropout,
+                                    proj_dropout=dropout)
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = GeluMLP(dim, int(dim * mlp_ratio), dropout=dropout, approximate="none")
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
 
     def attend(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
