@@ -126,20 +126,27 @@ def dataset_num_classes(dataset: Dataset) -> int:
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only: never norms or biases, embeddings only if configured.
 
-    A model may name more parameters to exempt with ``no_weight_decay()`` (e.g. VAR's position tables).
+    A model may name more parameters to exempt with ``no_weight_decay()`` (e.g. VAR's position tables), and
+    give parts of itself their own learning rate with ``learning_rate_multipliers()``: parameter-name
+    prefixes to factors of ``learning_rate`` (e.g. LARP's ``{"prior.": 50.0}``).
     """
     no_decay_ids = set() if config.decay_embeddings else {
         id(param) for module in model.modules() if isinstance(module, nn.Embedding) for param in module.parameters()
     }
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     no_decay_ids |= {id(param) for name, param in model.named_parameters() if name in exempt}
-    decay, no_decay = [], []
-    for param in model.parameters():
+    multipliers = model.learning_rate_multipliers() if hasattr(model, "learning_rate_multipliers") else {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 and id(param) not in no_decay_ids else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.betas)
+        decays = param.ndim >= 2 and id(param) not in no_decay_ids
+        factor = next((value for prefix, value in multipliers.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((decays, factor), []).append(param)
+    param_groups = [{"params": params, "weight_decay": config.weight_decay if decays else 0.0,
+                     "lr": config.learning_rate * factor}
+                    for (decays, factor), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
+    return torch.optim.AdamW(param_groups, lr=config.learning_rate, betas=config.betas)
 
 
 def lr_multiplier(step: int, config: OptimConfig, max_steps: int) -> float:

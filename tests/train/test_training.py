@@ -162,3 +162,29 @@ def test_bad_data_fails_before_training_starts(trainer, problem, error, message,
     with pytest.raises(error, match=message):
         (train_tokenizer if trainer == "tokenizer" else train_generator)(config)
     assert not (tmp_path / "run" / trainer).exists() and not (tmp_path / "run" / "pipeline").exists()
+
+
+def test_optimizer_groups_follow_decay_rules_and_learning_rate_multipliers():
+    from torch import nn
+
+    from arvis.train.loop import build_optimizer
+
+    class WithPrior(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+            self.prior = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+
+        def learning_rate_multipliers(self):
+            return {"prior.": 50.0}
+
+    model = WithPrior()
+    optimizer = build_optimizer(model, OptimConfig(learning_rate=1e-4, weight_decay=0.1))
+    by_param = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    assert by_param[id(model.body.weight)]["lr"] == 1e-4 and by_param[id(model.body.weight)]["weight_decay"] == 0.1
+    assert by_param[id(model.body.bias)]["weight_decay"] == 0.0
+    assert by_param[id(model.prior[0].weight)]["lr"] == pytest.approx(5e-3)
+    assert by_param[id(model.prior[0].weight)]["weight_decay"] == 0.1
+    assert by_param[id(model.prior[1].weight)]["lr"] == pytest.approx(5e-3)
+    assert by_param[id(model.prior[1].weight)]["weight_decay"] == 0.0
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
