@@ -76,6 +76,19 @@ class Tokenizer(Component):
     def in_channels(self) -> int:
         return 3
 
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """Shape of one input without the batch: (c, h, w) for images, (c, t, h, w) for video tokenizers."""
+        return (self.in_channels, *self.image_size)
+
+    def for_inference(self) -> Tokenizer:
+        """The model to save after training, without training-only parts (LARP's prior); default ``self``."""
+        return self
+
+    def set_training_progress(self, fraction: float) -> None:
+        """Told by the trainer before each step how far training is (0 to 1); for schedules inside a
+        tokenizer (LARP's scheduled sampling). The default ignores it."""
+
     def encode(self, pixels: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -107,11 +120,12 @@ class Tokenizer(Component):
                 f"pixels are {pixels.dtype} but the tokenizer's weights are {weight_dtype}; "
                 f"pass pixels.to({weight_dtype})"
             )
-        expected = (self.in_channels, *self.image_size)
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+        expected = self.pixel_shape
+        if pixels.ndim != 1 + len(expected) or tuple(pixels.shape[1:]) != expected:
+            what = "images" if len(expected) == 3 else f"clips of {expected[1]} frames"
             raise ValueError(
                 f"expected pixels of shape (batch, {', '.join(map(str, expected))}), got {tuple(pixels.shape)}; "
-                f"resize images to {self.image_size[0]}x{self.image_size[1]} with {self.in_channels} channels"
+                f"resize {what} to {self.image_size[0]}x{self.image_size[1]} with {self.in_channels} channels"
             )
         low, high = self.pixel_range
         tolerance = 1e-3 * (high - low)

@@ -457,10 +457,11 @@ TOKENIZERS.add_preset(
     "restok-demo",
     ResTokConfig(image_size=32, patch_size=4, cnn=False, width=64, encoder_depth=4, decoder_depth=4, num_heads=4,
                  num_latent_tokens=32, merge_layers=(1, 2), codebook_size=256, codebook_dim=8,
-                 nested_dropout_counts=(4, 8, 16, 32), nested_dropout_weights=(1.0, 2.0, 4.0, 8.0),
-                 imagenet_normalize=False),
-    "Small ResTok for the 32 px quickstart: patch 4 (64 image tokens), 32 latents in levels "
-    "[1, 1, 2, 4, 8, 16], codebook 256x8, L2-normalised.",
+                 entropy_loss_ratio=0.1, nested_dropout_counts=(4, 8, 16, 32),
+                 nested_dropout_weights=(1.0, 2.0, 4.0, 8.0), imagenet_normalize=False),
+    "Small ResTok for the 32 px glyphs: patch 4 (64 image tokens), 32 latents in levels "
+    "[1, 1, 2, 4, 8, 16], codebook 256x8, L2-normalised. LlamaGen's entropy loss (0.1) is on: without it "
+    "the codebook collapses to ~6 codes within 100 steps at this scale (upstream trains with 0).",
 )
 TOKENIZERS.add_preset(
     "restok-l-128",
