@@ -100,23 +100,38 @@ def global_batch_size(run: RunConfig, accelerator: Accelerator) -> int:
 
 
 def build_dataset(config: DataConfig) -> Dataset:
-    """The training images described by ``config``: items are (image (3, h, w) in [0, 1], label)."""
-    from arvis.data import GlyphDataset, ImageFolderDataset
+    """The training data described by ``config``: items are (image (3, h, w) or clip (3, t, h, w) in [0, 1], label)."""
+    from arvis.data import GlyphDataset, ImageFolderDataset, MovingGlyphDataset, VideoFolderDataset
 
     if config.name == "glyphs":
         return GlyphDataset(config.num_samples, image_size=config.image_size, seed=config.seed,
                             num_classes=config.num_classes)
+    if config.name == "moving_glyphs":
+        return MovingGlyphDataset(config.num_samples, image_size=config.image_size, num_frames=config.num_frames,
+                                  seed=config.seed, num_classes=config.num_classes)
+    if config.name == "video_folder":
+        return VideoFolderDataset(config.root, num_frames=config.num_frames, image_size=config.image_size)
     return ImageFolderDataset(config.root, config.image_size, random_flip=config.random_flip,
                               verify=config.verify_images)
 
 
 def check_image_size(tokenizer, data: DataConfig) -> None:
-    """Raises ``ValueError`` if the data's image size is not the tokenizer's."""
+    """Raises ``ValueError`` if the data's image size (or clip length, or images versus clips) is not the tokenizer's."""
     if tokenizer.image_size != (data.image_size, data.image_size):
         raise ValueError(
             f"the tokenizer takes {tokenizer.image_size} images but data.image_size is {data.image_size}; "
             "set data.image_size (or the tokenizer's image_size) to match"
         )
+    takes_clips = len(tokenizer.pixel_shape) == 4
+    if takes_clips != data.is_video:
+        raise ValueError(
+            f"the tokenizer takes {'clips' if takes_clips else 'images'} but data.name={data.name!r} gives "
+            f"{'clips' if data.is_video else 'images'}; use "
+            f"{'data.name=moving_glyphs or video_folder' if takes_clips else 'data.name=glyphs or folder'}"
+        )
+    if takes_clips and tokenizer.pixel_shape[1] != data.num_frames:
+        raise ValueError(f"the tokenizer takes clips of {tokenizer.pixel_shape[1]} frames but data.num_frames is "
+                         f"{data.num_frames}; set data.num_frames to match")
 
 
 def dataset_num_classes(dataset: Dataset) -> int:

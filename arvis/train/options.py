@@ -10,11 +10,12 @@ from arvis.config import Config
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig(Config):
-    """Which images to train on: the built-in glyphs or an ImageNet-style folder."""
+    """What to train on: built-in glyph images or clips, an ImageNet-style image folder or a video folder."""
 
-    name: Literal["glyphs", "folder"] = "glyphs"
+    name: Literal["glyphs", "folder", "moving_glyphs", "video_folder"] = "glyphs"  # the last two give clips
     root: str | None = None  # folder datasets only
     image_size: int = 32
+    num_frames: int = 16  # clips only (moving_glyphs, video_folder)
     num_samples: int = 20000  # glyphs only
     num_classes: int = 10  # glyphs only; folders count their class subfolders
     seed: int = 0  # glyphs only: the dataset's rendering seed
@@ -24,8 +25,12 @@ class DataConfig(Config):
     # training ("decode" also catches truncated files but reads the whole dataset once)
 
     def __post_init__(self) -> None:
-        if self.name == "folder" and not self.root:
-            raise ValueError("data.root must name the image folder when data.name is 'folder'")
+        if self.name in ("folder", "video_folder") and not self.root:
+            raise ValueError(f"data.root must name the folder when data.name is {self.name!r}")
+
+    @property
+    def is_video(self) -> bool:
+        return self.name in ("moving_glyphs", "video_folder")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,10 @@ and the discriminator are prepared as two data-parallel models: the tokenizer's 
 term calls the discriminator unwrapped with its parameters frozen (no gradient, nothing to
 all-reduce), the discriminator's update calls it through its wrapper, so only that backward
 all-reduces its gradients. As in LlamaGen, the discriminator's batch norms use each process's
-own batch statistics. The trained tokenizer is saved as a component folder in ``run.output_dir``.
+own batch statistics. Video tokenizers (clips (b, c, t, h, w)) get every loss per frame, and are told
+the training progress before each step (LARP's scheduled sampling). The trained tokenizer, without
+training-only parts (``Tokenizer.for_inference``, e.g. LARP's prior), is saved as a component folder in
+``run.output_dir``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
+
+from einops import rearrange
+from torch import Tensor
 
 from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
@@ -42,6 +48,12 @@ class TokenizerTrainConfig(Config):
     optim: OptimConfig = OptimConfig()
     disc_optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig()
+
+
+def as_frames(pixels: Tensor) -> Tensor:
+    """Images (b, c, h, w) as they are; clips (b, c, t, h, w) as frames ((b t), c, h, w): the pixel, perceptual
+    and adversarial losses of video tokenizers are per frame (LARP)."""
+    return rearrange(pixels, "b c t h w -> (b t) c h w") if pixels.ndim == 5 else pixels
 
 
 def build_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
@@ -86,17 +98,19 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
         for micro in range(accumulation):
             images, _ = next(batches)
             pixels = tokenizer.from_unit_range(images.to(accelerator.device))
+            tokenizer.set_training_progress(step / run.max_steps)
             loss_fn.discriminator.requires_grad_(False)  # the tokenizer's update must not touch D's gradients
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
                     output = model(pixels)
-                    loss, logs = loss_fn.generator_loss(pixels, output.reconstruction, output.losses, step)
+                    real, fake = as_frames(pixels), as_frames(output.reconstruction)
+                    loss, logs = loss_fn.generator_loss(real, fake, output.losses, step)
                 accelerator.backward(loss / accumulation)
             loss_fn.discriminator.requires_grad_(True)
             if train_discriminator:
                 with sync_unless_last(accelerator, discriminator, micro, accumulation):
                     with accelerator.autocast():
-                        disc_loss, disc_logs = loss_fn.discriminator_loss(pixels, output.reconstruction, step,
+                        disc_loss, disc_logs = loss_fn.discriminator_loss(real, fake, step,
                                                                           discriminator=discriminator)
                     accelerator.backward(disc_loss / accumulation)
         apply_gradients(accelerator, optimizer, generator_params, config.optim.grad_clip, scheduler)
@@ -112,7 +126,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     check_processes_agree(accelerator, trained)
     if ema is not None:
         ema.copy_to(trained)
-    output_dir = finish_run(accelerator, progress, folders.export, trained.save_pretrained)
+    output_dir = finish_run(accelerator, progress, folders.export, trained.for_inference().save_pretrained)
     return output_dir, progress.history
 
 

@@ -188,3 +188,25 @@ def test_optimizer_groups_follow_decay_rules_and_learning_rate_multipliers():
     assert by_param[id(model.prior[1].weight)]["lr"] == pytest.approx(5e-3)
     assert by_param[id(model.prior[1].weight)]["weight_decay"] == 0.0
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_video_tokenizer_trains_on_moving_glyphs_and_saves_without_its_prior(tmp_path):
+    config = load_recipe(TokenizerTrainConfig, None, [
+        "tokenizer=larp-tiny", "data.name=moving_glyphs", "data.image_size=16", "data.num_frames=4",
+        "data.num_samples=256", "run.batch_size=8", "run.max_steps=40", "run.log_every=1", "run.progress=false",
+        f"run.output_dir={tmp_path}", "optim.learning_rate=3e-3", "loss.l2_weight=0", "loss.l1_weight=1",
+        "loss.perceptual_weight=0",
+    ])
+    path, history = train_tokenizer(config)
+    first, last = sum(h["l1"] for h in history[:5]) / 5, sum(h["l1"] for h in history[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert {"prior", "prior_cross_entropy", "prior_accuracy"} <= set(history[-1])
+    tokenizer = Tokenizer.from_pretrained(path)
+    assert tokenizer.prior is None and not tokenizer.config.prior
+    with pytest.raises(ValueError, match="takes clips"):
+        train_tokenizer(load_recipe(TokenizerTrainConfig, None, [
+            "tokenizer=larp-tiny", "data.image_size=16", f"run.output_dir={tmp_path / 'images'}"]))
+    with pytest.raises(ValueError, match="num_frames"):
+        train_tokenizer(load_recipe(TokenizerTrainConfig, None, [
+            "tokenizer=larp-tiny", "data.name=moving_glyphs", "data.image_size=16", "data.num_frames=8",
+            f"run.output_dir={tmp_path / 'frames'}"]))
