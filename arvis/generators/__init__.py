@@ -3,7 +3,8 @@
 from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
 from arvis.generators.har import HARConfig, HARGenerator
 from arvis.generators.raster import RasterConfig, RasterGenerator
+from arvis.generators.sequence import SequenceConfig, SequenceGenerator
 from arvis.generators.var import VARConfig, VARGenerator
 
 __all__ = ["GENERATORS", "Generator", "GeneratorOutput", "HARConfig", "HARGenerator", "RasterConfig",
-           "RasterGenerator", "VARConfig", "VARGenerator"]
+           "RasterGenerator", "SequenceConfig", "SequenceGenerator", "VARConfig", "VARGenerator"]

@@ -13,14 +13,20 @@ their RoPE table is laid out (:meth:`LlamaGenerator.build_rope_table`) and call
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-from arvis.generators.base import Generator
+from arvis.generators.base import Generator, GeneratorOutput
+from arvis.nn.attention import causal_mask
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.mlp import llama_hidden_dim
 from arvis.nn.norms import RMSNorm
 from arvis.nn.transformer import LlamaBlock
+
+
+PREFIX_LENGTH = 1  # one class token (LlamaGen's cls_token_num for class-conditional models)
 
 
 class LlamaGenerator(Generator):
@@ -56,16 +62,20 @@ class LlamaGenerator(Generator):
                 module.reset_parameters()
         nn.init.zeros_(self.output.weight)
 
-    def build_rope_table(self) -> Tensor:
-        """(positions, head_dim/2, 2) float32 RoPE table of the whole input sequence (prefix included)."""
+    def build_rope_table(self) -> Tensor | None:
+        """(positions, head_dim/2, 2) float32 RoPE table of the whole input sequence (prefix included),
+        or None for a model without RoPE."""
         raise NotImplementedError
 
-    def rope_table(self, start: int, count: int, device: torch.device) -> Tensor:
-        """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count) on ``device``."""
+    def rope_table(self, start: int, count: int, device: torch.device) -> Tensor | None:
+        """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count) on ``device``
+        (None for models without RoPE, whose ``build_rope_table`` returns None)."""
         if device not in self._rope_by_device:
             with torch.inference_mode(False):  # a table first built while sampling must serve training too
-                self._rope_by_device[device] = self.build_rope_table().to(device)
-        return self._rope_by_device[device][start:start + count]
+                table = self.build_rope_table()
+                self._rope_by_device[device] = None if table is None else table.to(device)
+        table = self._rope_by_device[device]
+        return None if table is None else table[start:start + count]
 
     def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
         """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
@@ -73,3 +83,57 @@ class LlamaGenerator(Generator):
         for index, layer in enumerate(self.layers):
             x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
         return self.output(self.norm(x)).float()
+
+
+class NextTokenLlama(LlamaGenerator):
+    """Base class (not registered) of one-token-per-step generators over the sequence
+    [class token, t_0, ..., t_{l-2}], position i predicting t_i (LlamaGen's raster order, LARP's 1D order).
+
+    Subclasses give the layout and the positions: RoPE through ``build_rope_table`` and/or absolute
+    embeddings added to the inputs through :meth:`absolute_positions`.
+    """
+
+    unit = "token"
+
+    def absolute_positions(self, start: int, count: int) -> Tensor | None:
+        """(count, d) embeddings added to the inputs at positions [start, start + count), or None."""
+        return None
+
+    def _inputs(self, x: Tensor, start: int) -> Tensor:
+        positions = self.absolute_positions(start, x.shape[1])
+        return x if positions is None else x + positions
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
+        self.check_tokens(tokens)
+        self.check_labels(labels, allow_null=True)
+        prefix = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+        x = self._inputs(torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1), 0)
+        mask = causal_mask(x.shape[1], device=x.device)
+        logits = self._run_layers(self.tok_dropout(x), 0, mask, None)
+        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
+        accuracy = (logits.argmax(-1) == tokens).float().mean()
+        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(self.config.num_layers, PREFIX_LENGTH + self.layout.length)
+
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+        """Feeds the class token (``tokens=None``, first call) or the next (b, n) tokens; -> (b, 1, v).
+
+        Returns the logits of the token that follows the fed positions.
+        """
+        if tokens is None:
+            if cache.length:
+                raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
+            self.check_labels(labels, allow_null=True)
+            x = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+        else:
+            if cache.length == 0:
+                raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
+            x = self.tok_embeddings(tokens)
+        start, count = cache.length, x.shape[1]
+        mask = causal_mask(count, start + count, device=x.device) if count > 1 else None
+        logits = self._run_layers(self._inputs(x, start), start, mask, cache)
+        cache.advance(count)
+        return logits[:, -1:]

@@ -18,21 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from arvis.config import Config
-from arvis.generators.base import GENERATORS, GeneratorOutput
-from arvis.generators.llama import LlamaGenerator
-from arvis.nn.attention import causal_mask
-from arvis.nn.kv_cache import KVCache
+from arvis.generators.base import GENERATORS
+from arvis.generators.llama import PREFIX_LENGTH, NextTokenLlama
 from arvis.nn.rope import rope_table_2d
 from arvis.tokenizers.base import TokenLayout
-
-PREFIX_LENGTH = 1  # one class token (LlamaGen's cls_token_num for class-conditional models)
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RasterConfig(Config):
@@ -66,11 +58,10 @@ class RasterConfig(Config):
 
 
 @GENERATORS.register
-class RasterGenerator(LlamaGenerator):
+class RasterGenerator(NextTokenLlama):
     """Class-conditional raster-order AR transformer (LlamaGen c2i)."""
 
     config_class = RasterConfig
-    unit = "token"
 
     def __init__(self, config: RasterConfig) -> None:
         super().__init__(config)
@@ -94,41 +85,6 @@ class RasterGenerator(LlamaGenerator):
         config = self.config
         return rope_table_2d(*config.token_grid, config.dim // config.num_heads, config.rope_base,
                              prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
-
-    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
-        """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
-        self.check_tokens(tokens)
-        self.check_labels(labels, allow_null=True)
-        prefix = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
-        x = torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1)
-        mask = causal_mask(x.shape[1], device=x.device)
-        logits = self._run_layers(self.tok_dropout(x), 0, mask, None)
-        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
-        accuracy = (logits.argmax(-1) == tokens).float().mean()
-        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
-
-    def new_cache(self, batch_size: int) -> KVCache:
-        return KVCache(self.config.num_layers, PREFIX_LENGTH + self.layout.length)
-
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
-        """Feeds the class token (``tokens=None``, first call) or the next (b, n) tokens; -> (b, 1, v).
-
-        Returns the logits of the token that follows the fed positions.
-        """
-        if tokens is None:
-            if cache.length:
-                raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
-            self.check_labels(labels, allow_null=True)
-            x = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
-        else:
-            if cache.length == 0:
-                raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
-            x = self.tok_embeddings(tokens)
-        start, count = cache.length, x.shape[1]
-        mask = causal_mask(count, start + count, device=x.device) if count > 1 else None
-        logits = self._run_layers(x, start, mask, cache)
-        cache.advance(count)
-        return logits[:, -1:]
 
 
 def _llamagen(num_layers: int, num_heads: int, dim: int) -> RasterConfig:

@@ -1,0 +1,91 @@
+"""Next-token AR over a 1D token sequence with learned absolute positions: LARP's ``LARP_AR``
+(``llama-abs-LP`` upstream, ``models/larp_ar.py``), for LARP's holistic video tokens.
+
+Shapes: b batch, l tokens, d model width, v vocabulary.
+
+The LlamaGen trunk (class-token prefix, Llama blocks, RMSNorm, zero-initialised head) without RoPE:
+a learned table of l positions is added to the inputs [class token, t_0, ..., t_{l-2}] (the class
+token takes position 0). ``rope_base`` does not exist here because upstream's is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor, nn
+
+from arvis.config import Config
+from arvis.generators.base import GENERATORS
+from arvis.generators.llama import NextTokenLlama
+from arvis.tokenizers.base import TokenLayout
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SequenceConfig(Config):
+    """Sequence GPT configuration; the defaults are LARP's AR model on 1024 tokens (UCF-101's 101 classes)."""
+
+    vocab_size: int = 8192
+    length: int = 1024  # tokens per sample
+    num_classes: int = 101
+    dim: int = 1280
+    num_layers: int = 30
+    num_heads: int = 20
+    num_kv_heads: int | None = None
+    ffn_multiple_of: int = 256
+    norm_eps: float = 1e-5
+    class_dropout: float = 0.1
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    attn_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.length < 1 or self.vocab_size < 2 or self.num_classes < 1:
+            raise ValueError("length, vocab_size (>= 2) and num_classes must be positive")
+
+
+@GENERATORS.register
+class SequenceGenerator(NextTokenLlama):
+    """Class-conditional next-token AR over a 1D sequence with learned absolute positions (LARP AR)."""
+
+    config_class = SequenceConfig
+
+    def __init__(self, config: SequenceConfig) -> None:
+        super().__init__(config)
+        self.pos_embeddings = nn.Embedding(config.length, config.dim)
+        self.reset_parameters()
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(((self.config.length,),))
+
+    @classmethod
+    def fit_config(cls, config: SequenceConfig, *, tokenizer, num_classes: int) -> SequenceConfig:
+        """Returns ``config`` with the length, vocabulary and classes of a 1D-sequence tokenizer and a dataset."""
+        shapes = tokenizer.layout.shapes
+        if len(shapes) != 1 or len(shapes[0]) != 1:
+            raise ValueError(f"the sequence generator needs a tokenizer with one 1D token sequence (LARP), got "
+                             f"layout {shapes}")
+        return dataclasses.replace(config, length=shapes[0][0], vocab_size=tokenizer.vocab_size,
+                                   num_classes=num_classes)
+
+    def build_rope_table(self) -> None:
+        return None
+
+    def absolute_positions(self, start: int, count: int) -> Tensor:
+        return self.pos_embeddings.weight[start:start + count]
+
+
+GENERATORS.add_preset("sequence-tiny", SequenceConfig(vocab_size=64, length=8, num_classes=10, dim=32, num_layers=2,
+                                                      num_heads=2, ffn_multiple_of=32),
+                      "2-layer test model for larp-tiny (8 tokens, 64 codes)")
+GENERATORS.add_preset("sequence-demo", SequenceConfig(vocab_size=256, length=32, num_classes=10, dim=128,
+                                                      num_layers=4, num_heads=4, ffn_multiple_of=64,
+                                                      token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
+                      "moving-glyph model for larp-demo (32 tokens, 256 codes)")
+GENERATORS.add_preset("larp-ar", SequenceConfig(),
+                      "LARP's AR generator (llama-abs-LP): 30 layers, 1280 wide, 20 heads, learned absolute "
+                      "positions over 1024 tokens, 632M")
