@@ -8,6 +8,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -57,7 +58,8 @@ def generate(
         device: where to load ``pipeline`` when it is a path (default CPU); a loaded
             :class:`Pipeline` is used where it is.
         output_type: ``"pil"`` (list of RGB images), ``"pt"`` (float tensor (n, 3, h, w)
-            in [0, 1] on the CPU) or ``"np"`` (uint8 array (n, h, w, 3)).
+            in [0, 1] on the CPU) or ``"np"`` (uint8 array (n, h, w, 3)). Video pipelines give
+            clips: a list of frame lists, (n, 3, t, h, w) and (n, t, h, w, 3).
         progress: show a progress bar over batches.
     """
     if output_type not in ("pil", "pt", "np"):
@@ -85,11 +87,14 @@ def generate(
     array = to_uint8(images)
     if output_type == "np":
         return array
+    if array.ndim == 5:  # clips: one list of frames per sample
+        return [[Image.fromarray(np.ascontiguousarray(frame)) for frame in clip] for clip in array]
     return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
 
 
 def draw_images(pipeline: Pipeline, sampler, labels: torch.Tensor, rngs) -> torch.Tensor:
-    """Samples tokens for labels (b,) and decodes them -> (b, 3, h, w) float in [0, 1] on the CPU."""
+    """Samples tokens for labels (b,) and decodes them -> (b, 3, h, w) images or (b, 3, t, h, w) clips,
+    float in [0, 1] on the CPU."""
     tokens = sampler(pipeline.generator, labels, rng=rngs)
     with torch.inference_mode():
         pixels = pipeline.tokenizer.decode(tokens)
@@ -97,8 +102,8 @@ def draw_images(pipeline: Pipeline, sampler, labels: torch.Tensor, rngs) -> torc
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images (n, 3, h, w) in [0, 1] -> (n, h, w, 3) uint8 (rounded)."""
-    return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """Images (n, 3, h, w) or clips (n, 3, t, h, w) in [0, 1] -> (n, h, w, 3) or (n, t, h, w, 3) uint8 (rounded)."""
+    return rearrange((images * 255).round().to(torch.uint8), "n c ... -> n ... c").numpy()
 
 
 def _labels_tensor(class_labels: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -52,14 +52,33 @@ def _pretokenize(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import arvis
-    from arvis.visualize import image_grid
+    import numpy as np
 
-    sampling = sampling_overrides(args)
+    import arvis
+    from arvis.api import to_uint8
+    from arvis.visualize import clip_grid, image_grid, save_clip_frames, save_gif
+
     images = arvis.generate(args.pipeline, class_labels=args.labels, num_samples=args.num_samples, seed=args.seed,
-                            output_type="pt", progress=True, **sampling)
-    image_grid(images, len(args.labels), scale=args.scale).save(args.out)
-    print(json.dumps({"grid": str(args.out), "images": len(images), "labels": args.labels}))
+                            output_type="pt", progress=True, **sampling_overrides(args))
+    is_video = images.ndim == 5
+    out = Path(args.out or ("samples.gif" if is_video else "samples.png"))
+    if is_video:
+        if out.suffix.lower() != ".gif":
+            raise ValueError(f"this pipeline generates clips: --out must be a .gif file, got {out}")
+        save_gif(clip_grid(images, len(args.labels), scale=args.scale), out, fps=args.fps)
+    else:
+        image_grid(images, len(args.labels), scale=args.scale).save(out)
+    result = {"grid": str(out), "images": len(images), "labels": args.labels}
+    if args.npy:
+        np.save(args.npy, to_uint8(images))
+        result["npy"] = str(args.npy)
+    if args.frames:
+        if not is_video:
+            raise ValueError("--frames writes clips as frame folders; this pipeline generates images")
+        for index, clip in enumerate(to_uint8(images)):
+            save_clip_frames(clip, Path(args.frames) / f"sample_{index:05d}")
+        result["frames"] = str(args.frames)
+    print(json.dumps(result))
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -123,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(gen, "default: the pipeline's setting")
     gen.add_argument("--scale", type=int, default=3, help="pixel repetition factor of the grid")
-    gen.add_argument("--out", default="samples.png")
+    gen.add_argument("--out", default=None, help="grid file: samples.png, or samples.gif for video pipelines")
+    gen.add_argument("--fps", type=float, default=8.0, help="frames per second of a video grid")
+    gen.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy ((n, h, w, 3) or (n, t, h, w, 3))")
+    gen.add_argument("--frames", default=None, help="video pipelines: also write each clip as a folder of PNG frames")
     gen.set_defaults(handler=_generate)
 
     sample = commands.add_parser("sample", help="sample an evaluation set into PNGs and an ADM-style .npz "

@@ -1,7 +1,8 @@
-"""Sample grids as PIL images."""
+"""Sample grids as PIL images, clips as animated GIFs and frame folders."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -36,3 +37,32 @@ def image_grid(images: torch.Tensor, num_rows: int, *, scale: int = 1, row_label
     for row, label in enumerate(row_labels):
         draw.text((4, row * row_height + row_height // 2 - 5), label, fill="black")
     return labelled
+
+
+def clip_grid(clips: torch.Tensor, num_rows: int, *, scale: int = 1, row_labels: Sequence[str] | None = None,
+              padding: int = 2) -> list[Image.Image]:
+    """Tiles (n, 3, t, h, w) clips in [0, 1] into ``num_rows`` rows: one grid image per frame (t images)."""
+    if clips.ndim != 5 or clips.shape[1] != 3:
+        raise ValueError(f"expected clips of shape (n, 3, t, h, w), got {tuple(clips.shape)}")
+    return [image_grid(clips[:, :, frame], num_rows, scale=scale, row_labels=row_labels, padding=padding)
+            for frame in range(clips.shape[2])]
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, *, fps: float = 8.0) -> Path:
+    """Writes frames as a looping animated GIF at ``fps`` frames per second."""
+    if not frames:
+        raise ValueError("no frames to write")
+    path = Path(path)
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=round(1000 / fps), loop=0)
+    return path
+
+
+def save_clip_frames(clip: np.ndarray, folder: str | Path) -> Path:
+    """Writes one uint8 clip (t, h, w, 3) as ``folder/frame_0000.png`` ... (the layout the video datasets read)."""
+    if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 clip of shape (t, h, w, 3), got {clip.dtype} {clip.shape}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, frame in enumerate(clip):
+        Image.fromarray(frame).save(folder / f"frame_{index:04d}.png")
+    return folder
