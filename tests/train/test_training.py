@@ -203,6 +203,15 @@ def test_video_tokenizer_trains_on_moving_glyphs_and_saves_without_its_prior(tmp
     assert {"prior", "prior_cross_entropy", "prior_accuracy"} <= set(history[-1])
     tokenizer = Tokenizer.from_pretrained(path)
     assert tokenizer.prior is None and not tokenizer.config.prior
+    # Stage 2 on the same clips: the sequence generator over the 1D tokens, then clips from the pipeline.
+    pipeline_path, generator_history = train_generator(load_recipe(GeneratorTrainConfig, None, [
+        f"tokenizer_path={path}", "generator=sequence-tiny", "data.name=moving_glyphs", "data.image_size=16",
+        "data.num_frames=4", "data.num_samples=64", "run.batch_size=16", "run.max_steps=40", "run.log_every=1",
+        "run.progress=false", f"run.output_dir={tmp_path / 'video-pipeline'}", "optim.learning_rate=3e-3",
+    ]))
+    assert generator_history[-1]["loss"] < generator_history[0]["loss"] - 0.3
+    clips = arvis.generate(pipeline_path, [0, 1], output_type="pt")
+    assert clips.shape == (2, 3, 4, 16, 16)
     with pytest.raises(ValueError, match="takes clips"):
         train_tokenizer(load_recipe(TokenizerTrainConfig, None, [
             "tokenizer=larp-tiny", "data.image_size=16", f"run.output_dir={tmp_path / 'images'}"]))
