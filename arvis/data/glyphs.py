@@ -254,7 +254,7 @@ class GlyphDataset(Dataset):
 
     def _check_index(self, index: int) -> int:
         if not -self.num_samples <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for a GlyphDataset of {self.num_samples} samples")
+            raise IndexError(f"index {index} out of range for a {type(self).__name__} of {self.num_samples} samples")
         return index % self.num_samples
 
     def label(self, index: int) -> int:

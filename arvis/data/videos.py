@@ -24,9 +24,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from arvis.data.glyphs import (
-    GLYPH_CLASSES,
     MAX_ROTATION_DEGREES,
     RENDER_CHUNK,
+    GlyphDataset,
     GlyphParams,
     centre_reach,
     render_glyphs_chw,
@@ -109,8 +109,9 @@ def _render_clips(labels: list[int], size: int, frame_params: list[list[GlyphPar
     return np.ascontiguousarray(rearrange(frames, "(n t) c h w -> n c t h w", t=num_frames))
 
 
-class MovingGlyphDataset(Dataset):
-    """``num_samples`` clips of one moving glyph, with balanced labels ``index % num_classes``.
+class MovingGlyphDataset(GlyphDataset):
+    """``num_samples`` clips of one moving glyph, with balanced labels ``index % num_classes``
+    (a :class:`GlyphDataset` whose items are animated: same checks, labels and first-frame looks).
 
     Items are (clip (3, num_frames, h, w) float32 in [0, 1], label int). Sample ``index``
     depends only on (seed, index) through ``np.random.default_rng([seed, index])``: the
@@ -130,34 +131,10 @@ class MovingGlyphDataset(Dataset):
 
     def __init__(self, num_samples: int, image_size: int = 32, num_frames: int = 16, seed: int = 0,
                  num_classes: int = 10) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-        if not 8 <= image_size <= 256:
-            raise ValueError(f"image_size must be in [8, 256] pixels, got {image_size}")
         if not 2 <= num_frames <= MAX_NUM_FRAMES:
             raise ValueError(f"num_frames must be in [2, {MAX_NUM_FRAMES}], got {num_frames}")
-        if not 2 <= num_classes <= len(GLYPH_CLASSES):
-            raise ValueError(f"num_classes must be in [2, {len(GLYPH_CLASSES)}], got {num_classes}")
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
-        self.num_samples = int(num_samples)
-        self.image_size = int(image_size)
+        super().__init__(num_samples, image_size=image_size, seed=seed, num_classes=num_classes)
         self.num_frames = int(num_frames)
-        self.seed = int(seed)
-        self.num_classes = int(num_classes)
-        self.class_names: tuple[str, ...] = GLYPH_CLASSES[:num_classes]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def _check_index(self, index: int) -> int:
-        if not -self.num_samples <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for a MovingGlyphDataset of {self.num_samples} clips")
-        return index % self.num_samples
-
-    def label(self, index: int) -> int:
-        """Class index of clip ``index``."""
-        return self._check_index(index) % self.num_classes
 
     def _draw(self, index: int) -> tuple[GlyphParams, GlyphMotion]:
         index = self._check_index(index)

@@ -64,17 +64,19 @@ class Tokenizer(Component):
     def layout(self) -> TokenLayout:
         raise NotImplementedError
 
+    # The three below read the config's ``codebook_size``, ``image_size`` (square) and ``in_channels``
+    # fields, which every built-in tokenizer config has; override them when a config differs.
     @property
     def vocab_size(self) -> int | None:
-        raise NotImplementedError
+        return self.config.codebook_size
 
     @property
     def image_size(self) -> tuple[int, int]:
-        raise NotImplementedError
+        return self.config.image_size, self.config.image_size
 
     @property
     def in_channels(self) -> int:
-        return 3
+        return self.config.in_channels
 
     @property
     def pixel_shape(self) -> tuple[int, ...]:

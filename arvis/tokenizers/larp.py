@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
@@ -185,20 +184,8 @@ class LARPTokenizer(Tokenizer):
         return TokenLayout(((self.config.num_tokens,),))
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.config.image_size, self.config.image_size
-
-    @property
     def num_frames(self) -> int:
         return self.config.num_frames
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
 
     @property
     def pixel_shape(self) -> tuple[int, ...]:

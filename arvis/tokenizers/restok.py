@@ -301,18 +301,6 @@ class ResTokTokenizer(Tokenizer):
         return TokenLayout(tuple((size,) for size in self.config.level_sizes))
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.config.image_size, self.config.image_size
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
     def prefix_lengths(self) -> tuple[int, ...]:
         """Token counts :meth:`decode` accepts: the level boundaries (1, 2, 4, ..., l)."""
         return self.config.prefix_lengths

@@ -128,18 +128,6 @@ class VARTokenizer(Tokenizer):
         return self.config.patch_nums
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.config.image_size, self.config.image_size
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
-    @property
     def downsample_factor(self) -> int:
         return self.config.downsample_factor
 

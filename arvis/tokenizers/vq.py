@@ -138,18 +138,6 @@ class VQTokenizer(Tokenizer):
     def layout(self) -> TokenLayout:
         return TokenLayout((self.grid_size,))
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.config.image_size, self.config.image_size
-
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
     def quantize(self, pixels: Tensor) -> QuantizerOutput:
         """pixels (b, c, h, w) -> quantizer output on the (b, d, h/f, w/f) latent grid (no input checks)."""
         return self.quantizer(self.quant_conv(self.encoder(pixels)))
