@@ -3,7 +3,8 @@
     python docs/scripts/compare_pipelines.py arvis-quickstart/pipeline outputs/var-demo/pipeline
 
 Each pipeline samples ``--num-samples`` images (balanced classes, seed 0, its stored sampling
-settings, batch ``--batch-size``) on the CPU; the time covers tokens and decoding. Scores are
+settings, batch ``--batch-size``) on the CPU, then 20 more one at a time; the times cover tokens and
+decoding. Scores are
 against 1000 rendered glyphs at the pipeline's image size.
 """
 
@@ -28,8 +29,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
     classifier = load_glyph_classifier()
-    print("| pipeline | generator | tokens | sampling steps | s / image | fd-glyphs | glyph accuracy |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| pipeline | generator | tokens | sampling steps | s / image, batch {args.batch_size} | s / image, batch 1 "
+          "| fd-glyphs | glyph accuracy |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in args.pipelines:
         pipeline = arvis.load(path)
         size = pipeline.tokenizer.image_size[0]
@@ -39,10 +41,14 @@ def main() -> None:
         samples = sample_pipeline(pipeline, num_samples=args.num_samples, seed=0, batch_size=args.batch_size)
         seconds = (time.perf_counter() - start) / args.num_samples
         result = glyph_metrics(samples.tensor(), samples.labels, to_uint8_chw(real, value_range=(0, 1)), classifier)
+        start = time.perf_counter()
+        sample_pipeline(pipeline, num_samples=20, seed=0, batch_size=1)
+        seconds_alone = (time.perf_counter() - start) / 20
         layout = pipeline.generator.layout
-        steps = layout.length if pipeline.generator.unit == "token" else len(layout.shapes)
+        generator = pipeline.generator
+        steps = layout.length if generator.unit == "token" else len(generator.unit_lengths())
         print(f"| {path} | {pipeline.generator.config.__class__.__name__} | {layout.length} | {steps} | "
-              f"{seconds:.4f} | {result['fd_glyphs']:.3f} | {result['glyph_accuracy']:.1%} |")
+              f"{seconds:.4f} | {seconds_alone:.4f} | {result['fd_glyphs']:.3f} | {result['glyph_accuracy']:.1%} |")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
