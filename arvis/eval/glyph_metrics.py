@@ -40,6 +40,19 @@ def glyph_features(images: Tensor, classifier: GlyphClassifier, batch_size: int 
     return torch.cat(features), torch.cat(logits)
 
 
+def check_fake_labels(fake_labels: Tensor | None, count: int, num_classes: int) -> None:
+    """Raises ``ValueError`` unless ``fake_labels`` is None or ``count`` integer class ids in [0, num_classes)."""
+    if fake_labels is None:
+        return
+    if not isinstance(fake_labels, Tensor) or fake_labels.dtype.is_floating_point or fake_labels.is_complex():
+        raise ValueError(f"fake_labels must be an integer tensor (n_fake,) or None, got {fake_labels!r:.80}")
+    if tuple(fake_labels.shape) != (count,):
+        raise ValueError(f"fake_labels must have shape ({count},), one per fake sample, got {tuple(fake_labels.shape)}")
+    if fake_labels.min() < 0 or fake_labels.max() >= num_classes:
+        raise ValueError(f"fake_labels must be class ids in [0, {num_classes - 1}], got "
+                         f"[{int(fake_labels.min())}, {int(fake_labels.max())}]")
+
+
 def glyph_metrics(
     fake_images: Tensor, fake_labels: Tensor | None, real_images: Tensor,
     classifier: GlyphClassifier | None = None, *, batch_size: int = 256,
@@ -65,16 +78,7 @@ def glyph_metrics(
         if len(images) < 2:
             raise ValueError(f"{name} needs at least 2 images for a covariance, got {len(images)}")
     num_classes = classifier.config.num_classes
-    if fake_labels is not None:
-        if not isinstance(fake_labels, Tensor) or fake_labels.dtype.is_floating_point or fake_labels.is_complex():
-            raise ValueError(f"fake_labels must be an integer tensor (n_fake,) or None, got {fake_labels!r:.80}")
-        if tuple(fake_labels.shape) != (len(fake_images),):
-            raise ValueError(
-                f"fake_labels must have shape ({len(fake_images)},), one per fake image, got {tuple(fake_labels.shape)}"
-            )
-        if fake_labels.min() < 0 or fake_labels.max() >= num_classes:
-            raise ValueError(f"fake_labels must be class ids in [0, {num_classes - 1}], got "
-                             f"[{int(fake_labels.min())}, {int(fake_labels.max())}]")
+    check_fake_labels(fake_labels, len(fake_images), num_classes)
 
     fake_features, fake_logits = glyph_features(fake_images, classifier, batch_size)
     real_features, _ = glyph_features(real_images, classifier, batch_size)
