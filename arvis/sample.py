@@ -88,6 +88,7 @@ def sample_to_folder(
     if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
         raise ValueError(f"process_index must be an integer in [0, {num_processes - 1}], got {process_index!r}")
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
+    _require_images(pipeline)
     sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels,
                                                  sampling_overrides)
     output_dir = Path(output_dir)
@@ -123,6 +124,7 @@ def sample_in_memory(
     """
     _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size)
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
+    _require_images(pipeline)
     sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels,
                                                  sampling_overrides)
     images = [batch for _, batch in _draw(pipeline, sampling, label_policy, seed, range(num_samples), batch_size,
@@ -309,6 +311,13 @@ def _write_png_atomically(image: np.ndarray, path: Path) -> None:
     """Writes (h, w, 3) uint8 to ``path`` via a temporary sibling, so a killed run leaves no partial PNG."""
     write_file_atomically(path, lambda temporary: Image.fromarray(np.ascontiguousarray(image)).save(temporary,
                                                                                                    format="PNG"))
+
+
+def _require_images(pipeline: Pipeline) -> None:
+    if len(pipeline.tokenizer.pixel_shape) != 3:
+        raise ValueError("this pipeline generates clips; image-set sampling (arvis sample, arvis eval) takes image "
+                         "pipelines. Sample clips with arvis generate --npy FILE (or --frames DIR) or "
+                         "arvis.generate(..., output_type='np')")
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -54,3 +54,11 @@ def test_cli_writes_a_gif_grid_npy_and_frame_folders(video_pipeline, tmp_path, c
     assert np.array_equal(frame, clips[4, 3])
     assert main(["generate", str(tmp_path / "p"), "--labels", "0", "--out", str(tmp_path / "grid.png")]) == 2
     assert "must be a .gif" in capsys.readouterr().err
+
+
+def test_image_set_sampling_refuses_clip_pipelines(video_pipeline, tmp_path):
+    from arvis.sample import sample_to_folder
+
+    with pytest.raises(ValueError, match="generates clips"):
+        sample_to_folder(video_pipeline, tmp_path / "s", num_samples=2)
+    assert not (tmp_path / "s").exists()
