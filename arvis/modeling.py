@@ -114,6 +114,17 @@ def load_weights(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"corrupt weights file {file}: {error}") from error
 
 
+def raise_on_state_mismatch(what: str, *, missing: list[str], unexpected: list[str], misshapen: list[str],
+                            misshapen_label: str = "misshapen tensors") -> None:
+    """Raises ``ValueError("<what>: missing tensors [...]; unexpected tensors [...]; <misshapen_label> [...]")``
+    naming every non-empty kind of problem; returns when there is none."""
+    problems = [f"{label} {names}" for label, names in (("missing tensors", missing),
+                                                        ("unexpected tensors", unexpected),
+                                                        (misshapen_label, misshapen)) if names]
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems))
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
     """Loads ``state`` into ``model``, naming every missing, extra or misshapen tensor.
 
@@ -131,15 +142,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in set(expected) & set(state) if state[k].shape != expected[k].shape
     )
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    if wrong_shape:
-        problems.append(f"wrong shapes {wrong_shape}")
-    if problems:
-        raise ValueError(f"weights in {source} do not match {type(model).__name__}: " + "; ".join(problems))
+    raise_on_state_mismatch(f"weights in {source} do not match {type(model).__name__}", missing=missing,
+                            unexpected=unexpected, misshapen=wrong_shape, misshapen_label="wrong shapes")
     model.load_state_dict(state, strict=True)
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from arvis.modeling import raise_on_state_mismatch
+
 __all__ = ["Source", "chunk", "count_indices", "load_checkpoint", "load_weights_only", "map_state_dict",
            "require"]
 
@@ -130,15 +132,8 @@ def map_state_dict(source: Mapping[str, Tensor], expected: Mapping[str, torch.Si
         target[key] = tensor
     unexpected = sorted(key for key in source
                         if key not in used and not any(pattern.fullmatch(key) for pattern in patterns))
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected}")
-    if misshapen:
-        problems.append(f"misshapen tensors {misshapen}")
-    if problems:
-        raise ValueError(f"{name} does not map onto the arvis model: " + "; ".join(problems))
+    raise_on_state_mismatch(f"{name} does not map onto the arvis model", missing=missing, unexpected=unexpected,
+                            misshapen=misshapen)
     return target
 
 
