@@ -136,15 +136,13 @@ class MovingGlyphDataset(GlyphDataset):
         super().__init__(num_samples, image_size=image_size, seed=seed, num_classes=num_classes)
         self.num_frames = int(num_frames)
 
+    # params(index), inherited, is the looks of clip ``index`` in its first frame (the same first draw).
+
     def _draw(self, index: int) -> tuple[GlyphParams, GlyphMotion]:
         index = self._check_index(index)
         rng = np.random.default_rng([self.seed, index])
         params = sample_glyph_params(index % self.num_classes, rng)
         return params, sample_glyph_motion(self.num_frames, rng)
-
-    def params(self, index: int) -> GlyphParams:
-        """The looks of clip ``index`` in its first frame."""
-        return self._draw(index)[0]
 
     def motion(self, index: int) -> GlyphMotion:
         """The velocity and rotation speed of clip ``index``."""
