@@ -94,11 +94,11 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     model.train()
     for step in range(start, run.max_steps):
         train_discriminator = loss_fn.discriminator_active(step)
+        tokenizer.set_training_progress(step / run.max_steps)
         disc_logs = {}
         for micro in range(accumulation):
             images, _ = next(batches)
             pixels = tokenizer.from_unit_range(images.to(accelerator.device))
-            tokenizer.set_training_progress(step / run.max_steps)
             loss_fn.discriminator.requires_grad_(False)  # the tokenizer's update must not touch D's gradients
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
