@@ -27,14 +27,19 @@ class StochasticVectorQuantizer(VectorQuantizer):
     """L2-normalised VQ whose training-time codes are sampled from softmax(cosine / temperature).
 
     Args:
-        codebook_size, dim, commitment_beta, usage_window: as :class:`VectorQuantizer` (always ``l2_norm``).
+        codebook_size, dim, commitment_beta, entropy_loss_ratio, entropy_temperature, usage_window: as
+            :class:`VectorQuantizer` (always ``l2_norm``). The entropy loss is not LARP's; it is there for
+            small codebooks that collapse (see the ``larp-demo`` recipe).
         temperature: τ of the code distribution (LARP: 0.03).
         generator: optional ``torch.Generator`` for the draws (on the latents' device).
     """
 
     def __init__(self, codebook_size: int, dim: int, *, temperature: float = 0.03, commitment_beta: float = 0.25,
-                 usage_window: int = 65536, generator: torch.Generator | None = None) -> None:
-        super().__init__(codebook_size, dim, l2_norm=True, commitment_beta=commitment_beta, usage_window=usage_window)
+                 entropy_loss_ratio: float = 0.0, entropy_temperature: float = 0.01, usage_window: int = 65536,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(codebook_size, dim, l2_norm=True, commitment_beta=commitment_beta,
+                         entropy_loss_ratio=entropy_loss_ratio, entropy_temperature=entropy_temperature,
+                         usage_window=usage_window)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

@@ -56,6 +56,8 @@ class LARPConfig(Config):
         num_tokens: n holistic tokens.
         codebook_size, codebook_dim, temperature: the stochastic VQ (k x e codes, τ).
         commitment_beta: commitment weight inside the VQ loss.
+        entropy_loss_ratio: weight of LlamaGen's codebook entropy loss; 0 (LARP) turns it off. Not in LARP: small
+            demo codebooks collapse onto a few codes that the prior predicts easily without it.
         vq_weight: weight of the VQ loss (codebook + beta·commitment) in the objective.
         query_init_std: std of the learned queries.
         latent_pos_base: base of the decoder's 1D sin-cos latent positions.
@@ -83,6 +85,7 @@ class LARPConfig(Config):
     codebook_dim: int = 16
     temperature: float = 0.03
     commitment_beta: float = 0.25
+    entropy_loss_ratio: float = 0.0
     vq_weight: float = 0.1
     query_init_std: float = 0.02
     latent_pos_base: float = 10000.0
@@ -118,6 +121,8 @@ class LARPConfig(Config):
                              f"{self.prior_heads}")
         if self.num_tokens < 2 and self.prior:
             raise ValueError("LARPConfig: the AR prior needs at least 2 tokens")
+        if self.entropy_loss_ratio < 0:
+            raise ValueError(f"LARPConfig.entropy_loss_ratio must be >= 0, got {self.entropy_loss_ratio}")
         for name in ("temperature", "prior_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LARPConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -151,7 +156,7 @@ class LARPTokenizer(Tokenizer):
         self.quant_proj = nn.Linear(d, e)
         self.quantizer = StochasticVectorQuantizer(
             config.codebook_size, e, temperature=config.temperature, commitment_beta=config.commitment_beta,
-            usage_window=config.usage_window)
+            entropy_loss_ratio=config.entropy_loss_ratio, usage_window=config.usage_window)
         self.post_quant_proj = nn.Linear(e, d)
         self.register_buffer("latent_positions", sincos_1d(d, torch.arange(config.num_tokens), config.latent_pos_base),
                              persistent=False)
@@ -249,7 +254,8 @@ class LARPTokenizer(Tokenizer):
         config = self.config
         quantized = self.quantizer(self.latents(pixels))
         tokens = rearrange(quantized.indices, "b 1 n -> b n")
-        losses = {name: config.vq_weight * value for name, value in quantized.losses.items()}
+        losses = {name: value if name == "entropy" else config.vq_weight * value
+                  for name, value in quantized.losses.items()}
         metrics = {"codebook_usage": quantized.usage}
         if self.prior is not None and self.training:
             ratio = scheduled_sampling_ratio(self.training_progress, config.prior_replace_max, config.prior_replace_peak)

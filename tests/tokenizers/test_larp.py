@@ -96,6 +96,21 @@ def test_prior_loss_trains_the_encoder_and_follows_the_progress():
     assert model.training_progress == 0.6
 
 
+def test_optional_entropy_loss_is_reported_unscaled_by_the_vq_weight():
+    assert set(tiny(prior=False).train()(clips()).losses) == {"codebook", "commitment"}  # off by default (LARP)
+    outputs = []
+    for vq_weight in (0.1, 1.0):
+        model = tiny(entropy_loss_ratio=0.5, vq_weight=vq_weight, prior=False).train()
+        torch.manual_seed(1)  # the same stochastic draw
+        outputs.append(model(clips()).losses)
+    assert set(outputs[0]) == {"codebook", "commitment", "entropy"}
+    torch.testing.assert_close(outputs[1]["codebook"], 10 * outputs[0]["codebook"])
+    torch.testing.assert_close(outputs[1]["entropy"], outputs[0]["entropy"])
+    assert outputs[0]["entropy"] < 0  # 0.5 x (mean per-sample entropy - batch entropy) with codes in use
+    with pytest.raises(ValueError, match="entropy_loss_ratio"):
+        tiny(entropy_loss_ratio=-1.0)
+
+
 def test_the_prior_is_dropped_for_inference_and_gets_its_learning_rate(tmp_path):
     model = tiny().eval()
     assert model.learning_rate_multipliers() == {"prior.": 50.0}
