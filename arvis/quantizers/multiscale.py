@@ -246,10 +246,19 @@ class MultiScaleQuantizer(nn.Module):
     def scales_to_fhat(self, indices_list: list[Tensor]) -> Tensor:
         """List of k (b, p_k, p_k) indices -> f_hat (b, c, h, w) float32: sum of phi(upsampled codes)."""
         self.check_scales(indices_list)
+        return self.code_maps_to_fhat([self.lookup(indices) for indices in indices_list])
+
+    def split_code_vectors(self, codes: Tensor) -> list[Tensor]:
+        """(b, l, c) code vectors, scales concatenated -> list of k (b, c, p_k, p_k) code maps."""
+        chunks = codes.split([p * p for p in self.patch_nums], dim=1)
+        return [rearrange(chunk, "b (h w) c -> b c h w", h=p) for chunk, p in zip(chunks, self.patch_nums, strict=True)]
+
+    def code_maps_to_fhat(self, code_maps: list[Tensor]) -> Tensor:
+        """List of k (b, c, p_k, p_k) code maps (any values) -> f_hat (b, c, h, w) float32."""
         f_hat = None
-        for scale_index, indices in enumerate(indices_list):
-            codes = self.phi(scale_index, self._to_latent_size(scale_index, self.lookup(indices).float()))
-            f_hat = codes if f_hat is None else f_hat + codes
+        for scale_index, codes in enumerate(code_maps):
+            refined = self.phi(scale_index, self._to_latent_size(scale_index, codes.float()))
+            f_hat = refined if f_hat is None else f_hat + refined
         return f_hat
 
     # ---- next-scale autoregression -------------------------------------------------------------------------

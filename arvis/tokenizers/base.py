@@ -91,6 +91,25 @@ class Tokenizer(Component):
         """Told by the trainer before each step how far training is (0 to 1); for schedules inside a
         tokenizer (LARP's scheduled sampling). The default ignores it."""
 
+    def code_vectors(self) -> Tensor:
+        """(v, e) the vectors that token ids stand for (as looked up, e.g. unit-normalised), for methods that
+        work on codes rather than ids (Distilled Decoding). Codebook tokenizers override it."""
+        raise ValueError(f"{type(self).__name__} does not expose its code vectors; Distilled Decoding needs a "
+                         "codebook tokenizer (VQ or VAR)")
+
+    def decode_code_vectors(self, codes: Tensor) -> Tensor:
+        """codes (b, l, e), one (possibly continuous, unquantised) code vector per token -> pixels, not clamped."""
+        raise ValueError(f"{type(self).__name__} cannot decode continuous code vectors; Distilled Decoding needs a "
+                         "codebook tokenizer (VQ or VAR)")
+
+    def check_code_vectors(self, codes: Tensor) -> None:
+        """Raises ``ValueError`` unless ``codes`` is (b, l, e) floating point for this tokenizer."""
+        expected = (self.layout.length, self.code_vectors().shape[1])
+        if not isinstance(codes, Tensor) or not codes.is_floating_point() or codes.ndim != 3 \
+                or tuple(codes.shape[1:]) != expected:
+            shape = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
+            raise ValueError(f"expected float code vectors of shape (batch, {expected[0]}, {expected[1]}), got {shape}")
+
     def encode(self, pixels: Tensor) -> Tensor:
         raise NotImplementedError
 

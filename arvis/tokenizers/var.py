@@ -157,6 +157,18 @@ class VARTokenizer(Tokenizer):
         self.check_tokens(tokens)
         return self.decode_scales(self.quantizer.indices_to_scales(tokens))
 
+    def code_vectors(self) -> Tensor:
+        """(v, e) the raw codebook (VAR's codes are not normalised)."""
+        return self.quantizer.codebook.weight
+
+    def decode_code_vectors(self, codes: Tensor) -> Tensor:
+        """codes (b, l, e), scales concatenated, unquantised allowed -> pixels (b, c, h, w), not clamped.
+
+        f_hat is the sum over scales of phi(bicubic-upsampled code maps), as for token ids.
+        """
+        self.check_code_vectors(codes)
+        return self.decode_latents(self.quantizer.code_maps_to_fhat(self.quantizer.split_code_vectors(codes)))
+
     def quantize(self, pixels: Tensor) -> MultiScaleQuantizerOutput:
         """pixels (b, c, h, w) -> quantizer output (straight-through f_hat, tokens, VQ loss, usage); no checks."""
         return self.quantizer(self.latents(pixels))

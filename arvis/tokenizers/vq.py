@@ -162,6 +162,17 @@ class VQTokenizer(Tokenizer):
         indices = rearrange(tokens, "b (h w) -> b h w", h=height, w=width)
         return self.decode_codes(self.quantizer.lookup(indices))
 
+    def code_vectors(self) -> Tensor:
+        """(v, e) codebook vectors as looked up (unit-normalised when the quantizer normalises)."""
+        return self.quantizer.codes()
+
+    def decode_code_vectors(self, codes: Tensor) -> Tensor:
+        """codes (b, l, e) in raster order, unquantised allowed -> pixels (b, c, h, w), not clamped."""
+        self.check_code_vectors(codes)
+        height, width = self.grid_size
+        grid = rearrange(codes, "b (h w) e -> b e h w", h=height, w=width)
+        return self.decode_codes(grid.to(self.post_quant_conv.weight.dtype))
+
     def forward(self, pixels: Tensor) -> TokenizerOutput:
         """Training pass: pixels (b, c, h, w) -> reconstruction, tokens, quantizer losses and usage."""
         self.check_pixels(pixels)
