@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 RandomSource = Union[torch.Generator, Sequence[torch.Generator], None]
+# A sampler's draw: (b, n, v) filtered logits of positions [start, start + n) and ``start`` -> (b, n) long ids.
+Draw = Callable[[Tensor, int], Tensor]
 
 
 def cfg_mix(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -116,11 +118,20 @@ def per_sample_generators(seed: int, start: int, count: int, device: torch.devic
 
 def uniform_noise(shape: tuple[int, ...], rng: RandomSource, device: torch.device | str) -> Tensor:
     """Uniform [0, 1) noise of ``shape`` (b, ...); with per-sample generators, row i comes from ``rng[i]``."""
+    return _noise(torch.rand, shape, rng, device)
+
+
+def normal_noise(shape: tuple[int, ...], rng: RandomSource, device: torch.device | str) -> Tensor:
+    """Standard normal noise of ``shape`` (b, ...); with per-sample generators, row i comes from ``rng[i]``."""
+    return _noise(torch.randn, shape, rng, device)
+
+
+def _noise(draw: Callable[..., Tensor], shape: tuple[int, ...], rng: RandomSource, device: torch.device | str) -> Tensor:
     if rng is None or isinstance(rng, torch.Generator):
-        return torch.rand(shape, generator=rng, device=device)
+        return draw(shape, generator=rng, device=device)
     if len(rng) != shape[0]:
         raise ValueError(f"got {len(rng)} per-sample generators for a batch of {shape[0]}")
-    return torch.stack([torch.rand(shape[1:], generator=g, device=g.device) for g in rng]).to(device)
+    return torch.stack([draw(shape[1:], generator=g, device=g.device) for g in rng]).to(device)
 
 
 def sample_categorical(logits: Tensor, rng: RandomSource = None) -> Tensor:
@@ -134,3 +145,23 @@ def sample_categorical(logits: Tensor, rng: RandomSource = None) -> Tensor:
     noise = uniform_noise(tuple(probs.shape[:-1]), rng, probs.device)
     threshold = noise.unsqueeze(-1) * cumulative[..., -1:]
     return torch.searchsorted(cumulative, threshold, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+def categorical_draw(rng: RandomSource = None) -> Draw:
+    """The default draw of every sampler: independent categorical samples from ``rng``."""
+    return lambda logits, start: sample_categorical(logits, rng)
+
+
+def check_prefix(prefix: Tensor | None, boundaries: Sequence[int], length: int | None, labels: Tensor) -> tuple[int, int]:
+    """Checks a sampler's ``prefix`` (b, k) and ``length`` against the unit ``boundaries`` (cumulative token
+    counts, 0 first) -> (k, length)."""
+    total = boundaries[-1]
+    given = 0 if prefix is None else prefix.shape[1]
+    if prefix is not None and (prefix.ndim != 2 or prefix.shape[0] != labels.shape[0] or prefix.dtype != torch.long):
+        raise ValueError(f"prefix must be (batch, k) long token ids for a batch of {labels.shape[0]}, got "
+                         f"{tuple(prefix.shape)} {prefix.dtype}")
+    length = total if length is None else length
+    if given not in boundaries or length not in boundaries or not given <= length:
+        raise ValueError(f"prefix length {given} and length {length} must be unit boundaries {list(boundaries)} "
+                         "with prefix length <= length")
+    return given, length

@@ -25,7 +25,7 @@ from torch import Tensor
 from arvis.generators.base import Generator
 from arvis.samplers.config import SamplingConfig, check_drivable
 from arvis.samplers.guidance import feed_both, guidance_conditions, guide
-from arvis.samplers.logits import RandomSource, filter_logits, sample_categorical, uniform_noise
+from arvis.samplers.logits import Draw, RandomSource, categorical_draw, check_prefix, filter_logits, uniform_noise
 
 
 class NextScaleSampler:
@@ -37,26 +37,45 @@ class NextScaleSampler:
         self.config = config or SamplingConfig()
 
     @torch.inference_mode()
-    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None) -> Tensor:
-        """labels (b,) long -> tokens (b, l) long, scales concatenated. ``rng``: one generator or one per sample."""
+    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
+                 length: int | None = None, draw: Draw | None = None) -> Tensor:
+        """labels (b,) long -> tokens (b, length) long, scales concatenated (all l tokens by default).
+
+        Args:
+            rng: one generator or one per sample (the default draw's and ``more_smooth``'s randomness).
+            prefix: (b, k) tokens of the first scales to continue from (k at a scale boundary).
+            length: stop after the scale that ends at this many tokens.
+            draw: replaces the categorical draw (e.g. :class:`arvis.samplers.flow_matching.FlowMatchingDraw`).
+        """
         check_drivable(model, self.units)
         model.check_labels(labels, allow_null=True)
+        unit_lengths = model.unit_lengths()
+        boundaries = [sum(unit_lengths[:index]) for index in range(len(unit_lengths) + 1)]
+        start, length = check_prefix(prefix, boundaries, length, labels)
+        draw = draw or categorical_draw(rng)
         config = self.config
         conditions = guidance_conditions(labels, model.null_class, config)
         cache = model.new_cache(conditions.shape[0])
-        num_scales = len(model.unit_lengths())
+        num_scales = len(unit_lengths)
         if config.more_smooth and not hasattr(model, "codebook"):
             raise ValueError(f"more_smooth feeds code vectors, which {type(model).__name__} does not take")
+        given = boundaries.index(start)
         scales, inputs = [], None
-        for scale in range(num_scales):
+        for scale in range(given):  # the prefix's scales are fed as they are
+            model.step(inputs, conditions, cache)
+            scales.append(prefix[:, boundaries[scale]:boundaries[scale + 1]])
+            inputs = feed_both(scales[-1], config)
+        for scale in range(given, boundaries.index(length)):
             logits = guide(model.step(inputs, conditions, cache), config, scale, num_scales)
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-            tokens = sample_categorical(logits, rng)
+            tokens = draw(logits, boundaries[scale])
             scales.append(tokens)
             if scale == num_scales - 1:
                 break
             fed = self._smooth_codes(model, logits, scale, num_scales, rng) if config.more_smooth else tokens
             inputs = feed_both(fed, config)
+        if not scales:
+            return labels.new_empty(labels.shape[0], 0)
         return torch.cat(scales, dim=1)
 
     @staticmethod

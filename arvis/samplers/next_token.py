@@ -13,7 +13,7 @@ from torch import Tensor
 from arvis.generators.base import Generator
 from arvis.samplers.config import SamplingConfig, check_drivable
 from arvis.samplers.guidance import feed_both, guidance_conditions, guide
-from arvis.samplers.logits import RandomSource, filter_logits, sample_categorical
+from arvis.samplers.logits import Draw, RandomSource, categorical_draw, check_prefix, filter_logits
 
 
 class NextTokenSampler:
@@ -27,19 +27,33 @@ class NextTokenSampler:
             raise ValueError("more_smooth is VAR's next-scale mode; raster sampling has no soft inputs")
 
     @torch.inference_mode()
-    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None) -> Tensor:
-        """labels (b,) long -> tokens (b, l) long. ``rng``: one generator, or one per sample."""
+    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
+                 length: int | None = None, draw: Draw | None = None) -> Tensor:
+        """labels (b,) long -> tokens (b, length) long (all l tokens by default).
+
+        Args:
+            rng: one generator, or one per sample (the default draw's randomness).
+            prefix: (b, k) tokens to continue from (fed in one step; returned as the first k).
+            length: stop after this many tokens (Distilled Decoding's teacher-involved sampling).
+            draw: replaces the categorical draw (e.g. :class:`arvis.samplers.flow_matching.FlowMatchingDraw`).
+        """
         check_drivable(model, self.units)
         model.check_labels(labels, allow_null=True)
+        num_steps = model.layout.length
+        start, length = check_prefix(prefix, range(num_steps + 1), length, labels)
+        draw = draw or categorical_draw(rng)
         config = self.config
         conditions = guidance_conditions(labels, model.null_class, config)
         cache = model.new_cache(conditions.shape[0])
-        num_steps = model.layout.length
-        tokens = torch.empty(labels.shape[0], num_steps, dtype=torch.long, device=labels.device)
+        tokens = torch.empty(labels.shape[0], length, dtype=torch.long, device=labels.device)
         inputs = None
-        for step in range(num_steps):
+        if start:
+            model.step(None, conditions, cache)  # the class prefix; the prefix tokens follow in one step
+            tokens[:, :start] = prefix
+            inputs = feed_both(prefix, config)
+        for step in range(start, length):
             logits = guide(model.step(inputs, conditions, cache)[:, -1], config, step, num_steps)
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-            tokens[:, step] = sample_categorical(logits, rng)
+            tokens[:, step] = draw(logits[:, None], step)[:, 0]
             inputs = feed_both(tokens[:, step:step + 1], config)
         return tokens
