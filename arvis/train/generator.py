@@ -22,11 +22,8 @@ from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.base import Tokenizer
-from arvis.train.checkpoint import save_checkpoint
-from arvis.train.ema import EMA
-from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_dataset, build_optimizer,
-                              build_scheduler, check_image_size, check_processes_agree, dataset_num_classes,
-                              finish_run, make_accelerator, resume_step, step_batches, sync_unless_last)
+from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_image_size, check_processes_agree,
+                              dataset_num_classes, finish_run, fit, make_accelerator, prepare_training, step_batches)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
 from arvis.train.recipe import run_entry_point
@@ -123,37 +120,24 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                                     with_mirrors=config.data.random_flip)
     logger.info("training %s (%.2fM parameters) on %d token sequences of length %d", config.generator,
                 generator.num_parameters() / 1e6, len(token_data), generator.layout.length)
-    optimizer = build_optimizer(generator, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
-    model, optimizer = accelerator.prepare(generator, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None  # after the broadcast
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    start = resume_step(accelerator, run, folders)
-    accumulation = run.gradient_accumulation_steps
-    batches = step_batches(token_data, run, accelerator, start * accumulation)
+    model, optimizer, scheduler, ema, start = prepare_training(accelerator, generator, config.optim, run, folders)
+    batches = step_batches(token_data, run, accelerator, start * run.gradient_accumulation_steps)
     progress = ProgressLog(accelerator, run, "generator", start, recipe=config)
-    model.train()
-    for step in range(start, run.max_steps):
-        for micro in range(accumulation):
-            tokens, labels = (tensor.to(accelerator.device) for tensor in next(batches))
-            with sync_unless_last(accelerator, model, micro, accumulation):
-                with accelerator.autocast():
-                    output = model(tokens, labels)
-                accelerator.backward(output.loss / accumulation)
-        apply_gradients(accelerator, optimizer, model.parameters(), config.optim.grad_clip, scheduler)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model))
-        progress.update(step + 1, {"loss": output.loss.detach(), **output.metrics})
-        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
-            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "generator"}, run.keep_last)
-        if run.preview_every and (step + 1) % run.preview_every == 0 and accelerator.is_main_process:
+
+    def teacher_forcing_loss(model, batch):
+        output = model(*batch)
+        return output.loss, output.metrics
+
+    def preview(step: int) -> None:
+        if run.preview_every and step % run.preview_every == 0 and accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
-                grid = save_preview(tokenizer, unwrapped, config.sampling,
-                                    folders.root / "previews" / f"step-{step + 1}.png")
-            progress.log_image("preview", grid, step + 1)
+                grid = save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step}.png")
+            progress.log_image("preview", grid, step)
+
+    fit(accelerator, model, optimizer, scheduler, batches, teacher_forcing_loss, run=run,
+        grad_clip=config.optim.grad_clip, folders=folders, progress=progress, start=start, kind="generator", ema=ema,
+        after_step=preview)
     trained = accelerator.unwrap_model(model).eval()
     check_processes_agree(accelerator, trained)
     if ema is not None:

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from arvis.config import Config
 from arvis.train.batches import StepBatchSampler
-from arvis.train.checkpoint import latest_checkpoint, read_metadata
+from arvis.train.checkpoint import latest_checkpoint, read_metadata, save_checkpoint
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 
 logger = logging.getLogger(__name__)
@@ -193,6 +193,54 @@ def apply_gradients(accelerator: Accelerator, optimizer: torch.optim.Optimizer, 
 def sync_unless_last(accelerator: Accelerator, model: nn.Module, micro: int, num_micro: int):
     """Gradient all-reduce only on the last micro-batch of an accumulation (a no-op on one process)."""
     return accelerator.no_sync(model) if micro < num_micro - 1 else contextlib.nullcontext()
+
+
+def prepare_training(accelerator: Accelerator, module: nn.Module, optim: OptimConfig, run: RunConfig,
+                     folders: RunFolders):
+    """Optimiser, schedule, accelerate wrapping, optional EMA and resume for one trained module.
+
+    Returns (model, optimizer, scheduler, ema or None, the optimiser step to start from).
+    """
+    from arvis.train.ema import EMA
+
+    optimizer = build_optimizer(module, optim)
+    scheduler = build_scheduler(optimizer, optim, run.max_steps)
+    model, optimizer = accelerator.prepare(module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None  # after the broadcast
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    return model, optimizer, scheduler, ema, resume_step(accelerator, run, folders)
+
+
+def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batches: Iterator,
+        compute_loss: Callable[[nn.Module, list[torch.Tensor]], tuple[torch.Tensor, dict[str, Any]]], *,
+        run: RunConfig, grad_clip: float, folders: RunFolders, progress: ProgressLog, start: int, kind: str,
+        ema=None, after_step: Callable[[int], None] | None = None) -> None:
+    """The optimisation loop of generator training and post-training, from optimiser step ``start``.
+
+    Each step runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples of tensors,
+    moved to the device) through ``compute_loss(model, batch) -> (loss, metrics)`` under autocast, then
+    clips, steps the optimiser and the schedule, updates ``ema``, logs, checkpoints every
+    ``run.checkpoint_every`` steps (metadata ``{"kind": kind}``) and calls ``after_step(step)``.
+    """
+    accumulation = run.gradient_accumulation_steps
+    model.train()
+    for step in range(start, run.max_steps):
+        for micro in range(accumulation):
+            batch = [tensor.to(accelerator.device) for tensor in next(batches)]
+            with sync_unless_last(accelerator, model, micro, accumulation):
+                with accelerator.autocast():
+                    loss, metrics = compute_loss(model, batch)
+                accelerator.backward(loss / accumulation)
+        apply_gradients(accelerator, optimizer, model.parameters(), grad_clip, scheduler)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
+        progress.update(step + 1, {"loss": loss.detach(), **metrics})
+        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
+            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": kind}, run.keep_last)
+        if after_step is not None:
+            after_step(step + 1)
 
 
 class ProgressLog:
