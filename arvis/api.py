@@ -36,6 +36,7 @@ def generate(
     top_p: float | None = None,
     temperature: float | None = None,
     more_smooth: bool | None = None,
+    distilled_steps: int | None = None,
     batch_size: int = 64,
     output_type: OutputType = "pil",
     device: str | torch.device | None = None,
@@ -51,9 +52,9 @@ def generate(
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
             (seed, i), so the same seed, labels and settings give identical images
             whatever the ``batch_size``.
-        cfg_scale, cfg_schedule, cfg_start, top_k, top_p, temperature, more_smooth: override the
-            pipeline's stored sampling settings (``None`` keeps them; ``more_smooth`` is VAR's
-            visualisation mode).
+        cfg_scale, cfg_schedule, cfg_start, top_k, top_p, temperature, more_smooth, distilled_steps: override
+            the pipeline's stored sampling settings (``None`` keeps them; ``more_smooth`` is VAR's
+            visualisation mode, ``distilled_steps`` the passes of a Distilled Decoding pipeline).
         batch_size: images sampled per forward batch.
         device: where to load ``pipeline`` when it is a path (default CPU); a loaded
             :class:`Pipeline` is used where it is.
@@ -73,7 +74,7 @@ def generate(
         raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
     labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
     sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_start=cfg_start, top_k=top_k, top_p=top_p,
-                               temperature=temperature, more_smooth=more_smooth)
+                               temperature=temperature, more_smooth=more_smooth, distilled_steps=distilled_steps)
     device = pipeline.device
     batches = []
     for start in tqdm(range(0, len(labels), batch_size), total=math.ceil(len(labels) / batch_size),
@@ -97,7 +98,10 @@ def draw_images(pipeline: Pipeline, sampler, labels: torch.Tensor, rngs) -> torc
     float in [0, 1] on the CPU."""
     tokens = sampler(pipeline.generator, labels, rng=rngs)
     with torch.inference_mode():
-        pixels = pipeline.tokenizer.decode(tokens)
+        if tokens.is_floating_point():  # (b, l, e) code vectors, continuous in part (Distilled Decoding)
+            pixels = pipeline.tokenizer.decode_code_vectors(tokens)
+        else:
+            pixels = pipeline.tokenizer.decode(tokens)
     return pipeline.tokenizer.to_unit_range(pixels.float()).cpu()
 
 

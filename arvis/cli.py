@@ -39,9 +39,9 @@ def _presets(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from arvis.train import generator, tokenizer
+    from arvis.train import generator, posttrain, tokenizer
 
-    entry = {"tokenizer": tokenizer.main, "generator": generator.main}[args.what]
+    entry = {"tokenizer": tokenizer.main, "generator": generator.main, "posttrain": posttrain.main}[args.what]
     entry(args.arguments)
 
 
@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(handler=_presets)
 
     train = commands.add_parser("train", help="run a training recipe (same as python -m arvis.train.<what>)")
-    train.add_argument("what", choices=["tokenizer", "generator"])
+    train.add_argument("what", choices=["tokenizer", "generator", "posttrain"])
     train.add_argument("arguments", nargs=argparse.REMAINDER,
-                       help="passed on to the entry point: --config FILE and dotted key=value overrides")
+                       help="passed on to the entry point: --config FILE and dotted key=value overrides "
+                            "(posttrain also takes --method NAME --pipeline DIR)")
     train.set_defaults(handler=_train)
 
     pretokenize = commands.add_parser("pretokenize", help="encode a dataset once with a tokenizer into a safetensors "

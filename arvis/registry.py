@@ -18,7 +18,7 @@ from arvis.config import Config
 
 T = TypeVar("T")
 
-_COMPONENT_PACKAGES = ("arvis.tokenizers", "arvis.generators")
+_COMPONENT_PACKAGES = ("arvis.tokenizers", "arvis.generators", "arvis.posttrain")
 
 
 class Registry(Generic[T]):

@@ -57,6 +57,7 @@ def test_train_forwards_config_and_overrides(tmp_path):
                  "run.progress=false", f"run.output_dir={tmp_path / 'tok'}", "tokenizer_config.codebook_size=32"]) == 0
     assert Tokenizer.from_pretrained(tmp_path / "tok" / "tokenizer").vocab_size == 32
     assert main(["train", "tokenizer", "optim.lr=1"]) == 2  # unknown key: an error naming it, not a crash
+    assert main(["train", "posttrain", "--method", "nope", "--pipeline", str(tmp_path)]) == 2
 
 
 def test_sampling_options_reach_the_sampler_config():
@@ -64,8 +65,8 @@ def test_sampling_options_reach_the_sampler_config():
     from arvis.samplers.options import sampling_overrides
 
     args = build_parser().parse_args(["generate", "p", "--labels", "0", "--cfg-scale", "3.75", "--cfg-schedule",
-                                      "step", "--cfg-start", "0.25", "--top-p", "0.95"])
+                                      "step", "--cfg-start", "0.25", "--top-p", "0.95", "--distilled-steps", "2"])
     assert sampling_overrides(args) == {"cfg_scale": 3.75, "cfg_schedule": "step", "cfg_start": 0.25, "top_k": None,
-                                        "top_p": 0.95, "temperature": None}
+                                        "top_p": 0.95, "temperature": None, "distilled_steps": 2}
     defaults = sampling_overrides(build_parser().parse_args(["sample", "p", "--num-samples", "4", "--out", "o"]))
     assert set(defaults.values()) == {None}

@@ -19,6 +19,7 @@ class SamplingConfig(Config):
     cfg_schedule: Literal["constant", "linear", "step"] = "constant"
     cfg_start: float = 0.25  # "step" schedule only: guidance from this fraction of the steps on (ResTok)
     more_smooth: bool = False  # next-scale sampling only: VAR's Gumbel-softmax visualisation mode (not for FID)
+    distilled_steps: int = 1  # Distilled Decoding pipelines only: 1 or 2 passes of the distilled generator
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -29,6 +30,8 @@ class SamplingConfig(Config):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.distilled_steps not in (1, 2):
+            raise ValueError(f"distilled_steps must be 1 or 2, got {self.distilled_steps}")
         if not 0.0 <= self.cfg_start <= 1.0:
             raise ValueError(f"cfg_start must be in [0, 1], got {self.cfg_start}")
 

@@ -14,6 +14,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("top_k", int, "keep the k most likely tokens (0: all)"),
     ("top_p", float, "nucleus sampling mass (1: off)"),
     ("temperature", float, "softmax temperature"),
+    ("distilled_steps", int, "Distilled Decoding pipelines: 1 or 2 passes"),
 )
 
 

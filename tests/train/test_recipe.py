@@ -2,8 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from arvis.posttrain import METHODS
 from arvis.quickstart import QUICKSTART_GENERATOR, QUICKSTART_TOKENIZER
 from arvis.train.generator import GeneratorTrainConfig
+from arvis.train.posttrain import PostTrainConfig
 from arvis.train.recipe import apply_overrides, load_recipe
 from arvis.train.tokenizer import TokenizerTrainConfig
 
@@ -45,9 +47,13 @@ def test_every_recipe_in_configs_loads():
     recipes = sorted(CONFIGS.glob("*.yaml"))
     assert recipes
     for path in recipes:
-        assert path.stem.endswith(("_tokenizer", "_generator")), f"{path.name}: name recipes *_tokenizer/_generator"
-        config_class = TokenizerTrainConfig if path.stem.endswith("_tokenizer") else GeneratorTrainConfig
-        load_recipe(config_class, path)
+        kind = path.stem.rsplit("_", 1)[-1]
+        assert kind in ("tokenizer", "generator", "posttrain"), f"{path.name}: name recipes *_tokenizer/_generator/_posttrain"
+        config_class = {"tokenizer": TokenizerTrainConfig, "generator": GeneratorTrainConfig,
+                        "posttrain": PostTrainConfig}[kind]
+        recipe = load_recipe(config_class, path)
+        if kind == "posttrain":  # the method's own section is checked by the method's config class
+            METHODS.get(recipe.method).config_class.from_dict(recipe.method_config)
 
 
 def test_missing_recipe_file():

@@ -1,0 +1,10 @@
+"""Post-training: methods that take a trained pipeline, never edit its code, and save a new pipeline.
+
+Each method is registered in :data:`METHODS` and run by ``accelerate launch -m arvis.train.posttrain
+--method <name> --pipeline DIR``; see :mod:`arvis.posttrain.base` for the interface.
+"""
+
+from arvis.posttrain.base import METHODS, PostTrainingMethod
+from arvis.posttrain import distilled_decoding  # noqa: F401  (registers its generators, sampler and method)
+
+__all__ = ["METHODS", "PostTrainingMethod"]

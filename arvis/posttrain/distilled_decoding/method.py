@@ -1,0 +1,132 @@
+"""The ``distilled_decoding`` post-training method: teacher pairs -> a distilled one/two-step generator.
+
+``accelerate launch -m arvis.train.posttrain --method distilled_decoding --pipeline DIR [key=value ...]``
+
+1. Pairs: the teacher pipeline is sampled through the flow-matching draw (:mod:`.pairs`), sharded over
+   processes and resumable (``method_config.pairs_dir``, default ``run.output_dir/pairs``).
+2. Training: a :class:`DistilledRaster` or :class:`DistilledVAR` initialised from the teacher. Every batch
+   is seen at every training timestep (default {0, split}, DD1's Fig. 6): at timestep t the first
+   ``boundary(t)`` positions are fed the pair's code vectors and the rest its noise; over the noise
+   positions of all timesteps the loss is the mean cross-entropy of the logits against the teacher's tokens plus
+   ``regression_weight`` times the squared error of the regression head against their code vectors
+   (summed over e). DD1 never released its training code; this loss is the one its two heads imply
+   (``shared/reference/posttraining.md`` marks it unverified).
+3. Export: a pipeline of the teacher's tokenizer and the distilled generator, sampling one step by default
+   (``distilled_steps``); the other sampling fields record the teacher policy the pairs were made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import Tensor
+
+from arvis.config import Config
+from arvis.generators.raster import RasterGenerator
+from arvis.generators.var import VARGenerator
+from arvis.pipeline import Pipeline
+from arvis.posttrain.base import METHODS, PostTrainingMethod
+from arvis.posttrain.distilled_decoding.model import DistilledGenerator
+from arvis.posttrain.distilled_decoding.pairs import generate_pairs, load_pairs
+from arvis.posttrain.distilled_decoding.raster import DistilledRaster
+from arvis.posttrain.distilled_decoding.var import DistilledVAR
+
+DISTILLED_CLASSES: dict[type, type[DistilledGenerator]] = {RasterGenerator: DistilledRaster, VARGenerator: DistilledVAR}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistilledDecodingConfig(Config):
+    """Settings of the ``distilled_decoding`` method.
+
+    Attributes:
+        split: timestep (raster: tokens, VAR: scales) of the second step and of the switch from argmax codes
+            to regression vectors; None takes 5/16 of the tokens (DD1's 80 of 256 for LlamaGen) or half the
+            scales (5 of 10 for VAR-d16).
+        timesteps: training timesteps; None is (0, split).
+        regression_weight: weight of the regression head's squared error.
+        pairs_dir: where the pairs go (None: ``run.output_dir/pairs``).
+        num_pairs, shard_size, pair_seed, ode_steps, pair_batch_size: the pair generation (:mod:`.pairs`).
+    """
+
+    split: int | None = None
+    timesteps: tuple[int, ...] | None = None
+    regression_weight: float = 1.0
+    pairs_dir: str | None = None
+    num_pairs: int = 20000
+    shard_size: int = 1000
+    pair_seed: int = 0
+    ode_steps: int = 128
+    pair_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.regression_weight < 0:
+            raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
+        if self.timesteps is not None and not self.timesteps:
+            raise ValueError("timesteps must name at least one timestep (or be null for (0, split))")
+
+
+@METHODS.register
+class DistilledDecoding(PostTrainingMethod):
+    """DD1: distil a raster or VAR teacher into a generator that samples in one or two passes."""
+
+    name = "distilled_decoding"
+    config_class = DistilledDecodingConfig
+    description = "Distilled Decoding (DD1): one- and two-step sampling of raster and VAR generators"
+
+    def __init__(self, config: DistilledDecodingConfig, pipeline: Pipeline, **kwargs) -> None:
+        super().__init__(config, pipeline, **kwargs)
+        teacher = pipeline.generator
+        if type(teacher) not in DISTILLED_CLASSES:
+            raise ValueError(f"distilled_decoding distils raster (RasterGenerator) and VAR (VARGenerator) pipelines, "
+                             f"not {type(teacher).__name__}")
+        pipeline.tokenizer.code_vectors()  # a codebook tokenizer, or a clear error now
+        self.model_class = DISTILLED_CLASSES[type(teacher)]
+        units = teacher.layout.length if self.model_class is DistilledRaster else len(teacher.layout.shapes)
+        self.split = config.split if config.split is not None else (
+            (units * 5) // 16 if self.model_class is DistilledRaster else units // 2)
+        self.timesteps = config.timesteps if config.timesteps is not None else (0, self.split)
+        bad = [t for t in (self.split, *self.timesteps) if not 0 <= t < units]
+        if bad:
+            raise ValueError(f"split and timesteps must lie in [0, {units - 1}] for this teacher "
+                             f"({'tokens' if self.model_class is DistilledRaster else 'scales'}), got {bad}")
+        self.pairs_dir = config.pairs_dir or str(self.output_dir / "pairs")
+
+    def prepare_data(self, accelerator: Accelerator):
+        config = self.config
+        generate_pairs(self.pipeline, self.pairs_dir, num_pairs=config.num_pairs, shard_size=config.shard_size,
+                       seed=config.pair_seed, ode_steps=config.ode_steps, batch_size=config.pair_batch_size,
+                       process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+                       pipeline_path=self.pipeline_path)
+        accelerator.wait_for_everyone()
+        pairs, settings = load_pairs(self.pairs_dir)
+        return pairs
+
+    def build_model(self) -> DistilledGenerator:
+        return self.model_class.from_teacher(self.pipeline.generator, self.pipeline.tokenizer, split=self.split)
+
+    def loss(self, model: DistilledGenerator, batch: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """batch = (noise (b, l, e), labels (b,), tokens (b, l)) -> the loss averaged over the timesteps.
+
+        The batch is repeated once per timestep and run in one forward pass (one pass per backward, as DDP needs).
+        """
+        noise, labels, tokens = batch
+        distilled = model.module if hasattr(model, "module") else model  # DDP wraps it
+        codes = distilled.code_vectors[tokens]
+        inputs, is_data = zip(*(distilled.timestep_inputs(noise, codes, t) for t in self.timesteps), strict=True)
+        count = len(self.timesteps)
+        output = model(torch.cat(inputs), torch.cat(is_data), labels.repeat(count))
+        predicted = ~torch.cat(is_data)  # the noise positions
+        targets = tokens.repeat(count, 1)[predicted]
+        cross_entropy = F.cross_entropy(output.logits[predicted], targets)
+        squared_error = (output.regression[predicted] - codes.repeat(count, 1, 1)[predicted].float()).pow(2).sum(-1)
+        squared_error = squared_error.mean()
+        accuracy = (output.logits[predicted].argmax(-1) == targets).float().mean()
+        loss = cross_entropy + self.config.regression_weight * squared_error
+        return loss, {"cross_entropy": cross_entropy.detach(), "regression_error": squared_error.detach(),
+                      "accuracy": accuracy.detach()}
+
+    def export(self, model: DistilledGenerator) -> Pipeline:
+        return Pipeline(self.pipeline.tokenizer, model.eval(), self.pipeline.sampling.replace(distilled_steps=1))

@@ -1,0 +1,202 @@
+"""The distilled generator of Distilled Decoding (DD1): noise sequence -> whole token sequence in one pass.
+
+Liu et al., "Distilled Decoding 1", ICLR 2025, https://arxiv.org/abs/2412.17153 (upstream
+``microsoft/distilled_decoding``, inference code only; see ``shared/reference/posttraining.md`` section 3).
+
+Shapes: b batch, l tokens, e code dimension (= the noise dimension), v vocabulary, d model width.
+
+A distilled generator wraps a copy of its teacher (``self.trunk``: the teacher's class, built from its
+config, with the teacher's weights), never editing the teacher's code. It adds what DD1 adds:
+
+* a continuous input: every position is fed a vector of dimension e, either Gaussian noise ε_i or a code
+  vector q_i ("data"), through a linear projection (raster: new, initialised by least squares to
+  reproduce the teacher's token embeddings on the codebook; VAR: the teacher's ``word_embed``);
+* a learned two-way noise-versus-data embedding added to every position;
+* a regression head (code vectors, e) beside the teacher's logits head (v).
+
+Position i's output predicts token i itself, from ε_{<=i} (raster: causal attention) or from the
+earlier scales and itself (VAR: an extra start position, then "earlier scales plus self").
+
+A *timestep* t says how many leading units are data: tokens for raster, scales for VAR
+(:meth:`DistilledGenerator.boundary` turns it into a token count). One-step sampling runs at t = 0; the
+second step runs at t = ``split`` with the first ``boundary(split)`` positions fixed to the codes of the
+first step and the rest reset to the same noise. Output positions before ``boundary(split)`` are the
+codes of the logits' argmax, later ones the regression head's continuous vectors, decoded unquantised.
+
+The codebook the noise maps onto (``code_vectors``, (v, e)) is copied from the tokenizer
+(:meth:`bind_tokenizer`) and saved with the model; pipelines check that it is the tokenizer's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from arvis.config import Config
+from arvis.generators.base import GENERATORS, Generator
+from arvis.tokenizers.base import TokenLayout
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistilledConfig(Config):
+    """What every distilled generator is made of; each kind subclasses it with its own defaults.
+
+    Attributes:
+        teacher: {"type": the teacher's class name, "config": its config as a dict}.
+        code_dim: e, the code (and noise) dimension.
+        split: the timestep where the second step starts and the regression head takes over.
+    """
+
+    teacher: dict[str, Any] = dataclasses.field(default_factory=dict)
+    code_dim: int = 8
+    split: int = 1
+
+
+@dataclasses.dataclass
+class DistilledOutput:
+    """logits (b, l, v) float32 and regression (b, l, e) float32; position i is about token i."""
+
+    logits: Tensor
+    regression: Tensor
+
+
+def teacher_spec(teacher: Generator) -> dict[str, Any]:
+    """{"type": class name, "config": dict} of a teacher, with its label dropout off (a distilled model
+    maps each class's noise to that class's samples; it has no unconditional mode)."""
+    config = teacher.config.to_dict()
+    config["class_dropout"] = 0.0
+    return {"type": type(teacher).__name__, "config": config}
+
+
+class DistilledGenerator(Generator):
+    """Base class (not registered) of distilled generators; subclasses define the trunk's pass."""
+
+    unit = "distilled"
+    teacher_class: type[Generator]
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        spec = config.teacher
+        if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
+            raise ValueError(f"{type(self).__name__}: teacher must be {{'type': ..., 'config': {{...}}}}, got {spec!r:.80}")
+        trunk_class = GENERATORS.get_class(spec["type"])
+        if not issubclass(trunk_class, self.teacher_class):
+            raise ValueError(f"{type(self).__name__} distils a {self.teacher_class.__name__}, not a {spec['type']}")
+        self.trunk = trunk_class(trunk_class.config_class.from_dict(spec["config"]))
+        if not 0 <= config.split <= self.num_units:
+            raise ValueError(f"{type(self).__name__}: split {config.split} must lie in [0, {self.num_units}] "
+                             f"({self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'})")
+        self.register_buffer("code_vectors", torch.zeros(self.trunk.vocab_size, config.code_dim))
+        self.kind_embedding = nn.Embedding(2, self.width)  # 0: noise, 1: data
+        self.regression_head = nn.Linear(self.width, config.code_dim)
+        nn.init.normal_(self.regression_head.weight, std=0.02)
+        nn.init.zeros_(self.regression_head.bias)
+
+    # ---- what the wrapper exposes ------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> TokenLayout:
+        return self.trunk.layout
+
+    @property
+    def vocab_size(self) -> int:
+        return self.trunk.vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.trunk.num_classes
+
+    @property
+    def width(self) -> int:
+        return self.trunk.config.dim
+
+    @property
+    def num_units(self) -> int:
+        """Timesteps run from 0 to this: tokens (raster) or scales (VAR)."""
+        raise NotImplementedError
+
+    def boundary(self, timestep: int) -> int:
+        """The number of leading data tokens at ``timestep``."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit_config(cls, config, *, tokenizer, num_classes: int):
+        raise ValueError(f"{cls.__name__} is made from a trained teacher (DistilledGenerator.from_teacher), "
+                         "not trained from a preset")
+
+    @classmethod
+    def from_teacher(cls, teacher: Generator, tokenizer, *, split: int) -> DistilledGenerator:
+        """A distilled generator initialised from ``teacher`` (its weights copied) for ``tokenizer``'s codes."""
+        if not isinstance(teacher, cls.teacher_class):
+            raise ValueError(f"{cls.__name__} distils a {cls.teacher_class.__name__}, got {type(teacher).__name__}")
+        codes = tokenizer.code_vectors()
+        config = cls.config_class(teacher=teacher_spec(teacher), code_dim=codes.shape[1], split=split)
+        model = cls(config).to(next(teacher.parameters()).device)
+        result = model.trunk.load_state_dict(teacher.state_dict(), strict=False)  # dropped teacher parts are skipped
+        if result.missing_keys:
+            raise ValueError(f"the teacher lacks the trunk's tensors {result.missing_keys}")
+        model.bind_tokenizer(tokenizer)
+        model.init_from_teacher(teacher)
+        return model
+
+    def init_from_teacher(self, teacher: Generator) -> None:
+        """Initialises the new parts from the teacher's weights (after the trunk copy)."""
+        nn.init.zeros_(self.kind_embedding.weight)
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Copies the tokenizer's code vectors (the flow's Dirac locations and the data inputs)."""
+        codes = tokenizer.code_vectors().detach()
+        if codes.shape != self.code_vectors.shape:
+            raise ValueError(f"the tokenizer's codebook is {tuple(codes.shape)}, this model expects "
+                             f"{tuple(self.code_vectors.shape)}")
+        with torch.no_grad():
+            self.code_vectors.copy_(codes)
+        self.trunk.bind_tokenizer(tokenizer)
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Raises ``ValueError`` unless the saved code vectors are ``tokenizer``'s (and the trunk agrees)."""
+        codes = tokenizer.code_vectors().detach()
+        if codes.shape != self.code_vectors.shape or not torch.allclose(codes.float().cpu(),
+                                                                        self.code_vectors.float().cpu()):
+            raise ValueError("the distilled generator's code vectors differ from this tokenizer's; it was distilled "
+                             "for another tokenizer")
+        self.trunk.check_tokenizer(tokenizer)
+
+    # ---- passes --------------------------------------------------------------------------------------------
+
+    def check_inputs(self, inputs: Tensor, is_data: Tensor, labels: Tensor) -> None:
+        expected = (self.layout.length, self.config.code_dim)
+        if inputs.ndim != 3 or tuple(inputs.shape[1:]) != expected or not inputs.is_floating_point():
+            raise ValueError(f"expected float inputs (batch, {expected[0]}, {expected[1]}) (noise or code vectors), "
+                             f"got {tuple(inputs.shape)} {inputs.dtype}")
+        if is_data.shape != inputs.shape[:2] or is_data.dtype != torch.bool:
+            raise ValueError(f"is_data must be a bool tensor {tuple(inputs.shape[:2])}, got "
+                             f"{tuple(is_data.shape)} {is_data.dtype}")
+        self.check_labels(labels)
+
+    def forward(self, inputs: Tensor, is_data: Tensor, labels: Tensor) -> DistilledOutput:
+        """inputs (b, l, e) noise or code vectors, is_data (b, l) bool, labels (b,) -> :class:`DistilledOutput`."""
+        raise NotImplementedError
+
+    def timestep_inputs(self, noise: Tensor, codes: Tensor, timestep: int) -> tuple[Tensor, Tensor]:
+        """noise (b, l, e) and codes (b, l, e) -> inputs with the first ``boundary(timestep)`` positions
+        taken from ``codes`` and the rest from ``noise``, and is_data (b, l) bool."""
+        count = self.boundary(timestep)
+        is_data = torch.zeros(noise.shape[:2], dtype=torch.bool, device=noise.device)
+        is_data[:, :count] = True
+        return torch.where(is_data.unsqueeze(-1), codes.to(noise.dtype), noise), is_data
+
+    def assemble(self, output: DistilledOutput) -> Tensor:
+        """-> (b, l, e) codes: the argmax code before ``boundary(split)``, the regression output from there on."""
+        count = self.boundary(self.config.split)
+        chosen = self.code_vectors[output.logits.argmax(-1)].float()
+        return torch.cat([chosen[:, :count], output.regression[:, count:].float()], dim=1)
+
+    def step(self, tokens, labels, cache):
+        raise ValueError("a distilled generator has no step-by-step decoding; sample it with DistilledSampler")
+
+    def new_cache(self, batch_size: int):
+        raise ValueError("a distilled generator has no KV cache; sample it with DistilledSampler")

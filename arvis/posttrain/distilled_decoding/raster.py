@@ -1,0 +1,85 @@
+"""Distilled Decoding of a raster (LlamaGen) generator: causal attention over [class token, x_0 .. x_{l-1}].
+
+Shapes: b batch, l tokens, e code dimension, d width, v vocabulary.
+
+The teacher's sequence is [class, t_0, ..., t_{l-2}] with position i + 1 predicting t_{i+1}; here position
+i + 1 holds x_i (noise ε_i or the code q_i) and predicts t_i itself, so with causal attention token i
+sees ε_{<=i}, which determines it under the flow-matching sampler. RoPE, blocks, norm and logits head are
+the teacher's. The teacher's token embedding table is dropped (``trunk.tok_embeddings`` is None): inputs
+are continuous, through ``input_proj`` (Linear e -> d), initialised by least squares so that a code
+vector's projection matches the teacher's embedding of its id. The regression head is a linear map of
+the normed hidden state to e (upstream uses an AdaLN final layer; LlamaGen has no AdaLN, so the plain
+form is used here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from arvis.generators.base import GENERATORS
+from arvis.generators.raster import RasterGenerator
+from arvis.nn.attention import causal_mask
+from arvis.posttrain.distilled_decoding.model import DistilledConfig, DistilledGenerator, DistilledOutput
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistilledRasterConfig(DistilledConfig):
+    """A :class:`DistilledConfig` whose ``split`` counts tokens (DD1: 80 of 256 for LlamaGen-B; codes of 8)."""
+
+    code_dim: int = 8
+    split: int = 80
+
+
+@GENERATORS.register
+class DistilledRaster(DistilledGenerator):
+    """One- or two-pass generator distilled from a :class:`RasterGenerator`."""
+
+    config_class = DistilledRasterConfig
+    teacher_class = RasterGenerator
+
+    def __init__(self, config: DistilledRasterConfig) -> None:
+        super().__init__(config)
+        self.trunk.tok_embeddings = None  # inputs are continuous (see the module docstring)
+        self.input_proj = nn.Linear(config.code_dim, self.width)
+
+    @property
+    def num_units(self) -> int:
+        return self.layout.length
+
+    def boundary(self, timestep: int) -> int:
+        return timestep
+
+    def init_from_teacher(self, teacher: RasterGenerator) -> None:
+        """``input_proj`` = the least-squares fit of the teacher's embeddings E (v, d) from [codes, 1] (v, e+1)."""
+        super().init_from_teacher(teacher)
+        codes = self.code_vectors.double()
+        design = torch.cat([codes, codes.new_ones(codes.shape[0], 1)], dim=1)
+        solution = torch.linalg.lstsq(design.cpu(), teacher.tok_embeddings.weight.detach().double().cpu()).solution
+        with torch.no_grad():
+            self.input_proj.weight.copy_(solution[:-1].T)
+            self.input_proj.bias.copy_(solution[-1])
+
+    def forward(self, inputs: Tensor, is_data: Tensor, labels: Tensor) -> DistilledOutput:
+        self.check_inputs(inputs, is_data, labels)
+        trunk = self.trunk
+        x = self.input_proj(inputs.to(self.input_proj.weight.dtype)) + self.kind_embedding(is_data.long())
+        x = torch.cat([rearrange(trunk.cls_embedding(labels), "b d -> b 1 d"), x], dim=1)
+        x = trunk.tok_dropout(x)
+        rope = trunk.rope_table(0, x.shape[1], x.device)
+        mask = causal_mask(x.shape[1], device=x.device)
+        for index, layer in enumerate(trunk.layers):
+            x = layer(x, rope=rope, mask=mask, cache=None, layer=index)
+        hidden = trunk.norm(x)[:, 1:]
+        return DistilledOutput(logits=trunk.output(hidden).float(), regression=self.regression_head(hidden).float())
+
+
+GENERATORS.add_preset(
+    "dd-raster-tiny",
+    DistilledRasterConfig(teacher={"type": "RasterGenerator",
+                                   "config": GENERATORS.preset("raster-tiny").replace(class_dropout=0.0).to_dict()},
+                          code_dim=4, split=5),
+    "distilled raster-tiny for vq-tiny (made by DistilledRaster.from_teacher in practice)")

@@ -1,0 +1,87 @@
+"""Sampling a distilled generator: one step, two steps, or with the teacher in the middle (DD1).
+
+Shapes: b batch, l tokens, e code dimension.
+
+* One step: ε ~ N(0, I) of shape (b, l, e); one pass at timestep 0; the output codes are assembled
+  (:meth:`DistilledGenerator.assemble`: argmax codes before the split, regression vectors after).
+* Two steps: the first pass's argmax codes of the first ``boundary(split)`` positions are kept, every
+  later position is reset to the *same* noise ε (not fresh noise), and a second pass runs at the split.
+* Teacher-involved: the first pass's first ``boundary(teacher_start)`` tokens are kept (no first pass
+  when ``teacher_start`` is 0), the teacher continues autoregressively with its own sampler up to the
+  split, and a pass at the split finishes from the original noise.
+
+The result is (b, l, e) float code vectors (continuous after the split), which pipelines decode with
+``Tokenizer.decode_code_vectors``. No guidance is applied: the guided teacher policy was distilled in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from arvis.generators.base import Generator
+from arvis.posttrain.distilled_decoding.model import DistilledGenerator
+from arvis.samplers import register_sampler
+from arvis.samplers.config import SamplingConfig, check_drivable
+from arvis.samplers.logits import RandomSource, normal_noise
+
+
+class DistilledSampler:
+    """Drives a :class:`DistilledGenerator` with ``config.distilled_steps`` passes (1 or 2)."""
+
+    units = frozenset({"distilled"})
+
+    def __init__(self, config: SamplingConfig | None = None) -> None:
+        self.config = config or SamplingConfig()
+
+    @torch.inference_mode()
+    def __call__(self, model: DistilledGenerator, labels: Tensor, *, rng: RandomSource = None,
+                 noise: Tensor | None = None) -> Tensor:
+        """labels (b,) -> codes (b, l, e). ``noise`` (b, l, e) replaces drawing it from ``rng``."""
+        check_drivable(model, self.units)
+        model.check_labels(labels)
+        noise = self._noise(model, labels, rng, noise)
+        first = model(noise, torch.zeros(noise.shape[:2], dtype=torch.bool, device=noise.device), labels)
+        if self.config.distilled_steps == 1:
+            return model.assemble(first)
+        return self._finish(model, labels, noise, model.code_vectors[first.logits.argmax(-1)])
+
+    @torch.inference_mode()
+    def teacher_involved(self, model: DistilledGenerator, teacher: Generator, teacher_sampler, labels: Tensor, *,
+                         teacher_start: int, rng: RandomSource = None, noise: Tensor | None = None) -> Tensor:
+        """labels (b,) -> codes (b, l, e): one distilled pass, the teacher (``teacher_sampler``, e.g. the teacher
+        pipeline's sampler) from timestep ``teacher_start`` to the split, then one distilled pass from there."""
+        check_drivable(model, self.units)
+        model.check_labels(labels)
+        split = model.config.split
+        if not 0 <= teacher_start <= split:
+            raise ValueError(f"teacher_start must lie in [0, split={split}], got {teacher_start}")
+        noise = self._noise(model, labels, rng, noise)
+        prefix = None  # teacher_start 0: the teacher starts from the class alone, no first pass is needed
+        if teacher_start:
+            first = model(noise, torch.zeros(noise.shape[:2], dtype=torch.bool, device=noise.device), labels)
+            prefix = first.logits.argmax(-1)[:, :model.boundary(teacher_start)]
+        tokens = teacher_sampler(teacher, labels, rng=rng, prefix=prefix, length=model.boundary(split))
+        codes = torch.zeros_like(noise)
+        codes[:, :tokens.shape[1]] = model.code_vectors[tokens].to(noise.dtype)
+        return self._finish(model, labels, noise, codes)
+
+    @staticmethod
+    def _finish(model: DistilledGenerator, labels: Tensor, noise: Tensor, codes: Tensor) -> Tensor:
+        """A pass at the split with the first ``boundary(split)`` positions fixed to ``codes``."""
+        inputs, is_data = model.timestep_inputs(noise, codes, model.config.split)
+        final = model.assemble(model(inputs, is_data, labels))
+        count = model.boundary(model.config.split)
+        return torch.cat([codes[:, :count].float(), final[:, count:]], dim=1)
+
+    @staticmethod
+    def _noise(model: DistilledGenerator, labels: Tensor, rng: RandomSource, noise: Tensor | None) -> Tensor:
+        shape = (labels.shape[0], model.layout.length, model.config.code_dim)
+        if noise is None:
+            return normal_noise(shape, rng, labels.device)
+        if tuple(noise.shape) != shape or not noise.is_floating_point():
+            raise ValueError(f"expected float noise of shape {shape}, got {tuple(noise.shape)} {noise.dtype}")
+        return noise.to(labels.device)
+
+
+register_sampler("distilled", DistilledSampler)

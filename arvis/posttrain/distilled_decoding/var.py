@@ -1,0 +1,100 @@
+"""Distilled Decoding of a VAR generator: an extra start position, then every scale driven by noise.
+
+Shapes: b batch, l = sum(p_k ** 2) tokens, e code dimension (VAR's Cvae), c width, v vocabulary.
+
+The sequence is [start, x_0 .. x_{l-1}] (DD1's extra 1x1 first scale: 1 + l positions). The start
+position is the teacher's: class embedding + ``pos_start`` + position 0 + level 0. Token position i holds
+x_i (noise ε_i or code q_i) through the teacher's ``word_embed`` plus the teacher's position and level
+embeddings of token i, plus the noise-versus-data embedding, and predicts token i itself. A position
+attends to the start, to every position of strictly earlier scales, and to itself (not to the rest of
+its own scale: under the flow-matching sampler a token depends on the earlier scales and its own noise
+only). Blocks, AdaLN conditioning and the logits head are the teacher's; the regression head is an AdaLN
+final layer (initialised as the teacher's) and a linear map to e. DD1 adds a per-layer projection of the
+noise-versus-data embedding; here it is added once at the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from arvis.generators.base import GENERATORS
+from arvis.generators.var import VARGenerator
+from arvis.nn.adaln import AdaLNHead
+from arvis.posttrain.distilled_decoding.model import DistilledConfig, DistilledGenerator, DistilledOutput
+
+
+def earlier_scales_plus_self_mask(patch_nums: tuple[int, ...], *, device: torch.device | str | None = None) -> Tensor:
+    """(1 + l, 1 + l) boolean mask over [start, tokens]: position i sees j if j's scale is earlier than
+    i's or j == i; the start counts as scale -1."""
+    levels = torch.tensor([-1] + [k for k, p in enumerate(patch_nums) for _ in range(p * p)], device=device)
+    earlier = levels.unsqueeze(1) > levels.unsqueeze(0)
+    return earlier | torch.eye(len(levels), dtype=torch.bool, device=device)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistilledVARConfig(DistilledConfig):
+    """A :class:`DistilledConfig` whose ``split`` counts scales (DD1: 5 for VAR-d16, 4 for d20 / d24; codes of 32)."""
+
+    code_dim: int = 32
+    split: int = 5
+
+
+@GENERATORS.register
+class DistilledVAR(DistilledGenerator):
+    """One- or two-pass generator distilled from a :class:`VARGenerator`."""
+
+    config_class = DistilledVARConfig
+    teacher_class = VARGenerator
+
+    def __init__(self, config: DistilledVARConfig) -> None:
+        super().__init__(config)
+        if config.code_dim != self.trunk.config.code_dim:
+            raise ValueError(f"DistilledVARConfig.code_dim {config.code_dim} must be the teacher's code_dim "
+                             f"{self.trunk.config.code_dim}")
+        c = self.width
+        self.regression_norm = AdaLNHead(c, c, norm_eps=self.trunk.config.norm_eps)
+        patch_nums = self.trunk.config.patch_nums
+        self._levels = [k for k, p in enumerate(patch_nums) for _ in range(p * p)]
+        self._boundaries = [sum(p * p for p in patch_nums[:k]) for k in range(len(patch_nums) + 1)]
+
+    @property
+    def num_units(self) -> int:
+        return len(self.trunk.config.patch_nums)
+
+    def boundary(self, timestep: int) -> int:
+        return self._boundaries[timestep]
+
+    def init_from_teacher(self, teacher: VARGenerator) -> None:
+        super().init_from_teacher(teacher)
+        self.regression_norm.load_state_dict(teacher.head_nm.state_dict())
+
+    def forward(self, inputs: Tensor, is_data: Tensor, labels: Tensor) -> DistilledOutput:
+        self.check_inputs(inputs, is_data, labels)
+        trunk = self.trunk
+        condition = trunk.class_emb(labels)
+        levels = torch.tensor(self._levels, device=inputs.device)
+        start = rearrange(condition, "b c -> b 1 c") + trunk.pos_start[:, :1] + trunk.pos_1LC[:, :1] \
+            + trunk.lvl_embed.weight[0]
+        tokens = trunk.word_embed(inputs.to(trunk.word_embed.weight.dtype)) + trunk.pos_1LC + trunk.lvl_embed(levels) \
+            + self.kind_embedding(is_data.long())
+        x = torch.cat([start, tokens], dim=1)
+        mask = earlier_scales_plus_self_mask(trunk.config.patch_nums, device=x.device)
+        block_condition = trunk.shared_ada_lin(condition) if trunk.shared_ada_lin is not None else condition
+        for index, block in enumerate(trunk.blocks):
+            x = block(x, block_condition, mask=mask, cache=None, layer=index)
+        hidden = x[:, 1:].float()
+        logits = trunk.head(trunk.head_nm(hidden, condition.float())).float()
+        regression = self.regression_head(self.regression_norm(hidden, condition.float())).float()
+        return DistilledOutput(logits=logits, regression=regression)
+
+
+GENERATORS.add_preset(
+    "dd-var-tiny",
+    DistilledVARConfig(teacher={"type": "VARGenerator",
+                                "config": GENERATORS.preset("var-tiny").replace(class_dropout=0.0).to_dict()},
+                       code_dim=8, split=2),
+    "distilled var-tiny for var-vae-tiny (made by DistilledVAR.from_teacher in practice)")
