@@ -60,7 +60,8 @@ def flow_to_codes(noise: Tensor, log_probs: Tensor, codes: Tensor, num_steps: in
 
     Returns:
         (n,) long code indices. The computation runs in float64 and is deterministic. Only the codes a row
-        allows take part (excluded codes have zero weight), which makes filtered distributions cheap.
+        allows take part (excluded codes have zero weight), which makes filtered distributions cheap; rows
+        are processed in chunks of bounded memory.
     """
     if noise.ndim != 2 or log_probs.ndim != 2 or codes.ndim != 2:
         raise ValueError(f"expected noise (n, e), log_probs (n, v) and codes (v, e), got {tuple(noise.shape)}, "
@@ -69,7 +70,20 @@ def flow_to_codes(noise: Tensor, log_probs: Tensor, codes: Tensor, num_steps: in
         raise ValueError(f"noise {tuple(noise.shape)}, log_probs {tuple(log_probs.shape)} and codes "
                          f"{tuple(codes.shape)} disagree: the noise dimension must be the code dimension e and "
                          "the vocabulary must be the number of codes v")
-    # each row's candidates: its allowed codes, padded to the largest support in the batch with -inf entries
+    return torch.cat([_flow_rows(noise[rows], log_probs[rows], codes, num_steps)
+                      for rows in _row_chunks(log_probs, codes.shape[1])])
+
+
+def _row_chunks(log_probs: Tensor, dim: int, max_elements: int = 1 << 22) -> list[slice]:
+    """Row ranges whose (rows, support, e) candidate tables stay under ``max_elements`` (memory, e.g. VAR's
+    last scale: 256 x 256 positions x 4096 codes x 32 would need tens of GB at once)."""
+    support = int((~torch.isneginf(log_probs)).sum(-1).max()) if log_probs.numel() else 1
+    rows = max(1, max_elements // max(1, support * dim))
+    return [slice(start, start + rows) for start in range(0, log_probs.shape[0], rows)]
+
+
+def _flow_rows(noise: Tensor, log_probs: Tensor, codes: Tensor, num_steps: int) -> Tensor:
+    # each row's candidates: its allowed codes, padded to the largest support in the chunk with -inf entries
     support = int((~torch.isneginf(log_probs)).sum(-1).max())
     candidate_log_probs, candidates = log_probs.double().topk(max(1, support), dim=-1)
     candidate_codes = codes.double()[candidates]  # (n, k, e)

@@ -152,16 +152,23 @@ def categorical_draw(rng: RandomSource = None) -> Draw:
     return lambda logits, start: sample_categorical(logits, rng)
 
 
-def check_prefix(prefix: Tensor | None, boundaries: Sequence[int], length: int | None, labels: Tensor) -> tuple[int, int]:
+def check_prefix(prefix: Tensor | None, boundaries: Sequence[int], length: int | None, labels: Tensor,
+                 vocab_size: int) -> tuple[int, int]:
     """Checks a sampler's ``prefix`` (b, k) and ``length`` against the unit ``boundaries`` (cumulative token
     counts, 0 first) -> (k, length)."""
     total = boundaries[-1]
+    if prefix is not None:
+        if prefix.ndim != 2 or prefix.shape[0] != labels.shape[0] or prefix.dtype != torch.long:
+            raise ValueError(f"prefix must be (batch, k) long token ids for a batch of {labels.shape[0]}, got "
+                             f"{tuple(prefix.shape)} {prefix.dtype}")
+        if prefix.device != labels.device:
+            raise ValueError(f"prefix is on {prefix.device} but the labels are on {labels.device}")
+        if prefix.numel() and (prefix.min() < 0 or prefix.max() >= vocab_size):
+            raise ValueError(f"prefix token ids must lie in [0, {vocab_size - 1}]")
     given = 0 if prefix is None else prefix.shape[1]
-    if prefix is not None and (prefix.ndim != 2 or prefix.shape[0] != labels.shape[0] or prefix.dtype != torch.long):
-        raise ValueError(f"prefix must be (batch, k) long token ids for a batch of {labels.shape[0]}, got "
-                         f"{tuple(prefix.shape)} {prefix.dtype}")
     length = total if length is None else length
     if given not in boundaries or length not in boundaries or not given <= length:
-        raise ValueError(f"prefix length {given} and length {length} must be unit boundaries {list(boundaries)} "
-                         "with prefix length <= length")
+        shown = list(boundaries) if len(boundaries) <= 12 else f"every token count from 0 to {total}"
+        raise ValueError(f"prefix length {given} and length {length} must be unit boundaries ({shown}) with "
+                         "prefix length <= length")
     return given, length

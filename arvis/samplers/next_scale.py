@@ -51,7 +51,7 @@ class NextScaleSampler:
         model.check_labels(labels, allow_null=True)
         unit_lengths = model.unit_lengths()
         boundaries = [sum(unit_lengths[:index]) for index in range(len(unit_lengths) + 1)]
-        start, length = check_prefix(prefix, boundaries, length, labels)
+        start, length = check_prefix(prefix, boundaries, length, labels, model.vocab_size)
         draw = draw or categorical_draw(rng)
         config = self.config
         conditions = guidance_conditions(labels, model.null_class, config)

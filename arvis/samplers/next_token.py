@@ -40,7 +40,7 @@ class NextTokenSampler:
         check_drivable(model, self.units)
         model.check_labels(labels, allow_null=True)
         num_steps = model.layout.length
-        start, length = check_prefix(prefix, range(num_steps + 1), length, labels)
+        start, length = check_prefix(prefix, range(num_steps + 1), length, labels, model.vocab_size)
         draw = draw or categorical_draw(rng)
         config = self.config
         conditions = guidance_conditions(labels, model.null_class, config)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from arvis.config import Config
 from arvis.train.batches import StepBatchSampler
 from arvis.train.checkpoint import latest_checkpoint, read_metadata, save_checkpoint
+from arvis.train.ema import EMA
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 
 logger = logging.getLogger(__name__)
@@ -201,8 +202,6 @@ def prepare_training(accelerator: Accelerator, module: nn.Module, optim: OptimCo
 
     Returns (model, optimizer, scheduler, ema or None, the optimiser step to start from).
     """
-    from arvis.train.ema import EMA
-
     optimizer = build_optimizer(module, optim)
     scheduler = build_scheduler(optimizer, optim, run.max_steps)
     model, optimizer = accelerator.prepare(module, optimizer)

@@ -62,6 +62,9 @@ def test_distilled_raster_starts_from_the_teacher(tiny_pipeline):
     teacher = tiny_pipeline.generator
     model = DistilledRaster.from_teacher(teacher, tiny_pipeline.tokenizer, split=4)
     assert model.trunk.tok_embeddings is None
+    assert teacher.config.resid_dropout == 0.1 and teacher.config.class_dropout == 0.1
+    dropouts = {k: v for k, v in model.trunk.config.to_dict().items() if k.endswith("dropout")}
+    assert dropouts and set(dropouts.values()) == {0.0}  # a deterministic map: no dropout of any kind
     for name, tensor in model.trunk.state_dict().items():
         assert torch.equal(tensor, teacher.state_dict()[name]), name
     assert torch.equal(model.code_vectors, tiny_pipeline.tokenizer.code_vectors())
@@ -121,6 +124,9 @@ def test_teacher_involved_sampling_keeps_the_first_pass_prefix(which, tiny_pipel
     assert distances.amin(-1).max() < 1e-6  # the teacher's part is made of codes
     with pytest.raises(ValueError, match="teacher_start"):
         sampler.teacher_involved(model, pipeline.generator, pipeline.sampler(), labels, teacher_start=split + 1)
+    other = GENERATORS.build("var-tiny" if which == "raster" else "raster-tiny").eval()
+    with pytest.raises(ValueError, match="pass the teacher it was distilled from"):
+        sampler.teacher_involved(model, other, pipeline.sampler(), labels, teacher_start=0)
 
 
 @pytest.mark.parametrize("which", ["raster", "var"])
@@ -165,6 +171,8 @@ def test_distilled_generator_round_trips_through_a_pipeline(tmp_path, tiny_pipel
 
 
 def test_distilled_generator_errors(tiny_pipeline, var_pipeline):
+    with pytest.raises(ValueError, match=r"split 16 must lie in \[1, 15\]"):
+        DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=16)
     with pytest.raises(ValueError, match="split 99 must lie"):
         DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=99)
     with pytest.raises(ValueError, match="distils a RasterGenerator"):

@@ -43,6 +43,18 @@ def test_flow_matching_map_is_deterministic_and_depends_on_the_noise():
     assert not torch.equal(first, flow_to_codes(-noise, probs.log().expand(500, -1), codes))
 
 
+def test_flow_matching_in_row_chunks_gives_the_same_codes(monkeypatch):
+    import arvis.samplers.flow_matching as flow_matching
+
+    codes, probs = _fixed_case()
+    noise = torch.randn(50, 4, generator=torch.Generator().manual_seed(4))
+    log_probs = probs.log().expand(50, -1).clone()
+    log_probs[::3, :6] = float("-inf")  # rows with different supports
+    whole = flow_to_codes(noise, log_probs, codes, num_steps=32)
+    monkeypatch.setattr(flow_matching, "_row_chunks", lambda lp, dim: [slice(i, i + 7) for i in range(0, 50, 7)])
+    assert torch.equal(flow_to_codes(noise, log_probs, codes, num_steps=32), whole)
+
+
 def test_flow_matching_rejects_mismatched_shapes():
     codes, probs = _fixed_case()
     with pytest.raises(ValueError, match="noise dimension must be the code dimension"):

@@ -80,6 +80,9 @@ def test_pairs_are_the_teachers_flow_matching_samples_and_resume(tmp_path, tiny_
     assert shard_path(folder, 0).stat().st_mtime_ns == kept
     with pytest.raises(ValueError, match=r"other settings \(differing: \['seed'\]\)"):
         generate_pairs(tiny_pipeline, folder, num_pairs=40, shard_size=16, seed=6, ode_steps=32)
+    with pytest.raises(ValueError, match="more_smooth"):
+        generate_pairs(Pipeline(tiny_pipeline.tokenizer, tiny_pipeline.generator, SamplingConfig(more_smooth=False)
+                                .replace(more_smooth=True)), tmp_path / "smooth", num_pairs=4)
     shard_path(folder, 2).write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="corrupt pair shard"):
         load_pairs(folder)
@@ -124,8 +127,14 @@ def test_post_training_errors(tmp_path, saved_raster, tiny_pipeline):
         post_train(PostTrainConfig.from_dict({"method": "distilled_decoding", "pipeline": str(tmp_path / "run" / "pipeline"),
                                               "run": {"output_dir": str(tmp_path / "run"), "overwrite": True}}))
     method = METHODS.get("distilled_decoding")
-    with pytest.raises(ValueError, match=r"split and timesteps must lie in \[0, 15\]"):
+    with pytest.raises(ValueError, match=r"split must lie in \[1, 15\]"):
         method(DistilledDecodingConfig(split=16), tiny_pipeline, pipeline_path="x", output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 15\]"):
+        method(DistilledDecodingConfig(timesteps=(0, 16)), tiny_pipeline, pipeline_path="x", output_dir=tmp_path)
+    with pytest.raises(ValueError, match="distinct timesteps"):
+        DistilledDecodingConfig(timesteps=(0, 0))
+    with pytest.raises(ValueError, match="ode_steps must be >= 1"):
+        DistilledDecodingConfig(ode_steps=0)
     distilled = DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=3)
     with pytest.raises(ValueError, match="distils raster .* not DistilledRaster"):
         method(DistilledDecodingConfig(), Pipeline(tiny_pipeline.tokenizer, distilled), pipeline_path="x",

@@ -30,7 +30,7 @@ from arvis.generators.var import VARGenerator
 from arvis.pipeline import Pipeline
 from arvis.posttrain.base import METHODS, PostTrainingMethod
 from arvis.posttrain.distilled_decoding.model import DistilledGenerator
-from arvis.posttrain.distilled_decoding.pairs import generate_pairs, load_pairs
+from arvis.posttrain.distilled_decoding.pairs import claim_pairs_folder, generate_pairs, load_pairs
 from arvis.posttrain.distilled_decoding.raster import DistilledRaster
 from arvis.posttrain.distilled_decoding.var import DistilledVAR
 
@@ -64,8 +64,11 @@ class DistilledDecodingConfig(Config):
     def __post_init__(self) -> None:
         if self.regression_weight < 0:
             raise ValueError(f"regression_weight must be >= 0, got {self.regression_weight}")
-        if self.timesteps is not None and not self.timesteps:
-            raise ValueError("timesteps must name at least one timestep (or be null for (0, split))")
+        if self.timesteps is not None and (not self.timesteps or len(set(self.timesteps)) != len(self.timesteps)):
+            raise ValueError(f"timesteps must name distinct timesteps (or be null for (0, split)), got {self.timesteps}")
+        for name in ("num_pairs", "shard_size", "ode_steps", "pair_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @METHODS.register
@@ -84,25 +87,31 @@ class DistilledDecoding(PostTrainingMethod):
                              f"not {type(teacher).__name__}")
         pipeline.tokenizer.code_vectors()  # a codebook tokenizer, or a clear error now
         self.model_class = DISTILLED_CLASSES[type(teacher)]
-        units = teacher.layout.length if self.model_class is DistilledRaster else len(teacher.layout.shapes)
-        self.split = config.split if config.split is not None else (
-            (units * 5) // 16 if self.model_class is DistilledRaster else units // 2)
+        units = self.model_class.units_of(teacher)
+        what = "tokens" if self.model_class is DistilledRaster else "scales"
+        if units < 2:
+            raise ValueError(f"distilled_decoding needs a teacher with at least 2 {what}, got {units}")
+        self.split = config.split if config.split is not None else max(1, (
+            (units * 5) // 16 if self.model_class is DistilledRaster else units // 2))
+        if not 1 <= self.split < units:
+            raise ValueError(f"split must lie in [1, {units - 1}] for this teacher ({units} {what}), got {self.split}")
         self.timesteps = config.timesteps if config.timesteps is not None else (0, self.split)
-        bad = [t for t in (self.split, *self.timesteps) if not 0 <= t < units]
+        bad = [t for t in self.timesteps if not 0 <= t < units]
         if bad:
-            raise ValueError(f"split and timesteps must lie in [0, {units - 1}] for this teacher "
-                             f"({'tokens' if self.model_class is DistilledRaster else 'scales'}), got {bad}")
+            raise ValueError(f"timesteps must lie in [0, {units - 1}] for this teacher ({units} {what}), got {bad}")
         self.pairs_dir = config.pairs_dir or str(self.output_dir / "pairs")
 
     def prepare_data(self, accelerator: Accelerator):
         config = self.config
-        generate_pairs(self.pipeline, self.pairs_dir, num_pairs=config.num_pairs, shard_size=config.shard_size,
-                       seed=config.pair_seed, ode_steps=config.ode_steps, batch_size=config.pair_batch_size,
-                       process_index=accelerator.process_index, num_processes=accelerator.num_processes,
-                       pipeline_path=self.pipeline_path)
+        settings = dict(num_pairs=config.num_pairs, shard_size=config.shard_size, seed=config.pair_seed,
+                        ode_steps=config.ode_steps, pipeline_path=self.pipeline_path)
+        if accelerator.is_main_process:  # one process claims the folder (writes pairs.json) before the others look
+            claim_pairs_folder(self.pipeline, self.pairs_dir, **settings)
         accelerator.wait_for_everyone()
-        pairs, settings = load_pairs(self.pairs_dir)
-        return pairs
+        generate_pairs(self.pipeline, self.pairs_dir, batch_size=config.pair_batch_size,
+                       process_index=accelerator.process_index, num_processes=accelerator.num_processes, **settings)
+        accelerator.wait_for_everyone()
+        return load_pairs(self.pairs_dir)[0]
 
     def build_model(self) -> DistilledGenerator:
         return self.model_class.from_teacher(self.pipeline.generator, self.pipeline.tokenizer, split=self.split)

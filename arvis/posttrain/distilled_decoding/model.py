@@ -64,10 +64,14 @@ class DistilledOutput:
 
 
 def teacher_spec(teacher: Generator) -> dict[str, Any]:
-    """{"type": class name, "config": dict} of a teacher, with its label dropout off (a distilled model
-    maps each class's noise to that class's samples; it has no unconditional mode)."""
-    config = teacher.config.to_dict()
-    config["class_dropout"] = 0.0
+    """{"type": class name, "config": dict} of a teacher with every dropout and drop-path rate set to 0.
+
+    The distilled model learns a deterministic map (noise and class -> tokens): label dropout would teach an
+    unconditional mode it never uses, and dropping features of the noise inputs would make the target
+    partly unpredictable. (DD1's released code does not say; this is arvis's choice.)
+    """
+    config = {key: 0.0 if key.endswith("dropout") or key == "drop_path_rate" else value
+              for key, value in teacher.config.to_dict().items()}
     return {"type": type(teacher).__name__, "config": config}
 
 
@@ -86,8 +90,8 @@ class DistilledGenerator(Generator):
         if not issubclass(trunk_class, self.teacher_class):
             raise ValueError(f"{type(self).__name__} distils a {self.teacher_class.__name__}, not a {spec['type']}")
         self.trunk = trunk_class(trunk_class.config_class.from_dict(spec["config"]))
-        if not 0 <= config.split <= self.num_units:
-            raise ValueError(f"{type(self).__name__}: split {config.split} must lie in [0, {self.num_units}] "
+        if not 1 <= config.split < self.num_units:
+            raise ValueError(f"{type(self).__name__}: split {config.split} must lie in [1, {self.num_units - 1}] "
                              f"({self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'})")
         self.register_buffer("code_vectors", torch.zeros(self.trunk.vocab_size, config.code_dim))
         self.kind_embedding = nn.Embedding(2, self.width)  # 0: noise, 1: data
@@ -116,7 +120,7 @@ class DistilledGenerator(Generator):
     @property
     def num_units(self) -> int:
         """Timesteps run from 0 to this: tokens (raster) or scales (VAR)."""
-        raise NotImplementedError
+        return self.units_of(self.trunk)
 
     def boundary(self, timestep: int) -> int:
         """The number of leading data tokens at ``timestep``."""
@@ -141,6 +145,16 @@ class DistilledGenerator(Generator):
         model.bind_tokenizer(tokenizer)
         model.init_from_teacher(teacher)
         return model
+
+    def no_weight_decay(self) -> set[str]:
+        """The trunk's exemptions (VAR's position tables), under their names here."""
+        exempt = self.trunk.no_weight_decay() if hasattr(self.trunk, "no_weight_decay") else set()
+        return {f"trunk.{name}" for name in exempt}
+
+    @classmethod
+    def units_of(cls, teacher: Generator) -> int:
+        """How many timesteps a model distilled from ``teacher`` has (tokens or scales)."""
+        raise NotImplementedError
 
     def init_from_teacher(self, teacher: Generator) -> None:
         """Initialises the new parts from the teacher's weights (after the trunk copy)."""

@@ -10,11 +10,13 @@ noise from a generator seeded by (seed, i).
 Pairs are written in shards ``shard-00000.safetensors`` (``noise`` (n, l, e) float32, ``labels`` (n,),
 ``tokens`` (n, l)) next to ``pairs.json``, which records the settings. Shards are written atomically and
 a rerun with the same settings skips the shards already there (resumable); a folder made with other
-settings is refused. Process p of P makes the shards s with s % P == p.
+settings (or another teacher: the manifest holds a digest of its weights) is refused. Process p of P makes
+the shards s with s % P == p; with several processes, one calls :func:`claim_pairs_folder` first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -43,21 +45,44 @@ def shard_path(folder: Path, shard: int) -> Path:
 
 def pair_settings(pipeline: Pipeline, *, num_pairs: int, shard_size: int, seed: int, ode_steps: int,
                   pipeline_path: str | None) -> dict[str, Any]:
-    """What determines the pairs (the manifest's content)."""
+    """What determines the pairs (the manifest's content): the settings, the teacher's weights (a SHA-256 of
+    the tokenizer's and generator's tensors) and the device type, whose generators draw different noise."""
     generator = pipeline.generator
     return {"num_pairs": num_pairs, "shard_size": shard_size, "seed": seed, "ode_steps": ode_steps,
             "teacher": type(generator).__name__, "token_length": generator.layout.length,
             "code_dim": int(pipeline.tokenizer.code_vectors().shape[1]), "num_classes": generator.num_classes,
-            "sampling": pipeline.sampling.to_dict(), "pipeline": pipeline_path}
+            "sampling": pipeline.sampling.to_dict(), "weights_sha256": weights_digest(pipeline),
+            "device": pipeline.device.type, "pipeline": pipeline_path}
+
+
+def weights_digest(pipeline: Pipeline) -> str:
+    """SHA-256 over the names and bytes of the tokenizer's and generator's tensors."""
+    digest = hashlib.sha256()
+    for prefix, module in (("tokenizer.", pipeline.tokenizer), ("generator.", pipeline.generator)):
+        for name, tensor in module.state_dict().items():
+            digest.update((prefix + name).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def claim_pairs_folder(pipeline: Pipeline, folder: str | Path, *, num_pairs: int, shard_size: int, seed: int,
+                       ode_steps: int, pipeline_path: str | None = None) -> None:
+    """Writes the manifest of a new pair folder, or checks an existing one against these settings."""
+    settings = pair_settings(pipeline, num_pairs=num_pairs, shard_size=shard_size, seed=seed, ode_steps=ode_steps,
+                             pipeline_path=pipeline_path)
+    claim_folder(Path(folder), settings, write=True)
 
 
 def generate_pairs(pipeline: Pipeline, folder: str | Path, *, num_pairs: int, shard_size: int = 1000, seed: int = 0,
                    ode_steps: int = 128, batch_size: int = 256, process_index: int = 0, num_processes: int = 1,
                    pipeline_path: str | None = None) -> Path:
     """Makes this process's missing shards of ``num_pairs`` teacher pairs in ``folder``; returns ``folder``."""
-    if num_pairs < 1 or shard_size < 1 or batch_size < 1:
-        raise ValueError(f"num_pairs, shard_size and batch_size must be >= 1, got {num_pairs}, {shard_size}, "
-                         f"{batch_size}")
+    if num_pairs < 1 or shard_size < 1 or batch_size < 1 or ode_steps < 1:
+        raise ValueError(f"num_pairs, shard_size, batch_size and ode_steps must be >= 1, got {num_pairs}, "
+                         f"{shard_size}, {batch_size}, {ode_steps}")
+    if pipeline.sampling.more_smooth:
+        raise ValueError("the teacher pipeline samples with more_smooth, whose Gumbel mixtures are not a function of "
+                         "the pair's noise; save the pipeline with sampling more_smooth=false to make pairs")
     folder = Path(folder)
     settings = pair_settings(pipeline, num_pairs=num_pairs, shard_size=shard_size, seed=seed, ode_steps=ode_steps,
                              pipeline_path=pipeline_path)
@@ -92,8 +117,9 @@ def claim_folder(folder: Path, settings: dict[str, Any], *, write: bool) -> None
     manifest = folder / MANIFEST
     if manifest.exists():
         existing = read_json(manifest)
-        if existing != settings:
-            changed = sorted(key for key in set(existing) | set(settings) if existing.get(key) != settings.get(key))
+        differing = sorted(key for key in set(existing) | set(settings) if existing.get(key) != settings.get(key))
+        changed = [key for key in differing if key != "pipeline"]  # where the teacher was read from may differ
+        if changed:
             raise ValueError(f"{folder} holds pairs made with other settings (differing: {changed}); use another "
                              "pairs folder or delete this one")
         return

@@ -46,9 +46,9 @@ class DistilledRaster(DistilledGenerator):
         self.trunk.tok_embeddings = None  # inputs are continuous (see the module docstring)
         self.input_proj = nn.Linear(config.code_dim, self.width)
 
-    @property
-    def num_units(self) -> int:
-        return self.layout.length
+    @classmethod
+    def units_of(cls, teacher) -> int:
+        return teacher.layout.length
 
     def boundary(self, timestep: int) -> int:
         return timestep

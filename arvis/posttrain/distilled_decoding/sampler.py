@@ -53,6 +53,10 @@ class DistilledSampler:
         pipeline's sampler) from timestep ``teacher_start`` to the split, then one distilled pass from there."""
         check_drivable(model, self.units)
         model.check_labels(labels)
+        if teacher.layout != model.layout or teacher.vocab_size != model.vocab_size:
+            raise ValueError(f"the teacher's tokens (layout {teacher.layout.shapes}, vocabulary {teacher.vocab_size}) "
+                             f"are not the distilled model's ({model.layout.shapes}, {model.vocab_size}); pass the "
+                             "teacher it was distilled from")
         split = model.config.split
         if not 0 <= teacher_start <= split:
             raise ValueError(f"teacher_start must lie in [0, split={split}], got {teacher_start}")

@@ -61,9 +61,9 @@ class DistilledVAR(DistilledGenerator):
         self._levels = [k for k, p in enumerate(patch_nums) for _ in range(p * p)]
         self._boundaries = [sum(p * p for p in patch_nums[:k]) for k in range(len(patch_nums) + 1)]
 
-    @property
-    def num_units(self) -> int:
-        return len(self.trunk.config.patch_nums)
+    @classmethod
+    def units_of(cls, teacher) -> int:
+        return len(teacher.layout.shapes)
 
     def boundary(self, timestep: int) -> int:
         return self._boundaries[timestep]
