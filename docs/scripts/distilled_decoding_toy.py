@@ -95,11 +95,14 @@ def main() -> None:
                 for label, g in zip(batch.tolist(), per_sample_generators(0, start, len(batch)), strict=True)]
         return pixels(torch.stack(rows))
 
+    teacher_steps = len(teacher.generator.unit_lengths()) if teacher.generator.unit == "scale" \
+        else teacher.generator.layout.length
     rows = {
-        f"teacher ({teacher.generator.layout.length} steps)": (teacher.generator.layout.length, teacher_draw),
+        f"teacher ({teacher_steps} steps)": (teacher_steps, teacher_draw),
         "distilled, 1 step": (1, distilled_draw(1)),
         "distilled, 2 steps": (2, distilled_draw(2)),
-        f"teacher-involved (teacher for tokens 0-{split - 1}, then 1 distilled pass)": (split + 1, teacher_involved_draw),
+        f"teacher-involved (teacher for tokens 0-{model.boundary(split) - 1}, then 1 distilled pass)":
+            (split + 1, teacher_involved_draw),  # split teacher steps (tokens or scales), then one pass
         "naive parallel (teacher marginals, 1 step)": (1, naive_draw),
     }
     print("| sampler | steps | s / image, batch 100 | s / image, batch 1 | fd-glyphs | glyph accuracy |")
