@@ -22,8 +22,8 @@ from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.base import Tokenizer
-from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_image_size, check_processes_agree,
-                              dataset_num_classes, finish_run, fit, make_accelerator, prepare_training, step_batches)
+from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_image_size, dataset_num_classes,
+                              final_model, finish_run, fit, make_accelerator, prepare_training, step_batches)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
 from arvis.train.recipe import run_entry_point
@@ -138,10 +138,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     fit(accelerator, model, optimizer, scheduler, batches, teacher_forcing_loss, run=run,
         grad_clip=config.optim.grad_clip, folders=folders, progress=progress, start=start, kind="generator", ema=ema,
         after_step=preview)
-    trained = accelerator.unwrap_model(model).eval()
-    check_processes_agree(accelerator, trained)
-    if ema is not None:
-        ema.copy_to(trained)
+    trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export,
                             lambda path: Pipeline(tokenizer.eval(), trained, config.sampling).save_pretrained(path))
     return output_dir, progress.history

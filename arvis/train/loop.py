@@ -206,10 +206,28 @@ def prepare_training(accelerator: Accelerator, module: nn.Module, optim: OptimCo
     scheduler = build_scheduler(optimizer, optim, run.max_steps)
     model, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None  # after the broadcast
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    ema = attach_ema(accelerator, model, run)
     return model, optimizer, scheduler, ema, resume_step(accelerator, run, folders)
+
+
+def attach_ema(accelerator: Accelerator, model: nn.Module, run: RunConfig) -> EMA | None:
+    """An EMA of the prepared ``model`` (after accelerate's broadcast), saved with checkpoints; None when
+    ``run.ema_decay`` is 0."""
+    if run.ema_decay <= 0:
+        return None
+    ema = EMA(accelerator.unwrap_model(model), run.ema_decay)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+def final_model(accelerator: Accelerator, model: nn.Module, ema: EMA | None) -> nn.Module:
+    """The trained model to export: unwrapped, in eval mode, checked equal on every process, with the EMA
+    weights copied in when there is an EMA."""
+    trained = accelerator.unwrap_model(model).eval()
+    check_processes_agree(accelerator, trained)
+    if ema is not None:
+        ema.copy_to(trained)
+    return trained
 
 
 def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batches: Iterator,

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from arvis.config import Config
 from arvis.pipeline import Pipeline
 from arvis.posttrain import METHODS
-from arvis.train.loop import (ProgressLog, RunFolders, check_processes_agree, finish_run, fit, make_accelerator,
+from arvis.train.loop import (ProgressLog, RunFolders, final_model, finish_run, fit, make_accelerator,
                               prepare_training, step_batches)
 from arvis.train.options import OptimConfig, RunConfig
 from arvis.train.recipe import load_recipe
@@ -62,10 +62,7 @@ def post_train(config: PostTrainConfig) -> tuple[Path, list[dict[str, float]]]:
     progress = ProgressLog(accelerator, run, config.method, start, recipe=config)
     fit(accelerator, model, optimizer, scheduler, batches, method.loss, run=run, grad_clip=config.optim.grad_clip,
         folders=folders, progress=progress, start=start, kind=f"posttrain:{config.method}", ema=ema)
-    trained = accelerator.unwrap_model(model).eval()
-    check_processes_agree(accelerator, trained)
-    if ema is not None:
-        ema.copy_to(trained)
+    trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export,
                             lambda path: method.export(trained).save_pretrained(path))
     return output_dir, progress.history

@@ -27,10 +27,9 @@ from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
 from arvis.train.checkpoint import save_checkpoint
-from arvis.train.ema import EMA
-from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, build_dataset, build_optimizer,
-                              build_scheduler, check_image_size, check_processes_agree, finish_run,
-                              make_accelerator, resume_step, step_batches, sync_unless_last)
+from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, attach_ema, build_dataset, build_optimizer,
+                              build_scheduler, check_image_size, final_model, finish_run, make_accelerator,
+                              resume_step, step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.recipe import run_entry_point
 
@@ -81,9 +80,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
         tokenizer, loss_fn.discriminator, optimizer, disc_optimizer)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(disc_scheduler)
-    ema = EMA(accelerator.unwrap_model(model), run.ema_decay) if run.ema_decay > 0 else None  # after the broadcast
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    ema = attach_ema(accelerator, model, run)
     start = resume_step(accelerator, run, folders)
     accumulation = run.gradient_accumulation_steps
     batches = step_batches(dataset, run, accelerator, start * accumulation)
@@ -122,10 +119,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
         progress.update(step + 1, {**logs, **disc_logs, **output.metrics})
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
             save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "tokenizer"}, run.keep_last)
-    trained = accelerator.unwrap_model(model).eval()
-    check_processes_agree(accelerator, trained)
-    if ema is not None:
-        ema.copy_to(trained)
+    trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export, trained.for_inference().save_pretrained)
     return output_dir, progress.history
 
