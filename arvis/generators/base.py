@@ -11,6 +11,7 @@ Samplers (``arvis.samplers``) own every decoding policy around these calls.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import ClassVar
 
@@ -88,6 +89,10 @@ class Generator(Component):
     def unit_lengths(self) -> list[int]:
         """Tokens produced by each decoding step, in order (one step per unit of the layout by default)."""
         return [math.prod(shape) for shape in self.layout.shapes]
+
+    def unit_boundaries(self) -> list[int]:
+        """Token counts at the ends of the decoding steps, 0 first: [0, n_0, n_0 + n_1, ..., l]."""
+        return [0, *itertools.accumulate(self.unit_lengths())]
 
     def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
         raise NotImplementedError

@@ -49,14 +49,13 @@ class NextScaleSampler:
         """
         check_drivable(model, self.units)
         model.check_labels(labels, allow_null=True)
-        unit_lengths = model.unit_lengths()
-        boundaries = [sum(unit_lengths[:index]) for index in range(len(unit_lengths) + 1)]
+        boundaries = model.unit_boundaries()
         start, length = check_prefix(prefix, boundaries, length, labels, model.vocab_size)
         draw = draw or categorical_draw(rng)
         config = self.config
         conditions = guidance_conditions(labels, model.null_class, config)
         cache = model.new_cache(conditions.shape[0])
-        num_scales = len(unit_lengths)
+        num_scales = len(boundaries) - 1
         if config.more_smooth and not hasattr(model, "codebook"):
             raise ValueError(f"more_smooth feeds code vectors, which {type(model).__name__} does not take")
         given = boundaries.index(start)

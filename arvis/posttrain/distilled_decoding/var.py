@@ -27,12 +27,12 @@ from arvis.nn.adaln import AdaLNHead
 from arvis.posttrain.distilled_decoding.model import DistilledConfig, DistilledGenerator, DistilledOutput
 
 
-def earlier_scales_plus_self_mask(patch_nums: tuple[int, ...], *, device: torch.device | str | None = None) -> Tensor:
-    """(1 + l, 1 + l) boolean mask over [start, tokens]: position i sees j if j's scale is earlier than
-    i's or j == i; the start counts as scale -1."""
-    levels = torch.tensor([-1] + [k for k, p in enumerate(patch_nums) for _ in range(p * p)], device=device)
+def earlier_scales_plus_self_mask(levels: Tensor) -> Tensor:
+    """levels (l,), the scale of every token -> (1 + l, 1 + l) boolean mask over [start, tokens]: position i
+    sees j if j's scale is earlier than i's or j == i; the start counts as scale -1."""
+    levels = torch.cat([levels.new_full((1,), -1), levels])
     earlier = levels.unsqueeze(1) > levels.unsqueeze(0)
-    return earlier | torch.eye(len(levels), dtype=torch.bool, device=device)
+    return earlier | torch.eye(len(levels), dtype=torch.bool, device=levels.device)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,9 +57,8 @@ class DistilledVAR(DistilledGenerator):
                              f"{self.trunk.config.code_dim}")
         c = self.width
         self.regression_norm = AdaLNHead(c, c, norm_eps=self.trunk.config.norm_eps)
-        patch_nums = self.trunk.config.patch_nums
-        self._levels = [k for k, p in enumerate(patch_nums) for _ in range(p * p)]
-        self._boundaries = [sum(p * p for p in patch_nums[:k]) for k in range(len(patch_nums) + 1)]
+        self._boundaries = self.trunk.unit_boundaries()
+        self._levels = [scale for scale, count in enumerate(self.trunk.unit_lengths()) for _ in range(count)]
 
     @classmethod
     def units_of(cls, teacher) -> int:
@@ -82,7 +81,7 @@ class DistilledVAR(DistilledGenerator):
         tokens = trunk.word_embed(inputs.to(trunk.word_embed.weight.dtype)) + trunk.pos_1LC + trunk.lvl_embed(levels) \
             + self.kind_embedding(is_data.long())
         x = torch.cat([start, tokens], dim=1)
-        mask = earlier_scales_plus_self_mask(trunk.config.patch_nums, device=x.device)
+        mask = earlier_scales_plus_self_mask(levels)
         block_condition = trunk.shared_ada_lin(condition) if trunk.shared_ada_lin is not None else condition
         for index, block in enumerate(trunk.blocks):
             x = block(x, block_condition, mask=mask, cache=None, layer=index)
