@@ -30,7 +30,7 @@ from arvis.generators.var import VARGenerator
 from arvis.pipeline import Pipeline
 from arvis.posttrain.base import METHODS, PostTrainingMethod
 from arvis.posttrain.distilled_decoding.model import DistilledGenerator
-from arvis.posttrain.distilled_decoding.pairs import claim_pairs_folder, generate_pairs, load_pairs
+from arvis.posttrain.distilled_decoding.pairs import generate_pairs, load_pairs
 from arvis.posttrain.distilled_decoding.raster import DistilledRaster
 from arvis.posttrain.distilled_decoding.var import DistilledVAR
 
@@ -103,13 +103,10 @@ class DistilledDecoding(PostTrainingMethod):
 
     def prepare_data(self, accelerator: Accelerator):
         config = self.config
-        settings = dict(num_pairs=config.num_pairs, shard_size=config.shard_size, seed=config.pair_seed,
-                        ode_steps=config.ode_steps, pipeline_path=self.pipeline_path)
-        if accelerator.is_main_process:  # one process claims the folder (writes pairs.json) before the others look
-            claim_pairs_folder(self.pipeline, self.pairs_dir, **settings)
-        accelerator.wait_for_everyone()
-        generate_pairs(self.pipeline, self.pairs_dir, batch_size=config.pair_batch_size,
-                       process_index=accelerator.process_index, num_processes=accelerator.num_processes, **settings)
+        generate_pairs(self.pipeline, self.pairs_dir, num_pairs=config.num_pairs, shard_size=config.shard_size,
+                       seed=config.pair_seed, ode_steps=config.ode_steps, batch_size=config.pair_batch_size,
+                       process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+                       pipeline_path=self.pipeline_path, barrier=accelerator.wait_for_everyone)
         accelerator.wait_for_everyone()
         return load_pairs(self.pairs_dir)[0]
 

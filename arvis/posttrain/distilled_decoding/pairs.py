@@ -11,7 +11,8 @@ Pairs are written in shards ``shard-00000.safetensors`` (``noise`` (n, l, e) flo
 ``tokens`` (n, l)) next to ``pairs.json``, which records the settings. Shards are written atomically and
 a rerun with the same settings skips the shards already there (resumable); a folder made with other
 settings (or another teacher: the manifest holds a digest of its weights) is refused. Process p of P makes
-the shards s with s % P == p; with several processes, one calls :func:`claim_pairs_folder` first.
+the shards s with s % P == p; with several processes, pass a ``barrier`` so that process 0 writes the
+manifest before the others check it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -65,18 +66,14 @@ def weights_digest(pipeline: Pipeline) -> str:
     return digest.hexdigest()
 
 
-def claim_pairs_folder(pipeline: Pipeline, folder: str | Path, *, num_pairs: int, shard_size: int, seed: int,
-                       ode_steps: int, pipeline_path: str | None = None) -> None:
-    """Writes the manifest of a new pair folder, or checks an existing one against these settings."""
-    settings = pair_settings(pipeline, num_pairs=num_pairs, shard_size=shard_size, seed=seed, ode_steps=ode_steps,
-                             pipeline_path=pipeline_path)
-    claim_folder(Path(folder), settings, write=True)
-
-
 def generate_pairs(pipeline: Pipeline, folder: str | Path, *, num_pairs: int, shard_size: int = 1000, seed: int = 0,
                    ode_steps: int = 128, batch_size: int = 256, process_index: int = 0, num_processes: int = 1,
-                   pipeline_path: str | None = None) -> Path:
-    """Makes this process's missing shards of ``num_pairs`` teacher pairs in ``folder``; returns ``folder``."""
+                   pipeline_path: str | None = None, barrier: Callable[[], None] | None = None) -> Path:
+    """Makes this process's missing shards of ``num_pairs`` teacher pairs in ``folder``; returns ``folder``.
+
+    ``barrier`` (e.g. ``accelerator.wait_for_everyone``) is called once every process has computed the settings
+    and process 0 has claimed the folder; the other processes check the folder after it.
+    """
     if num_pairs < 1 or shard_size < 1 or batch_size < 1 or ode_steps < 1:
         raise ValueError(f"num_pairs, shard_size, batch_size and ode_steps must be >= 1, got {num_pairs}, "
                          f"{shard_size}, {batch_size}, {ode_steps}")
@@ -86,7 +83,12 @@ def generate_pairs(pipeline: Pipeline, folder: str | Path, *, num_pairs: int, sh
     folder = Path(folder)
     settings = pair_settings(pipeline, num_pairs=num_pairs, shard_size=shard_size, seed=seed, ode_steps=ode_steps,
                              pipeline_path=pipeline_path)
-    claim_folder(folder, settings, write=process_index == 0)
+    if process_index == 0:
+        claim_folder(folder, settings, write=True)
+    if barrier is not None:
+        barrier()
+    if process_index != 0:
+        claim_folder(folder, settings, write=False)
     code_vectors = pipeline.tokenizer.code_vectors().detach().float()
     sampler = pipeline.sampler()
     generator, device = pipeline.generator, pipeline.device

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from arvis.generators.base import Generator
-from arvis.posttrain.distilled_decoding.model import DistilledGenerator
+from arvis.posttrain.distilled_decoding.model import DistilledGenerator, DistilledOutput
 from arvis.samplers import register_sampler
 from arvis.samplers.config import SamplingConfig, check_drivable
 from arvis.samplers.logits import RandomSource, normal_noise
@@ -41,7 +41,7 @@ class DistilledSampler:
         check_drivable(model, self.units)
         model.check_labels(labels)
         noise = self._noise(model, labels, rng, noise)
-        first = model(noise, torch.zeros(noise.shape[:2], dtype=torch.bool, device=noise.device), labels)
+        first = self._first_pass(model, labels, noise)
         if self.config.distilled_steps == 1:
             return model.assemble(first)
         return self._finish(model, labels, noise, model.code_vectors[first.logits.argmax(-1)])
@@ -63,12 +63,16 @@ class DistilledSampler:
         noise = self._noise(model, labels, rng, noise)
         prefix = None  # teacher_start 0: the teacher starts from the class alone, no first pass is needed
         if teacher_start:
-            first = model(noise, torch.zeros(noise.shape[:2], dtype=torch.bool, device=noise.device), labels)
-            prefix = first.logits.argmax(-1)[:, :model.boundary(teacher_start)]
+            prefix = self._first_pass(model, labels, noise).logits.argmax(-1)[:, :model.boundary(teacher_start)]
         tokens = teacher_sampler(teacher, labels, rng=rng, prefix=prefix, length=model.boundary(split))
         codes = torch.zeros_like(noise)
         codes[:, :tokens.shape[1]] = model.code_vectors[tokens].to(noise.dtype)
         return self._finish(model, labels, noise, codes)
+
+    @staticmethod
+    def _first_pass(model: DistilledGenerator, labels: Tensor, noise: Tensor) -> DistilledOutput:
+        """The pass at timestep 0: every position is fed its noise."""
+        return model(*model.timestep_inputs(noise, noise, 0), labels)
 
     @staticmethod
     def _finish(model: DistilledGenerator, labels: Tensor, noise: Tensor, codes: Tensor) -> Tensor:
