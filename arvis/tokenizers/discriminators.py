@@ -1,12 +1,25 @@
-"""PatchGAN discriminator (Isola et al., 2017) as taming-transformers' ``NLayerDiscriminator``; hinge losses.
+"""Discriminators of the tokenizer GAN objective.
 
-Shapes: b batch, c channels, h w image size, p q the patch-logit grid.
+- :class:`PatchDiscriminator`: PatchGAN (Isola et al., 2017) as taming-transformers' ``NLayerDiscriminator``,
+  judging images or each frame of a clip (VQGAN, LlamaGen, VAR).
+- :class:`VideoTransformerDiscriminator`: LARP's transformer over whole clips, one logit per clip.
+
+The adversarial losses that use them are in :mod:`arvis.tokenizers.adversarial`.
+
+Shapes: b batch, c channels, t frames, h w image size, p q the patch-logit grid, d width.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import dataclasses
+
+import torch
+from einops import rearrange, repeat
 from torch import Tensor, nn
+
+from arvis.config import Config
+from arvis.nn.sincos import sincos_3d
+from arvis.nn.vit import ViTBlock
 
 
 class PatchDiscriminator(nn.Module):
@@ -61,11 +74,86 @@ class PatchDiscriminator(nn.Module):
         return size - 2  # two 4x4 convs, stride 1, padding 1
 
 
-def hinge_discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_hat))), a scalar."""
-    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VideoDiscriminatorConfig(Config):
+    """Size of a :class:`VideoTransformerDiscriminator`; the defaults are LARP-L's discriminator.
+
+    Attributes:
+        width, depth, num_heads: the ViT (timm blocks, MLP x4, no qkv bias).
+        patch_size, temporal_patch_size: its 3D patch (pt, p, p).
+    """
+
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    patch_size: int = 8
+    temporal_patch_size: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "num_heads", "patch_size", "temporal_patch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VideoDiscriminatorConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.width % self.num_heads or self.width % 16:
+            raise ValueError(f"VideoDiscriminatorConfig.width {self.width} must be divisible by num_heads "
+                             f"{self.num_heads} and by 16 (3D sin-cos positions)")
 
 
-def hinge_generator_loss(fake_logits: Tensor) -> Tensor:
-    """-mean D(x_hat), a scalar."""
-    return -fake_logits.mean()
+class VideoTransformerDiscriminator(nn.Module):
+    """Clips (b, c, t, h, w) -> one logit per clip (b, 1): LARP's ``TransformerDiscriminator``.
+
+    Conv3d patches (kernel = stride = (pt, p, p)) plus fixed 3D sin-cos positions, a learned CLS token
+    (no position) in front, pre-norm ViT blocks over the whole clip, LayerNorm of the CLS output and a
+    linear logit. The clip size is fixed at construction (it sets the position table).
+
+    Args:
+        config: width, depth, heads and patch.
+        clip_shape: (c, t, h, w) of the clips it judges; t, h, w divisible by the patch.
+    """
+
+    def __init__(self, config: VideoDiscriminatorConfig, clip_shape: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        if len(clip_shape) != 4:
+            raise ValueError(f"the video transformer discriminator judges clips (c, t, h, w), got a pixel shape "
+                             f"{tuple(clip_shape)}; use discriminator='patch' for image tokenizers")
+        channels, frames, height, width = clip_shape
+        pt, p = config.temporal_patch_size, config.patch_size
+        if frames % pt or height % p or width % p:
+            raise ValueError(f"clips of {frames} frames at {height}x{width} are not divisible into "
+                             f"({pt}, {p}, {p}) discriminator patches; change loss.video_disc.patch_size or "
+                             "temporal_patch_size")
+        self.config = config
+        self.clip_shape = tuple(clip_shape)
+        d = config.width
+        self.patch_embed = nn.Conv3d(channels, d, kernel_size=(pt, p, p), stride=(pt, p, p))
+        self.register_buffer("positions", sincos_3d(d, frames // pt, height // p, width // p), persistent=False)
+        self.cls_token = nn.Parameter(torch.empty(d))
+        self.blocks = nn.ModuleList(
+            ViTBlock(d, config.num_heads, qk_norm=False, layer_scale_init=None, qkv_bias=False, norm_eps=1e-5)
+            for _ in range(config.depth))
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.head = nn.Linear(d, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Upstream's: Xavier-uniform linears and patch embedding (as a linear), zero biases, Xavier CLS token."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        bound = (3.0 / self.config.width) ** 0.5  # Xavier-uniform of a (1, 1, d) tensor
+        nn.init.uniform_(self.cls_token, -bound, bound)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """clips (b, c, t, h, w) -> logits (b, 1)."""
+        if tuple(clips.shape[1:]) != self.clip_shape:
+            raise ValueError(f"the video discriminator was built for clips {self.clip_shape}, got "
+                             f"{tuple(clips.shape)}")
+        patches = rearrange(self.patch_embed(clips), "b d t h w -> b (t h w) d") + self.positions
+        x = torch.cat([repeat(self.cls_token, "d -> b 1 d", b=len(clips)), patches], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))

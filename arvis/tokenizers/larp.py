@@ -24,8 +24,9 @@ Deviations from upstream (deliberate):
     * The fixed sin-cos tables are non-persistent buffers (rebuilt, not stored).
     * The 3D sin-cos layout (1/4 of the width for the frame, 3/4 for the 2D position, MAE's 2D split) is
       the common video-ViT one; upstream's ``embed.py`` was not available to compare.
-    * Not ported: the transformer video discriminator and LeCam (the tokenizer trainer's per-frame
-      PatchGAN can be used instead), torch.compile and the learnable or scheduled τ.
+    * Not ported: torch.compile and the learnable or scheduled τ. LARP's transformer video discriminator,
+      its label-smoothed losses and LeCam are part of the tokenizer objective
+      (:mod:`arvis.tokenizers.losses`, ``configs/larp_l_tokenizer.yaml``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """Train a tokenizer: ``python -m arvis.train.tokenizer --config configs/<recipe>.yaml key=value ...``.
 
 Also runs under ``accelerate launch -m arvis.train.tokenizer`` on several processes. Each
-iteration does the tokenizer (generator) update, then, once the discriminator has started,
-the discriminator update with its own optimiser (VQGAN / LlamaGen schedule). The tokenizer
+iteration does the tokenizer (generator) update, then, once the discriminator has started and
+every ``loss.disc_every`` steps (LARP: 5), the discriminator update with its own optimiser (VQGAN /
+LlamaGen schedule; its learning-rate schedule counts discriminator updates). The tokenizer
 and the discriminator are prepared as two data-parallel models: the tokenizer's adversarial
 term calls the discriminator unwrapped with its parameters frozen (no gradient, nothing to
 all-reduce), the discriminator's update calls it through its wrapper, so only that backward
 all-reduces its gradients. As in LlamaGen, the discriminator's batch norms use each process's
-own batch statistics. Video tokenizers (clips (b, c, t, h, w)) get every loss per frame, and are told
-the training progress before each step (LARP's scheduled sampling). The trained tokenizer, without
+own batch statistics. Video tokenizers (clips (b, c, t, h, w)) get their pixel and perceptual losses per
+frame, and their adversarial loss per frame (PatchGAN) or per clip (LARP's video transformer
+discriminator); they are told the training progress before each step (LARP's scheduled sampling). The trained tokenizer, without
 training-only parts (``Tokenizer.for_inference``, e.g. LARP's prior), is saved as a component folder in
 ``run.output_dir``.
 """
@@ -20,8 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from einops import rearrange
-from torch import Tensor
+import torch
 
 from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
@@ -49,10 +50,10 @@ class TokenizerTrainConfig(Config):
     run: RunConfig = RunConfig()
 
 
-def as_frames(pixels: Tensor) -> Tensor:
-    """Images (b, c, h, w) as they are; clips (b, c, t, h, w) as frames ((b t), c, h, w): the pixel, perceptual
-    and adversarial losses of video tokenizers are per frame (LARP)."""
-    return rearrange(pixels, "b c t h w -> (b t) c h w") if pixels.ndim == 5 else pixels
+def label_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
+    """The randomness of one discriminator micro-batch (LARP's noisy labels): a function of the run's seed,
+    the step, the micro-batch and the process, so a resumed run draws what an uninterrupted one would."""
+    return torch.Generator().manual_seed(hash((seed, step, micro, process)) & (2**63 - 1))
 
 
 def build_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
@@ -67,19 +68,22 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     folders = RunFolders(run, "tokenizer")
     accelerator = make_accelerator(run, folders)
     tokenizer = build_tokenizer(config)
-    loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels, pixel_range=tokenizer.pixel_range)
+    loss_fn = VQGANLoss(config.loss, in_channels=tokenizer.in_channels, pixel_range=tokenizer.pixel_range,
+                        pixel_shape=tokenizer.pixel_shape)
     dataset = build_dataset(config.data)
     optimizer = build_optimizer(tokenizer, config.optim)
     if loss_fn.generator_parameters():
         optimizer.add_param_group({"params": loss_fn.generator_parameters(), "weight_decay": 0.0})
     disc_optimizer = build_optimizer(loss_fn.discriminator, config.disc_optim)
     scheduler = build_scheduler(optimizer, config.optim, run.max_steps)
-    disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, max(1, run.max_steps - config.loss.disc_start))
+    disc_scheduler = build_scheduler(disc_optimizer, config.disc_optim, loss_fn.num_discriminator_updates(run.max_steps))
     loss_fn.to(accelerator.device)  # the frozen LPIPS network; the discriminator is prepared below
     model, discriminator, optimizer, disc_optimizer = accelerator.prepare(
         tokenizer, loss_fn.discriminator, optimizer, disc_optimizer)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(disc_scheduler)
+    if loss_fn.lecam is not None:
+        accelerator.register_for_checkpointing(loss_fn.lecam)
     ema = attach_ema(accelerator, model, run)
     start = resume_step(accelerator, run, folders)
     accumulation = run.gradient_accumulation_steps
@@ -90,7 +94,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     generator_params = list(model.parameters()) + loss_fn.generator_parameters()
     model.train()
     for step in range(start, run.max_steps):
-        train_discriminator = loss_fn.discriminator_active(step)
+        train_discriminator = loss_fn.discriminator_update(step)
         tokenizer.set_training_progress(step / run.max_steps)
         disc_logs = {}
         for micro in range(accumulation):
@@ -100,15 +104,15 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
                     output = model(pixels)
-                    real, fake = as_frames(pixels), as_frames(output.reconstruction)
-                    loss, logs = loss_fn.generator_loss(real, fake, output.losses, step)
+                    loss, logs = loss_fn.generator_loss(pixels, output.reconstruction, output.losses, step)
                 accelerator.backward(loss / accumulation)
             loss_fn.discriminator.requires_grad_(True)
             if train_discriminator:
                 with sync_unless_last(accelerator, discriminator, micro, accumulation):
                     with accelerator.autocast():
-                        disc_loss, disc_logs = loss_fn.discriminator_loss(real, fake, step,
-                                                                          discriminator=discriminator)
+                        disc_loss, disc_logs = loss_fn.discriminator_loss(
+                            pixels, output.reconstruction, step, discriminator=discriminator,
+                            generator=label_generator(run.seed, step, micro, accelerator.process_index))
                     accelerator.backward(disc_loss / accumulation)
         apply_gradients(accelerator, optimizer, generator_params, config.optim.grad_clip, scheduler)
         if train_discriminator:

@@ -1,4 +1,4 @@
-"""VQGAN losses: LPIPS, PatchGAN discriminator, hinge losses, VQGANLoss scheduling."""
+"""Tokenizer GAN objective: LPIPS, the PatchGAN and video transformer discriminators, hinge and non-saturating losses, LeCam, VQGANLoss scheduling."""
 
 import logging
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from arvis.tokenizers.discriminators import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from arvis.tokenizers import adversarial
+from arvis.tokenizers.adversarial import hinge_discriminator_loss, hinge_generator_loss
+from arvis.tokenizers.discriminators import PatchDiscriminator, VideoDiscriminatorConfig, VideoTransformerDiscriminator
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
 from arvis.tokenizers.lpips import LPIPS, resolve_lpips
 
@@ -161,3 +163,118 @@ def test_loss_config_validation():
         TokenizerLossConfig(disc_weight=-1.0)
     with pytest.raises(ValueError, match="disc_layers"):
         TokenizerLossConfig(disc_layers=0)
+
+
+# ---------------------------------------------------------------- LARP's adversarial pieces
+
+
+def _clips(seed: int, batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, 3, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+TINY_VIDEO_DISC = VideoDiscriminatorConfig(width=32, depth=2, num_heads=2, patch_size=8, temporal_patch_size=2)
+
+
+def test_video_discriminator_gives_one_logit_per_clip_and_sees_time():
+    torch.manual_seed(0)
+    discriminator = VideoTransformerDiscriminator(TINY_VIDEO_DISC, (3, 4, 16, 16))
+    clips = _clips(0)
+    logits = discriminator(clips)
+    assert logits.shape == (2, 1)
+    assert not torch.allclose(discriminator(clips.flip(2)), logits)  # frame order matters (3D positions)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
+    with pytest.raises(ValueError, match="built for clips"):
+        discriminator(torch.rand(2, 3, 8, 16, 16))
+    with pytest.raises(ValueError, match="not divisible"):
+        VideoTransformerDiscriminator(TINY_VIDEO_DISC, (3, 3, 16, 16))
+    with pytest.raises(ValueError, match="patch"):
+        VideoTransformerDiscriminator(TINY_VIDEO_DISC, (3, 16, 16))
+    with pytest.raises(ValueError, match="by 16"):
+        VideoDiscriminatorConfig(width=40, num_heads=2)
+
+
+def test_non_saturating_losses_on_hand_cases():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    softplus = torch.nn.functional.softplus
+    expected = softplus(-real).mean() + softplus(fake).mean()  # BCE(real, 1) + BCE(fake, 0)
+    assert adversarial.discriminator_loss("non_saturating", real, fake).item() == pytest.approx(expected.item())
+    assert adversarial.generator_loss("non_saturating_smooth", fake).item() == pytest.approx(
+        softplus(-fake).mean().item())
+    assert adversarial.generator_loss("hinge", fake).item() == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        adversarial.discriminator_loss("wasserstein", real, fake)
+
+
+def test_smoothed_labels_follow_larps_one_sided_noise():
+    logits = torch.zeros(200_000)
+    real, fake = adversarial.smoothed_targets(logits, logits, torch.Generator().manual_seed(0))
+    assert real.min() >= 0.7 and real.max() <= 1.0 and fake.min() >= 0.0 and fake.max() <= 0.3
+    # E[min(0.15 |Z|, 0.3)] = 0.15 (2 (φ(0) - φ(2)) + 2 P(|Z| > 2)) = 0.117135; standard error ~2e-4.
+    assert fake.mean().item() == pytest.approx(0.117135, abs=1.5e-3)
+    assert (1 - real).mean().item() == pytest.approx(0.117135, abs=1.5e-3)
+    assert (fake == 0.3).float().mean().item() == pytest.approx(0.0455, abs=3e-3)  # P(|Z| > 2)
+    again, _ = adversarial.smoothed_targets(logits, logits, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, real)
+    # With these labels the loss is the BCE against them, not against hard 0/1 labels.
+    loss = adversarial.discriminator_loss("non_saturating_smooth", logits[:4], logits[:4], torch.Generator().manual_seed(1))
+    assert loss.item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())  # logits 0: BCE = log 2 whatever the target
+
+
+def test_lecam_penalty_and_its_ema_state():
+    lecam = adversarial.LeCamRegularizer(decay=0.9)
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -1.0])
+    assert lecam(real, fake).item() == pytest.approx(2.0 ** 2 + 1.0 ** 2)  # EMAs start at 0
+    assert lecam.ema_real.item() == pytest.approx(0.2) and lecam.ema_fake.item() == pytest.approx(-0.1)
+    assert lecam(real, fake).item() == pytest.approx(2.1 ** 2 + 1.2 ** 2)
+    restored = adversarial.LeCamRegularizer(decay=0.9)
+    restored.load_state_dict(lecam.state_dict())
+    assert restored.ema_real.item() == pytest.approx(lecam.ema_real.item())
+    assert lecam(torch.tensor([-5.0]), torch.tensor([5.0])).item() == 0.0  # a D that is not overconfident
+
+
+def test_video_loss_judges_whole_clips_every_few_steps_with_lecam():
+    torch.manual_seed(0)
+    config = TokenizerLossConfig(perceptual_weight=0.0, l1_weight=1.0, disc_weight=0.3, disc_start=2,
+                                 discriminator="video_transformer", disc_loss="non_saturating_smooth",
+                                 disc_every=5, lecam_weight=0.001, video_disc=TINY_VIDEO_DISC)
+    loss = VQGANLoss(config, pixel_range=(0.0, 1.0), pixel_shape=(3, 4, 16, 16))
+    assert [step for step in range(15) if loss.discriminator_update(step)] == [2, 7, 12]
+    assert loss.num_discriminator_updates(15) == 3 and loss.num_discriminator_updates(1) == 1
+    inputs, reconstruction = _clips(0), _clips(1).requires_grad_(True)
+    total, logs = loss.generator_loss(inputs, reconstruction, {}, step=2)
+    adversarial_term = -torch.nn.functional.logsigmoid(loss.discriminator(reconstruction)).mean()
+    assert logs["adversarial"].item() == pytest.approx(adversarial_term.item(), rel=1e-5)
+    pixel = ((reconstruction - inputs) ** 2).mean() + (reconstruction - inputs).abs().mean()
+    assert total.item() == pytest.approx((pixel + 0.3 * adversarial_term).item(), rel=1e-5)
+    value, logs = loss.discriminator_loss(inputs, reconstruction, step=2, generator=torch.Generator().manual_seed(0))
+    gan = adversarial.discriminator_loss("non_saturating_smooth", loss.discriminator(inputs),
+                                         loss.discriminator(reconstruction), torch.Generator().manual_seed(0))
+    real_mean = loss.discriminator(inputs).mean()
+    fake_mean = loss.discriminator(reconstruction).mean()
+    penalty = torch.relu(real_mean).square() + torch.relu(-fake_mean).square()  # against EMAs of 0
+    assert value.item() == pytest.approx((0.3 * (gan + 0.001 * penalty)).item(), rel=1e-5)
+    assert logs["lecam"].item() == pytest.approx(penalty.item(), rel=1e-5)
+    assert loss.lecam.ema_real.item() == pytest.approx(0.001 * real_mean.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="judges clips"):
+        loss.generator_loss(inputs[:, :, 0], reconstruction[:, :, 0], {}, step=2)
+    with pytest.raises(ValueError, match="pixel_shape"):
+        VQGANLoss(config)
+
+
+def test_patch_discriminator_judges_each_frame_of_a_clip():
+    loss = _loss()
+    loss.discriminator.eval()  # batch norm on running statistics: per-frame calls see the same normalisation
+    clips = _clips(0) * 2 - 1
+    value, logs = loss.generator_loss(clips, clips, {}, step=10)
+    frames = torch.cat([loss.discriminator(clips[:, :, t]) for t in range(4)])
+    assert logs["adversarial"].item() == pytest.approx(-frames.mean().item(), rel=1e-5)
+    assert value.item() == pytest.approx(0.5 * -frames.mean().item(), rel=1e-5)
+
+
+def test_adversarial_config_validation():
+    for change, message in [({"discriminator": "stylegan"}, "discriminator"), ({"disc_loss": "wgan"}, "disc_loss"),
+                            ({"disc_every": 0}, "disc_every"), ({"lecam_weight": -1.0}, "lecam_weight"),
+                            ({"lecam_decay": 1.0}, "lecam_decay")]:
+        with pytest.raises(ValueError, match=message):
+            TokenizerLossConfig(**change)

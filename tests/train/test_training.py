@@ -3,9 +3,12 @@
 import pytest
 import torch
 
+from safetensors.torch import load_file
+
 import arvis
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.generator import GeneratorTrainConfig, train_generator
+from arvis.train import loop
 from arvis.train.loop import lr_multiplier
 from arvis.train.options import OptimConfig
 from arvis.train.recipe import load_recipe
@@ -219,3 +222,40 @@ def test_video_tokenizer_trains_on_moving_glyphs_and_saves_without_its_prior(tmp
         train_tokenizer(load_recipe(TokenizerTrainConfig, None, [
             "tokenizer=larp-tiny", "data.name=moving_glyphs", "data.image_size=16", "data.num_frames=8",
             f"run.output_dir={tmp_path / 'frames'}"]))
+
+
+def test_larp_adversarial_recipe_trains_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """LARP's GAN set-up (video transformer D on whole clips, smoothed labels, D every 2nd step, LeCam): a
+    run killed after its step-3 checkpoint resumes to the uninterrupted run's weights and D logs."""
+    def recipe(output_dir):
+        return load_recipe(TokenizerTrainConfig, None, [
+            "tokenizer=larp-tiny", "data.name=moving_glyphs", "data.image_size=16", "data.num_frames=4",
+            "data.num_samples=64", "run.batch_size=4", "run.max_steps=6", "run.log_every=1", "run.progress=false",
+            "run.checkpoint_every=3", f"run.output_dir={output_dir}", "loss.perceptual_weight=0", "loss.l1_weight=1",
+            "loss.disc_start=0", "loss.discriminator=video_transformer", "loss.disc_loss=non_saturating_smooth",
+            "loss.disc_every=2", "loss.lecam_weight=0.001", "loss.disc_weight=0.3", "loss.video_disc.width=32",
+            "loss.video_disc.depth=1", "loss.video_disc.num_heads=2", "loss.video_disc.temporal_patch_size=2",
+        ])
+
+    reference, history = train_tokenizer(recipe(tmp_path / "whole"))
+    assert [entry["step"] for entry in history if "lecam" in entry] == [1, 3, 5]  # D updates at steps 0, 2, 4
+    assert all("adversarial" in entry for entry in history)
+    original_update = loop.ProgressLog.update
+
+    def crash_at_step_four(self, step, values):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        original_update(self, step, values)
+
+    monkeypatch.setattr(loop.ProgressLog, "update", crash_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(recipe(tmp_path / "split"))
+    monkeypatch.setattr(loop.ProgressLog, "update", original_update)
+    resumed, resumed_history = train_tokenizer(recipe(tmp_path / "split"))
+    last, resumed_last = history[-2], resumed_history[-2]  # step 5: a D update, after the resume
+    assert resumed_last["step"] == last["step"] == 5
+    for name in ("lecam", "discriminator", "adversarial"):
+        assert resumed_last[name] == pytest.approx(last[name], rel=1e-6), name
+    first, second = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], atol=0, rtol=0, msg=name)
