@@ -83,3 +83,15 @@ class ViTBlock(nn.Module):
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
         return self.feed_forward(self.attend(x, mask=mask))
+
+
+def xavier_init_vit(model: nn.Module, patch_embed: nn.Module) -> None:
+    """The MAE/DiT initialisation LARP uses: Xavier-uniform weights and zero biases for every ``nn.Linear`` of
+    ``model`` and for ``patch_embed`` (a conv initialised as the linear map it is)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    nn.init.xavier_uniform_(patch_embed.weight.view(patch_embed.weight.shape[0], -1))
+    nn.init.zeros_(patch_embed.bias)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from arvis.config import Config
 from arvis.nn.sincos import sincos_3d
-from arvis.nn.vit import ViTBlock
+from arvis.nn.vit import ViTBlock, xavier_init_vit
 
 
 class PatchDiscriminator(nn.Module):
@@ -137,13 +137,7 @@ class VideoTransformerDiscriminator(nn.Module):
 
     def reset_parameters(self) -> None:
         """Upstream's: Xavier-uniform linears and patch embedding (as a linear), zero biases, Xavier CLS token."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        xavier_init_vit(self, self.patch_embed)
         bound = (3.0 / self.config.width) ** 0.5  # Xavier-uniform of a (1, 1, d) tensor
         nn.init.uniform_(self.cls_token, -bound, bound)
 

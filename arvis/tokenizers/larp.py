@@ -34,13 +34,14 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from arvis.checks import check_token_ids
 from arvis.config import Config
 from arvis.nn.sincos import sincos_1d, sincos_3d
-from arvis.nn.vit import ViTBlock
+from arvis.nn.vit import ViTBlock, xavier_init_vit
 from arvis.quantizers.stochastic import StochasticVectorQuantizer
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer, TokenizerOutput, TokenLayout
 from arvis.tokenizers.larp_prior import ContinuousPrior, prior_loss, scheduled_sampling_ratio
@@ -60,6 +61,11 @@ class LARPConfig(Config):
         entropy_loss_ratio: weight of LlamaGen's codebook entropy loss; 0 (LARP) turns it off. Not in LARP: small
             demo codebooks collapse onto a few codes that the prior predicts easily without it.
         vq_weight: weight of the VQ loss (codebook + beta·commitment) in the objective.
+        continuous_warmup: fraction of training (``set_training_progress``) during which the decoder
+            reconstructs from the unit-normalised continuous latents instead of the codes, while the VQ
+            losses and the prior train as usual; 0 (LARP) never does. Not in LARP: trained from random codes,
+            a small 1D tokenizer stays at blurry colour blobs for thousands of steps (TiTok needs a two-stage
+            recipe for the same reason); the CPU demo recipe warms up this way.
         query_init_std: std of the learned queries.
         latent_pos_base: base of the decoder's 1D sin-cos latent positions.
         prior: train the AR prior with the tokenizer.
@@ -88,6 +94,7 @@ class LARPConfig(Config):
     commitment_beta: float = 0.25
     entropy_loss_ratio: float = 0.0
     vq_weight: float = 0.1
+    continuous_warmup: float = 0.0
     query_init_std: float = 0.02
     latent_pos_base: float = 10000.0
     prior: bool = True
@@ -127,6 +134,8 @@ class LARPConfig(Config):
         for name in ("temperature", "prior_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LARPConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.continuous_warmup <= 1.0:
+            raise ValueError(f"LARPConfig.continuous_warmup must lie in [0, 1], got {self.continuous_warmup}")
         if not 0.0 <= self.prior_replace_max <= 1.0 or not 0.0 <= self.prior_replace_peak <= 1.0:
             raise ValueError("LARPConfig.prior_replace_max and prior_replace_peak must lie in [0, 1]")
 
@@ -174,13 +183,7 @@ class LARPTokenizer(Tokenizer):
     def reset_parameters(self) -> None:
         """Upstream's ``initialize_weights``: Xavier-uniform linears (the prior's too) and patch embedding,
         zero biases, zero output projection."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        xavier_init_vit(self, self.patch_embed)
         nn.init.zeros_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
@@ -250,10 +253,18 @@ class LARPTokenizer(Tokenizer):
         return self.decode_codes(self.quantizer.lookup(rearrange(tokens, "b n -> b 1 n")))
 
     def forward(self, pixels: Tensor) -> TokenizerOutput:
-        """Training pass: stochastic codes in training mode (nearest in eval), VQ losses and the prior's loss."""
+        """Training pass: stochastic codes in training mode (nearest in eval), VQ losses and the prior's loss.
+
+        During the ``continuous_warmup`` part of training the reconstruction is decoded from the unit
+        continuous latents (everything else is unchanged); in eval mode it always comes from the codes.
+        """
         self.check_pixels(pixels)
         config = self.config
-        quantized = self.quantizer(self.latents(pixels))
+        latents = self.latents(pixels)
+        quantized = self.quantizer(latents)
+        decoded = quantized.quantized
+        if self.training and self.training_progress < config.continuous_warmup:
+            decoded = F.normalize(latents, dim=1)
         tokens = rearrange(quantized.indices, "b 1 n -> b n")
         losses = {name: value if name == "entropy" else config.vq_weight * value
                   for name, value in quantized.losses.items()}
@@ -265,7 +276,7 @@ class LARPTokenizer(Tokenizer):
                 rounds=config.prior_rounds, replace_ratio=ratio, temperature=config.prior_temperature)
             losses["prior"] = config.prior_weight * cross_entropy
             metrics.update(prior_cross_entropy=cross_entropy.detach(), prior_accuracy=accuracy)
-        return TokenizerOutput(reconstruction=self.decode_codes(quantized.quantized), tokens=tokens,
+        return TokenizerOutput(reconstruction=self.decode_codes(decoded), tokens=tokens,
                                losses=losses, metrics=metrics)
 
 

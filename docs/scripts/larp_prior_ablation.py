@@ -5,7 +5,7 @@
         "without prior" outputs/larp-demo-noprior/tokenizer outputs/larp-demo-noprior/pipeline
 
 For each (name, tokenizer, pipeline): reconstruction error of 256 held-out clips (dataset seed 12345,
-pixels in [0, 1]); the pipeline generator's teacher-forced cross-entropy on those clips' tokens (how
+pixels in [0, 1]) and the clip accuracy of those reconstructions (whether the glyph's shape survives); the pipeline generator's teacher-forced cross-entropy on those clips' tokens (how
 easy the tokens are to model); and ``--num-samples`` generated clips (balanced classes, seed 0, the
 pipeline's sampling settings) scored with fd-glyph-clips and clip accuracy against 500 real clips
 (seed 777). fd-glyph-clips is arvis's built-in glyph-feature distance, not FVD.
@@ -20,7 +20,8 @@ import torch
 
 import arvis
 from arvis.data import MovingGlyphDataset
-from arvis.eval.glyph_clip_metrics import glyph_clip_metrics
+from arvis.eval.glyph_classifier import load_glyph_classifier
+from arvis.eval.glyph_clip_metrics import clip_features, glyph_clip_metrics
 from arvis.tokenizers.base import Tokenizer
 
 
@@ -36,9 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.runs) % 3:
         raise SystemExit("give runs as triples: name tokenizer_dir pipeline_dir")
-    print("| run | recon. L1 | recon. MSE | AR cross-entropy on held-out tokens (nats) | s / clip | "
-          "fd-glyph-clips | clip accuracy |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | recon. L1 | recon. MSE | recon. clip accuracy | AR cross-entropy on held-out tokens (nats) | "
+          "s / clip | fd-glyph-clips | clip accuracy |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, tokenizer_dir, pipeline_dir in zip(*[iter(args.runs)] * 3, strict=True):
         tokenizer = Tokenizer.from_pretrained(tokenizer_dir).eval()
         frames, size = tokenizer.pixel_shape[1], tokenizer.image_size[0]
@@ -48,6 +49,8 @@ def main() -> None:
         reconstruction = tokenizer.to_unit_range(tokenizer.decode(tokens))
         l1 = (reconstruction - held_out).abs().mean().item()
         mse = (reconstruction - held_out).pow(2).mean().item()
+        _, reconstruction_logits = clip_features(as_uint8(reconstruction), load_glyph_classifier())
+        reconstruction_accuracy = (reconstruction_logits.argmax(dim=1) == held_labels).double().mean().item()
         pipeline = arvis.load(pipeline_dir)
         cross_entropy = pipeline.generator(tokens, held_labels).loss.item()
         labels = list(range(10))
@@ -57,7 +60,7 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / len(samples)
         sample_labels = torch.tensor(labels).repeat_interleave(args.num_samples // 10)
         metrics = glyph_clip_metrics(as_uint8(samples), sample_labels, as_uint8(real))
-        print(f"| {name} | {l1:.4f} | {mse:.4f} | {cross_entropy:.3f} | {seconds:.4f} | "
+        print(f"| {name} | {l1:.4f} | {mse:.4f} | {reconstruction_accuracy:.1%} | {cross_entropy:.3f} | {seconds:.4f} | "
               f"{metrics['fd_glyph_clips']:.3f} | {metrics['clip_accuracy']:.1%} |")
 
 

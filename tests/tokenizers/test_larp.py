@@ -132,3 +132,26 @@ def test_bad_configs_raise():
         tiny(num_frames=5)
     with pytest.raises(ValueError, match="temperature"):
         tiny(temperature=0.0)
+
+
+def test_continuous_warmup_decodes_the_latents_then_the_codes():
+    model = tiny(continuous_warmup=0.25, prior=False).train()
+    torch.nn.init.normal_(model.output_proj.weight)  # the zero-initialised output would hide every difference
+    pixels = clips()
+    continuous = model.decode_codes(torch.nn.functional.normalize(model.latents(pixels), dim=1))
+    model.set_training_progress(0.2)
+    warm = model(pixels)
+    torch.testing.assert_close(warm.reconstruction, continuous)
+    assert set(warm.losses) == {"codebook", "commitment"}  # the codebook still trains during the warm-up
+    model.set_training_progress(0.25)
+    reference = tiny(continuous_warmup=0.0, prior=False).train()
+    reference.load_state_dict(model.state_dict())
+    torch.manual_seed(3)  # the same stochastic codes in both
+    after = model(pixels)
+    torch.manual_seed(3)
+    torch.testing.assert_close(after.reconstruction, reference(pixels).reconstruction)
+    assert not torch.allclose(after.reconstruction, continuous)
+    model.eval().set_training_progress(0.0)  # eval (and encode/decode) always go through the codes
+    torch.testing.assert_close(model(pixels).reconstruction, model.decode(model.encode(pixels)))
+    with pytest.raises(ValueError, match="continuous_warmup"):
+        tiny(continuous_warmup=1.5)

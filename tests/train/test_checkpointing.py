@@ -6,7 +6,6 @@ import yaml
 from safetensors.torch import load_file
 
 from arvis.tokenizers.base import TOKENIZERS
-from arvis.train import loop
 from arvis.train.checkpoint import complete_checkpoints, latest_checkpoint
 from arvis.train.ema import EMA
 from arvis.train.generator import GeneratorTrainConfig, train_generator
@@ -41,21 +40,14 @@ def assert_same_weights(first, second, atol=0.0):
         torch.testing.assert_close(first[name], second[name], atol=atol, rtol=0, msg=name)
 
 
-def test_killed_run_resumes_to_the_same_weights(tokenizer_path, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_weights(tokenizer_path, tmp_path, kill_at_step):
     settings = ["run.checkpoint_every=3", "run.gradient_accumulation_steps=2", "run.ema_decay=0.9"]
     reference, _ = train_generator(recipe(tokenizer_path, tmp_path / "whole", *settings))
 
-    original_update = loop.ProgressLog.update
-
-    def crash_at_step_four(self, step, values):
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        original_update(self, step, values)
-
-    monkeypatch.setattr(loop.ProgressLog, "update", crash_at_step_four)
+    kill_at_step(4)
     with pytest.raises(KeyboardInterrupt):
         train_generator(recipe(tokenizer_path, tmp_path / "split", *settings))
-    monkeypatch.setattr(loop.ProgressLog, "update", original_update)
+    kill_at_step(None)
     assert [step for step, _ in complete_checkpoints(tmp_path / "split" / "pipeline-checkpoints")] == [3]
 
     resumed, history = train_generator(recipe(tokenizer_path, tmp_path / "split", *settings))

@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 import arvis
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.generator import GeneratorTrainConfig, train_generator
-from arvis.train import loop
 from arvis.train.loop import lr_multiplier
 from arvis.train.options import OptimConfig
 from arvis.train.recipe import load_recipe
@@ -224,7 +223,7 @@ def test_video_tokenizer_trains_on_moving_glyphs_and_saves_without_its_prior(tmp
             f"run.output_dir={tmp_path / 'frames'}"]))
 
 
-def test_larp_adversarial_recipe_trains_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+def test_larp_adversarial_recipe_trains_and_resumes_to_the_same_weights(tmp_path, kill_at_step):
     """LARP's GAN set-up (video transformer D on whole clips, smoothed labels, D every 2nd step, LeCam): a
     run killed after its step-3 checkpoint resumes to the uninterrupted run's weights and D logs."""
     def recipe(output_dir):
@@ -240,17 +239,10 @@ def test_larp_adversarial_recipe_trains_and_resumes_to_the_same_weights(tmp_path
     reference, history = train_tokenizer(recipe(tmp_path / "whole"))
     assert [entry["step"] for entry in history if "lecam" in entry] == [1, 3, 5]  # D updates at steps 0, 2, 4
     assert all("adversarial" in entry for entry in history)
-    original_update = loop.ProgressLog.update
-
-    def crash_at_step_four(self, step, values):
-        if step == 4:
-            raise KeyboardInterrupt("killed")
-        original_update(self, step, values)
-
-    monkeypatch.setattr(loop.ProgressLog, "update", crash_at_step_four)
+    kill_at_step(4)
     with pytest.raises(KeyboardInterrupt):
         train_tokenizer(recipe(tmp_path / "split"))
-    monkeypatch.setattr(loop.ProgressLog, "update", original_update)
+    kill_at_step(None)
     resumed, resumed_history = train_tokenizer(recipe(tmp_path / "split"))
     last, resumed_last = history[-2], resumed_history[-2]  # step 5: a D update, after the resume
     assert resumed_last["step"] == last["step"] == 5
