@@ -61,11 +61,12 @@ class LARPConfig(Config):
         entropy_loss_ratio: weight of LlamaGen's codebook entropy loss; 0 (LARP) turns it off. Not in LARP: small
             demo codebooks collapse onto a few codes that the prior predicts easily without it.
         vq_weight: weight of the VQ loss (codebook + beta·commitment) in the objective.
-        continuous_warmup: fraction of training (``set_training_progress``) during which the decoder
-            reconstructs from the unit-normalised continuous latents instead of the codes, while the VQ
-            losses and the prior train as usual; 0 (LARP) never does. Not in LARP: trained from random codes,
-            a small 1D tokenizer stays at blurry colour blobs for thousands of steps (TiTok needs a two-stage
-            recipe for the same reason); the CPU demo recipe warms up this way.
+        continuous_warmup: fraction of training (``set_training_progress``) spent as a plain autoencoder:
+            the decoder reconstructs from the unit-normalised continuous latents instead of the codes, and
+            the quantizer and the prior see the latents detached, so that the codebook (its VQ and entropy
+            losses) and the prior follow the encoder while only the reconstruction trains it; 0 (LARP) never
+            does. Not in LARP: trained from random codes, a small 1D tokenizer stays at blurry colour blobs for
+            thousands of steps (TiTok needs a two-stage recipe for the same reason); the CPU demo warms up.
         query_init_std: std of the learned queries.
         latent_pos_base: base of the decoder's 1D sin-cos latent positions.
         prior: train the AR prior with the tokenizer.
@@ -256,15 +257,15 @@ class LARPTokenizer(Tokenizer):
         """Training pass: stochastic codes in training mode (nearest in eval), VQ losses and the prior's loss.
 
         During the ``continuous_warmup`` part of training the reconstruction is decoded from the unit
-        continuous latents (everything else is unchanged); in eval mode it always comes from the codes.
+        continuous latents, and the VQ, entropy and prior losses are taken on the detached latents (they
+        train the codebook and the prior, not the encoder); in eval mode it always comes from the codes.
         """
         self.check_pixels(pixels)
         config = self.config
         latents = self.latents(pixels)
-        quantized = self.quantizer(latents)
-        decoded = quantized.quantized
-        if self.training and self.training_progress < config.continuous_warmup:
-            decoded = F.normalize(latents, dim=1)
+        warming_up = self.training and self.training_progress < config.continuous_warmup
+        quantized = self.quantizer(latents.detach() if warming_up else latents)
+        decoded = F.normalize(latents, dim=1) if warming_up else quantized.quantized
         tokens = rearrange(quantized.indices, "b 1 n -> b n")
         losses = {name: value if name == "entropy" else config.vq_weight * value
                   for name, value in quantized.losses.items()}

@@ -142,7 +142,11 @@ def test_continuous_warmup_decodes_the_latents_then_the_codes():
     model.set_training_progress(0.2)
     warm = model(pixels)
     torch.testing.assert_close(warm.reconstruction, continuous)
-    assert set(warm.losses) == {"codebook", "commitment"}  # the codebook still trains during the warm-up
+    assert set(warm.losses) == {"codebook", "commitment"}
+    sum(warm.losses.values()).backward()  # during the warm-up the VQ losses train the codebook, not the encoder
+    assert model.quantizer.codebook.weight.grad.abs().sum() > 0
+    assert model.queries.grad is None and model.patch_embed.weight.grad is None
+    model.zero_grad()
     model.set_training_progress(0.25)
     reference = tiny(continuous_warmup=0.0, prior=False).train()
     reference.load_state_dict(model.state_dict())
