@@ -144,8 +144,9 @@ class VideoTransformerDiscriminator(nn.Module):
     def forward(self, clips: Tensor) -> Tensor:
         """clips (b, c, t, h, w) -> logits (b, 1)."""
         if tuple(clips.shape[1:]) != self.clip_shape:
-            raise ValueError(f"the video discriminator was built for clips {self.clip_shape}, got "
-                             f"{tuple(clips.shape)}")
+            raise ValueError(f"the video transformer discriminator judges clips (b, c, t, h, w) and was built for "
+                             f"clips {self.clip_shape}, got {tuple(clips.shape)}; image tokenizers use "
+                             "loss.discriminator=patch")
         patches = rearrange(self.patch_embed(clips), "b d t h w -> b (t h w) d") + self.positions
         x = torch.cat([repeat(self.cls_token, "d -> b 1 d", b=len(clips)), patches], dim=1)
         for block in self.blocks:

@@ -197,13 +197,9 @@ class VQGANLoss(nn.Module):
         return (pixels - low) * (2.0 / (high - low)) - 1.0
 
     def _judged(self, pixels: Tensor) -> Tensor:
-        """What the discriminator sees: whole clips (video transformer) or images and frames (PatchGAN)."""
-        if self.config.discriminator == "video_transformer":
-            if pixels.ndim != 5:
-                raise ValueError(f"the video transformer discriminator judges clips (b, c, t, h, w), got "
-                                 f"{tuple(pixels.shape)}; use loss.discriminator=patch for images")
-            return pixels
-        return as_frames(pixels)
+        """What the discriminator sees: whole clips (video transformer, which checks their shape) or images and
+        frames (PatchGAN)."""
+        return pixels if self.config.discriminator == "video_transformer" else as_frames(pixels)
 
     def discriminator_loss(self, inputs: Tensor, reconstruction: Tensor, step: int, *,
                            discriminator: Callable[[Tensor], Tensor] | None = None,
