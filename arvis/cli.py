@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from arvis.samplers.options import add_sampling_arguments, sampling_overrides
+from arvis.train.recipe import USER_ERRORS, report_user_error
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -106,6 +107,28 @@ def _sample(args: argparse.Namespace) -> None:
                           "image_size": protocol["image_size"]}))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--scale 0`` would draw an empty grid)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arvis", description="Autoregressive visual generation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="sample a class-conditional grid from a pipeline folder")
     gen.add_argument("pipeline", help="pipeline folder")
     gen.add_argument("--labels", type=int, nargs="+", required=True, help="class ids, one grid row each")
-    gen.add_argument("--num-samples", type=int, default=8, help="images per class")
+    gen.add_argument("--num-samples", type=positive_int, default=8, help="images per class")
     gen.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(gen, "default: the pipeline's setting")
-    gen.add_argument("--scale", type=int, default=3, help="pixel repetition factor of the grid")
+    gen.add_argument("--scale", type=positive_int, default=3, help="pixel repetition factor of the grid (>= 1)")
     gen.add_argument("--out", default=None, help="grid file: samples.png, or samples.gif for video pipelines")
-    gen.add_argument("--fps", type=float, default=8.0, help="frames per second of a video grid")
+    gen.add_argument("--fps", type=positive_float, default=8.0, help="frames per second of a video grid")
     gen.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy ((n, h, w, 3) or (n, t, h, w, 3))")
     gen.add_argument("--frames", default=None, help="video pipelines: also write each clip as a folder of PNG frames")
     gen.set_defaults(handler=_generate)
@@ -178,9 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"arvis: error: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        return report_user_error(error)
     return 0
 
 

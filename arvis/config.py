@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -80,6 +81,9 @@ def _to_jsonable(value: Any) -> Any:
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Checks ``value`` against a type annotation, converting lists to tuples and dicts to configs.
 
+    Floats must be finite: NaN and infinities are refused here, once, for every way a config is made
+    (presets, recipes, ``key=value`` overrides, ``config.json`` and ``pipeline.json``, the API).
+
     Only the annotation forms used by arvis configs are supported: builtins, ``X | None``,
     ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]``, ``Literal[...]`` and
     nested ``Config`` subclasses.
@@ -127,6 +131,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return {k: coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise ValueError(f"{where}: expected a number, got {value!r}")
     if annotation is int:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from arvis.config import Config, read_json
-from arvis.folders import replace_folder
+from arvis.folders import json_object_or_none, replace_folder
 from arvis.registry import Registry
 
 CONFIG_FILE = "config.json"
@@ -52,15 +52,15 @@ class Component(nn.Module):
     def save_pretrained(self, path: str | Path) -> Path:
         """Writes ``config.json`` and ``model.safetensors`` as folder ``path``, atomically.
 
-        An existing save at ``path`` is replaced; a non-empty folder that is not an arvis
-        save is refused (see :mod:`arvis.folders`).
+        An existing arvis save at ``path`` is replaced; a non-empty folder that is not one, or that also holds
+        files arvis did not write, is refused (see :mod:`arvis.folders`).
         """
         from arvis import __version__
 
         path = Path(path)
         header = {"type": type(self).__name__, "kind": self.kind, "arvis_version": __version__,
                   "config": self.config.to_dict()}
-        with replace_folder(path, CONFIG_FILE) as staging:
+        with replace_folder(path, "component", legacy_component_files) as staging:
             save_model(self, str(staging / WEIGHTS_FILE))
             (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
         return path
@@ -92,6 +92,15 @@ class Component(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def legacy_component_files(folder: Path) -> set[str] | None:
+    """The files of a component folder saved before manifests existed (``config.json`` with arvis's header and
+    ``model.safetensors``), or None if ``folder`` is not one."""
+    header = json_object_or_none(folder / CONFIG_FILE)
+    if header is None or not {"type", "kind", "config", "arvis_version"} <= set(header):
+        return None
+    return {CONFIG_FILE, WEIGHTS_FILE}
 
 
 def read_component_header(path: Path) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from arvis.config import read_json
-from arvis.folders import replace_folder
+from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
+from arvis.modeling import legacy_component_files
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.tokenizers.base import Tokenizer
 
@@ -53,13 +54,14 @@ class Pipeline:
         return sampler_for(self.generator, self.sampling.replace(**changes) if changes else self.sampling)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Writes the pipeline folder atomically (an existing pipeline at ``path`` is replaced)."""
+        """Writes the pipeline folder atomically (an existing arvis pipeline at ``path`` is replaced; a folder
+        holding anything arvis did not write is refused, see :mod:`arvis.folders`)."""
         from arvis import __version__
 
         path = Path(path)
         index = {"arvis_version": __version__, "tokenizer": "tokenizer", "generator": "generator",
                  "sampling": self.sampling.to_dict()}
-        with replace_folder(path, PIPELINE_FILE) as staging:
+        with replace_folder(path, "pipeline", legacy_pipeline_files) as staging:
             self.tokenizer.save_pretrained(staging / "tokenizer")
             self.generator.save_pretrained(staging / "generator")
             (staging / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
@@ -76,12 +78,51 @@ class Pipeline:
                 f"{path} is not an arvis pipeline: {PIPELINE_FILE} is missing (save one with Pipeline.save_pretrained)"
             )
         index = read_json(path / PIPELINE_FILE)
-        missing = {"tokenizer", "generator", "sampling"} - set(index) if isinstance(index, dict) else {"tokenizer"}
-        if missing:
-            raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(missing)}")
-        tokenizer = Tokenizer.from_pretrained(path / index["tokenizer"], device=device, dtype=dtype)
-        generator = Generator.from_pretrained(path / index["generator"], device=device, dtype=dtype)
+        entries = {"tokenizer", "generator", "sampling"}
+        if not isinstance(index, dict):
+            raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(entries)}: it holds a "
+                             f"{type(index).__name__}, not a JSON object")
+        if entries - set(index):
+            raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(entries - set(index))}")
+        tokenizer = Tokenizer.from_pretrained(component_folder(path, index, "tokenizer"), device=device, dtype=dtype)
+        generator = Generator.from_pretrained(component_folder(path, index, "generator"), device=device, dtype=dtype)
         return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]))
+
+
+def legacy_pipeline_files(folder: Path) -> set[str] | None:
+    """The files of a pipeline folder saved before manifests existed (``pipeline.json`` with arvis's header and
+    its two component folders), or None if ``folder`` is not one."""
+    index = json_object_or_none(folder / PIPELINE_FILE)
+    if index is None or not {"arvis_version", "tokenizer", "generator", "sampling"} <= set(index):
+        return None
+    files = {PIPELINE_FILE}
+    for entry in ("tokenizer", "generator"):
+        name = index[entry]
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            return None
+        component = written_by_arvis(folder / name, legacy_component_files)
+        if component is None:
+            return None
+        files |= {f"{name}/{file}" for file in component}
+    return files
+
+
+def component_folder(path: Path, index: dict, entry: str) -> Path:
+    """The folder ``pipeline.json`` names for ``entry``: a sub-folder of the pipeline folder, never anywhere else
+    (an absolute path, ``..`` or a link leading out would let a pipeline file load components from elsewhere)."""
+    name = index[entry]
+    where = f"{path / PIPELINE_FILE}: the {entry!r} entry"
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where} must be the name of a sub-folder (a string), got {name!r}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"{where} names {name!r}, which is not inside the pipeline folder; components are loaded "
+                         "only from sub-folders of the pipeline")
+    folder = path / relative
+    if not folder.resolve().is_relative_to(path.resolve()):
+        raise ValueError(f"{where} names {name!r}, which leads outside the pipeline folder; components are loaded "
+                         "only from sub-folders of the pipeline")
+    return folder
 
 
 def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:

@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from arvis.api import draw_images, to_uint8
+from arvis.data.transforms import as_rgb
 from arvis.folders import PARTIAL_MARKER, write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers import SamplingConfig, sampler_for
@@ -203,7 +204,7 @@ def collect_npz(output_dir: str | Path) -> Path:
     for index in range(num_samples):
         path = _image_path(images_dir, index)
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
+            array = np.asarray(as_rgb(image))
         if array.shape != (height, width, 3):
             raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}, not the run's {width}x{height}")
         images[index] = array

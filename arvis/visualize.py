@@ -23,6 +23,10 @@ def image_grid(images: torch.Tensor, num_rows: int, *, scale: int = 1, row_label
         raise ValueError(f"{images.shape[0]} images do not fill {num_rows} rows evenly")
     if row_labels is not None and len(row_labels) != num_rows:
         raise ValueError(f"got {len(row_labels)} row labels for {num_rows} rows")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale is the pixel repetition factor and must be an integer >= 1, got {scale!r}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
     pixels = images.clamp(0, 1).repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     pixels = torch.nn.functional.pad(pixels, (padding, padding, padding, padding), value=1.0)
     grid = rearrange(pixels, "(r c) ch h w -> (r h) (c w) ch", r=num_rows)
@@ -52,6 +56,8 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, *, fps: float = 8.
     """Writes frames as a looping animated GIF at ``fps`` frames per second."""
     if not frames:
         raise ValueError("no frames to write")
+    if not fps > 0 or fps == float("inf"):
+        raise ValueError(f"fps must be a positive finite number of frames per second, got {fps!r}")
     path = Path(path)
     frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=round(1000 / fps), loop=0)
     return path

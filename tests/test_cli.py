@@ -2,6 +2,9 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from arvis.cli import main
 
@@ -40,16 +43,21 @@ def test_module_entry_point_runs():
     assert result.returncode == 0 and "--config" in result.stdout
 
 
+def installed_console_script() -> str | None:
+    """The ``arvis`` script of this interpreter's environment (beside ``sys.executable``, which is where pip puts
+    it even when the environment is not activated), else the one on PATH."""
+    beside = Path(sys.executable).parent / ("arvis.exe" if sys.platform == "win32" else "arvis")
+    return str(beside) if beside.is_file() else shutil.which("arvis")
+
+
 def test_installed_console_script_runs():
-    script = shutil.which("arvis")
-    assert script, "the `arvis` console script is not on PATH; install the package with pip install -e ."
+    script = installed_console_script()
+    assert script, "the `arvis` console script is not installed; install the package with pip install -e ."
     result = subprocess.run([script, "presets", "vq-*"], capture_output=True, text=True)
     assert result.returncode == 0 and "vq-f16" in result.stdout
 
 
 def test_train_forwards_config_and_overrides(tmp_path):
-    from pathlib import Path
-
     from arvis.tokenizers.base import Tokenizer
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "quickstart_tokenizer.yaml"
@@ -70,3 +78,22 @@ def test_sampling_options_reach_the_sampler_config():
                                         "top_p": 0.95, "temperature": None, "distilled_steps": 2}
     defaults = sampling_overrides(build_parser().parse_args(["sample", "p", "--num-samples", "4", "--out", "o"]))
     assert set(defaults.values()) == {None}
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "two"])
+def test_generate_refuses_a_bad_scale_before_sampling(tiny_pipeline, tmp_path, capsys, scale):
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(tmp_path / "p"), "--labels", "0", "--scale", scale, "--out", str(tmp_path / "g.png")])
+    assert exit_info.value.code == 2
+    assert "--scale: expected an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--cfg-scale", "nan"), ("--temperature", "inf"), ("--top-p", "nan")])
+def test_generate_refuses_non_finite_sampling_settings(tiny_pipeline, tmp_path, capsys, option, value):
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    assert main(["generate", str(tmp_path / "p"), "--labels", "0", option, value,
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert "expected a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()

@@ -64,3 +64,13 @@ def test_corrupt_json_names_the_file(tmp_path):
         read_json(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="absent.json"):
         read_json(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_wherever_configs_are_made(value):
+    with pytest.raises(ValueError, match=r"Inner.ratio: expected a finite number"):
+        Inner.from_dict({"ratio": value})
+    with pytest.raises(ValueError, match=r"SamplingConfig.cfg_scale: expected a finite number"):
+        SamplingConfig().replace(cfg_scale=value)
+    with pytest.raises(ValueError, match=r"SamplingConfig.temperature: expected a finite number"):
+        SamplingConfig.from_dict({"temperature": value})

@@ -152,3 +152,39 @@ def test_half_precision_tokenizer_names_the_dtype_mismatch():
     with pytest.raises(ValueError, match="pixels are torch.float32 but the tokenizer's weights are torch.bfloat16"):
         tokenizer.encode(pixels)
     assert tokenizer.encode(pixels.to(torch.bfloat16)).shape == (1, 16)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_settings_in_pipeline_json_are_refused(tiny_pipeline, tmp_path, value):
+    path = tiny_pipeline.save_pretrained(tmp_path / "p")
+    text = (path / "pipeline.json").read_text().replace('"cfg_scale": 2.0', f'"cfg_scale": {value}')
+    (path / "pipeline.json").write_text(text)
+    with pytest.raises(ValueError, match="SamplingConfig.cfg_scale: expected a finite number"):
+        arvis.load(path)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (5, "must be the name of a sub-folder"),
+    (None, "must be the name of a sub-folder"),
+    ("../elsewhere", "not inside the pipeline folder"),
+    ("/absolute/tokenizer", "not inside the pipeline folder"),
+])
+def test_pipeline_json_component_entries_must_name_sub_folders(tiny_pipeline, tmp_path, entry, message):
+    path = tiny_pipeline.save_pretrained(tmp_path / "p")
+    tiny_pipeline.tokenizer.save_pretrained(tmp_path / "elsewhere")  # a real component outside: never loaded
+    index = json.loads((path / "pipeline.json").read_text())
+    index["tokenizer"] = entry
+    (path / "pipeline.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"pipeline.json: the 'tokenizer' entry .*{message}"):
+        arvis.load(path)
+
+
+def test_a_link_leading_out_of_the_pipeline_is_refused(tiny_pipeline, tmp_path):
+    path = tiny_pipeline.save_pretrained(tmp_path / "p")
+    tiny_pipeline.tokenizer.save_pretrained(tmp_path / "elsewhere")
+    (path / "outside").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    index = json.loads((path / "pipeline.json").read_text())
+    index["tokenizer"] = "outside"
+    (path / "pipeline.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="leads outside the pipeline folder"):
+        arvis.load(path)

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from arvis.data.transforms import center_crop_resize, to_unit_tensor
+from arvis.data.image_files import image_file_problem
+from arvis.data.transforms import as_rgb, center_crop_resize, to_unit_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,11 @@ class ImageFolderDataset(Dataset):
             so that ``torch.manual_seed`` and DataLoader worker seeding control it.
         extensions: accepted file suffixes, case-insensitive.
         verify: checks every file once, here, so that a broken file stops a run before training
-            rather than hours into it: ``"header"`` (default) opens each file and reads its
-            header, which catches files that are not images or are empty; ``"decode"`` also
-            decodes the pixels, which catches truncated files too but reads the whole dataset;
+            rather than hours into it: ``"header"`` (default) opens each file, reads its header and
+            checks that it is not cut short (the JPEG end-of-image marker, PNG's ``IEND`` chunk, GIF's
+            trailer, the BMP/WebP declared size; see :mod:`arvis.data.image_files`), which catches files
+            that are not images, empty or truncated without decoding them; ``"decode"`` also decodes the
+            pixels, which catches corrupt data inside a complete file but reads the whole dataset;
             ``"none"`` skips the check (a broken file then fails when it is loaded).
         verify_threads: threads reading files during the check.
     """
@@ -81,7 +84,8 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
         paths = [path for path, _ in self.samples]
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
-            problems = [problem for problem in pool.map(lambda path: _read_problem(path, decode), paths) if problem]
+            problems = [problem for problem in pool.map(lambda path: image_file_problem(path, decode=decode), paths)
+                        if problem]
         if problems:
             listed = "\n  ".join(problems[:MAX_LISTED_FILES])
             more = f"\n  ... and {len(problems) - MAX_LISTED_FILES} more" if len(problems) > MAX_LISTED_FILES else ""
@@ -101,7 +105,7 @@ class ImageFolderDataset(Dataset):
     def _load(self, path: Path) -> Image.Image:
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return as_rgb(image)
         except (OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"cannot read image {str(path)!r}: {error}; remove or replace the file") from error
 
@@ -111,14 +115,3 @@ class ImageFolderDataset(Dataset):
         if self.random_flip and torch.rand(()).item() < 0.5:
             image = image.flip(-1)
         return image, label
-
-
-def _read_problem(path: Path, decode: bool) -> str | None:
-    """None if ``path`` opens as an image (and decodes, with ``decode``), else ``"path: reason"``."""
-    try:
-        with Image.open(path) as image:
-            if decode:
-                image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        return f"{path}: {error}"
-    return None

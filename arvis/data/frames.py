@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from arvis.data.transforms import as_rgb
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -23,5 +25,5 @@ def read_frames(frames: list[Path], size: tuple[int, int]) -> np.ndarray:
         with Image.open(frame) as image:
             if image.size != size:
                 raise ValueError(f"frame {frame} is {image.size[0]}x{image.size[1]}, expected {size[0]}x{size[1]}")
-            images.append(np.asarray(image.convert("RGB")))
+            images.append(np.asarray(as_rgb(image)))
     return np.stack(images)

@@ -19,7 +19,32 @@ def center_crop_resize(pil_image: Image.Image, size: int) -> Image.Image:
     return resized.crop((left, top, left + size, top + size))
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def as_rgb(pil_image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``pil_image``, scaled by the image's real bit depth.
+
+    PIL's own ``convert("RGB")`` clips 16-bit greyscale (modes ``I;16*``, and ``I`` as some readers give it) at
+    255, so a mid-grey 16-bit PNG (32768) would come out white; here 0..65535 maps onto 0..255. 16-bit RGB PNGs
+    already open as 8-bit RGB. Floating-point images (mode ``F``) have no defined range and are refused, as are
+    ``I`` images with values outside 16 bits.
+    """
+    mode = pil_image.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(pil_image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"a 32-bit integer image spans [{values.min()}, {values.max()}], beyond 16 bits; "
+                             "save it as an 8- or 16-bit image")
+        grey = np.round(values / 257.0).astype(np.uint8)  # 65535 / 257 = 255 exactly
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "F":
+        raise ValueError("floating-point (mode F) images have no defined value range; save them as 8- or 16-bit "
+                         "integer images")
+    return pil_image.convert("RGB")
+
+
 def to_unit_tensor(pil_image: Image.Image) -> torch.Tensor:
-    """(3, h, w) float32 tensor in [0, 1] from any PIL image, converted to RGB."""
-    pixels = np.asarray(pil_image.convert("RGB"), dtype=np.float32) / 255.0  # (h, w, 3)
+    """(3, h, w) float32 tensor in [0, 1] from any PIL image, converted to RGB by :func:`as_rgb`."""
+    pixels = np.asarray(as_rgb(pil_image), dtype=np.float32) / 255.0  # (h, w, 3)
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))

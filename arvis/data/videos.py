@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from arvis.data.glyphs import (
     sample_glyph_params,
 )
 from arvis.data.frames import IMAGE_SUFFIXES, natural_key, read_frames
+from arvis.data.image_files import file_end_problem
+from arvis.numpy_files import load_npy
 
 MAX_NUM_FRAMES = 64
 TRAVEL_RANGE = (0.3, 0.8)  # image units (the image spans 2) travelled over a whole clip, bounces included
@@ -267,12 +270,16 @@ def _inspect_frame_folder(folder: Path, label: int) -> VideoClip:
 
 
 def _frame_size(path: Path) -> tuple[int, int]:
-    """(height, width) read from the image header; ValueError naming the file if unreadable."""
+    """(height, width) read from the image header; ValueError naming the file if unreadable or cut short."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read frame {str(path)!r} as an image: {error}; remove or replace it") from error
+            image_format = image.format
+        problem = file_end_problem(path, image_format)
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError) as error:
+        problem = str(error)
+    if problem:
+        raise ValueError(f"cannot read frame {str(path)!r} as an image: {problem}; remove or replace it")
     return height, width
 
 
@@ -281,10 +288,7 @@ def _size_text(size: tuple[int, int]) -> str:
 
 
 def _open_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, EOFError, ValueError) as error:
-        raise ValueError(f"cannot read {str(path)!r} as a .npy file: {error}") from error
+    return load_npy(path, mmap=True)
 
 
 def _inspect_npy(path: Path, label: int) -> VideoClip:
@@ -359,8 +363,8 @@ class VideoFolderDataset(Dataset):
 
     Checks. Everything is checked when the dataset is built, and any problem raises a
     ValueError naming the file or folder: a missing root, no clips, an empty class or clip
-    folder, stray files, frames that cannot be opened as images (their headers are read;
-    a file that is truncated after a valid header fails only when loaded), frames of
+    folder, stray files, frames that cannot be opened as images or are cut short (their headers
+    and last bytes are read, see :mod:`arvis.data.image_files`), frames of
     different sizes within a clip, ``.npy`` files of the wrong shape or dtype, or floats
     outside [0, 1] (float ``.npy`` files are read once for this). Nothing is fixed silently.
 

@@ -10,7 +10,11 @@ is VGG-16, another download).
 
 Everything runs offline: the weights file comes from an argument, ``$ARVIS_INCEPTION_WEIGHTS``
 or the torch hub cache, and extraction runs on the GPU only when one is present (torch-
-fidelity's default, CUDA, fails on CPU-only machines). Features of a reference set given as
+fidelity's default, CUDA, fails on CPU-only machines). torch-fidelity itself reads a weights file with
+``torch.load(weights_only=False)``, which would run any code pickled into it; arvis reads the file with
+``weights_only=True`` (tensors only) and hands torch-fidelity that state dict, re-serialised in memory.
+Only extractors built from a state dict are offered (Inception and VGG-16); torch-fidelity's CLIP and
+DINOv2 load TorchScript or torch.hub code. Features of a reference set given as
 a folder or ``.npz`` are cached in ``cache_dir``, keyed by the files (path, size, modification
 time), the extractor, its layers and the weights file's SHA-256.
 
@@ -25,7 +29,8 @@ import hashlib
 import json
 import logging
 import os
-import pickle  # only to name the error torch.load raises for a corrupt file
+import io
+import pickle  # only to name the error torch.load raises for a refused or corrupt file
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +46,8 @@ from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from arvis.eval.frechet import frechet_distance, gaussian_stats
-from arvis.eval.images import ImageSet, ImageSource, open_images, read_npz
+from arvis.eval.images import ImageSet, ImageSource, open_images
+from arvis.numpy_files import read_npz
 from arvis.eval.report import file_sha256
 from arvis.folders import write_file_atomically
 from arvis.sample import save_npz
@@ -54,6 +60,7 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 INCEPTION_ENV = "ARVIS_INCEPTION_WEIGHTS"
 INCEPTION_RESIZE = "inside the extractor: TF1-compatible bilinear to 299x299, no antialiasing (torch-fidelity)"
 METRICS = ("fid", "isc", "kid", "prc")
+STATE_DICT_EXTRACTORS = (INCEPTION, "vgg16")  # torch-fidelity extractors that take a state dict
 DEFAULT_LAYERS = {"fid": "2048", "isc": "logits_unbiased", "kid": "2048", "prc": "2048"}
 
 
@@ -111,16 +118,22 @@ class FeatureExtractor:
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown or not metrics:
             raise ValueError(f"unknown metric(s) {unknown or metrics}; choose from {METRICS}")
+        if name not in STATE_DICT_EXTRACTORS:
+            raise ValueError(f"feature extractor {name!r} is not offered: arvis uses torch-fidelity's extractors that "
+                             f"load a state dict ({', '.join(STATE_DICT_EXTRACTORS)}), which it reads without "
+                             "unpickling code")
         self.metrics = tuple(metrics)
         self.name = name
         self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
         if name == INCEPTION:
-            self.weights_path: Path | None = resolve_inception_weights(weights_path)
+            self.weights_path: Path = resolve_inception_weights(weights_path)
         else:
-            self.weights_path = Path(weights_path) if weights_path is not None else None
-            if self.weights_path is not None and not self.weights_path.is_file():
+            if weights_path is None:
+                raise FileNotFoundError(f"the {name} feature extractor needs its weights file; pass weights_path")
+            self.weights_path = Path(weights_path)
+            if not self.weights_path.is_file():
                 raise FileNotFoundError(f"feature extractor weights {self.weights_path} do not exist")
-        self.weights_sha256 = file_sha256(self.weights_path) if self.weights_path is not None else None
+        self.weights_sha256 = file_sha256(self.weights_path)
         self.layers = {metric: DEFAULT_LAYERS[metric] if name == INCEPTION else None for metric in self.metrics}
         if name != INCEPTION:
             from torch_fidelity.utils import resolve_feature_layer_for_metric
@@ -133,13 +146,17 @@ class FeatureExtractor:
     @property
     def network(self):
         if self._network is None:
-            cuda = self.device.type == "cuda"
-            kwargs = {"feature_extractor_weights_path": str(self.weights_path)} if self.weights_path else {}
+            state = load_state_dict_weights_only(self.weights_path, f"the {self.name} weights")
+            in_memory = io.BytesIO()  # torch-fidelity unpickles what it is given: give it only these tensors
+            torch.save(state, in_memory)
+            in_memory.seek(0)
             try:
-                self._network = create_feature_extractor(self.name, sorted(set(self.layers.values())), cuda=cuda,
-                                                         verbose=False, **kwargs)
-            except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as error:
-                raise ValueError(f"cannot load the {self.name} weights from {self.weights_path}: {error}") from error
+                self._network = create_feature_extractor(self.name, sorted(set(self.layers.values())),
+                                                         cuda=self.device.type == "cuda", verbose=False,
+                                                         feature_extractor_weights_path=in_memory)
+            except RuntimeError as error:  # tensors of the wrong names or shapes
+                raise ValueError(f"cannot load the {self.name} weights from {self.weights_path}: "
+                                 f"{str(error).splitlines()[0]}") from error
         return self._network
 
     def describe(self) -> dict[str, Any]:
@@ -172,6 +189,19 @@ class FeatureExtractor:
         key = json.dumps([images.fingerprint, self.name, sorted(set(self.layers.values())), self.weights_sha256,
                           torch_fidelity.__version__])
         return Path(cache_dir) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+
+
+def load_state_dict_weights_only(path: Path, what: str) -> dict[str, Tensor]:
+    """A ``{name: tensor}`` state dict from a ``torch.save`` file, read with ``weights_only=True`` (no pickled code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
+        raise ValueError(f"cannot load {what} from {path}: {str(error).splitlines()[0]} (arvis reads weights "
+                         "files with torch.load(weights_only=True), which refuses anything beyond tensors)") from error
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ValueError(f"cannot load {what} from {path}: expected a state dict of named tensors, got "
+                         f"{type(state).__name__}")
+    return state
 
 
 def image_metrics(fake: ImageSource | ImageSet, real: ImageSource | ImageSet | None = None, *,
@@ -207,9 +237,7 @@ def image_metrics(fake: ImageSource | ImageSet, real: ImageSource | ImageSet | N
     real_set = None
     if needs_real and real_stats is None:
         real_set = real if isinstance(real, ImageSet) else open_images(real)
-        _check_kid_size(metrics, settings, len(fake_set), len(real_set))
-    elif "kid" in metrics:
-        _check_kid_size(metrics, settings, len(fake_set), len(fake_set))
+    check_set_sizes(metrics, settings, len(fake_set), len(real_set) if real_set is not None else None)
     fake_features = extractor.features(fake_set, settings.batch_size)
     real_features = extractor.features(real_set, settings.batch_size, cache_dir) if real_set is not None else None
     options = {"isc_splits": settings.isc_splits, "kid_subsets": settings.kid_subsets,
@@ -295,7 +323,25 @@ def _stats_count(stats: dict[str, np.ndarray] | None) -> int | None:
     return int(stats["num_images"]) if stats is not None and "num_images" in stats else None
 
 
-def _check_kid_size(metrics: Sequence[str], settings: MetricSettings, num_fake: int, num_real: int) -> None:
-    if "kid" in metrics and settings.kid_subset_size > min(num_fake, num_real):
+def check_set_sizes(metrics: Sequence[str], settings: MetricSettings, num_fake: int, num_real: int | None) -> None:
+    """Raises ``ValueError`` when a set is too small for a metric to be defined (instead of a NaN or a traceback).
+
+    FID needs a covariance (>= 2 images per set; statistics files count as large enough), IS at least one image
+    per split, KID ``kid_subset_size`` images in each set, precision/recall more images per set than
+    ``prc_neighborhood`` (the k-th nearest neighbour of a point is another point). ``num_real`` is None when
+    the reference is a statistics file or absent.
+    """
+    sets = {"fake": num_fake} if num_real is None else {"fake": num_fake, "real": num_real}
+    smallest = min(sets.values())
+    if "fid" in metrics and any(count < 2 for count in sets.values()):
+        raise ValueError(f"FID needs at least 2 images per set for a covariance, got {sets}")
+    if "isc" in metrics and num_fake < settings.isc_splits:
+        raise ValueError(f"the Inception Score splits the {num_fake} images into {settings.isc_splits} parts and needs "
+                         f"at least one image per part; pass more images or --isc-splits <= {num_fake}")
+    if "kid" in metrics and settings.kid_subset_size > smallest:
         raise ValueError(f"kid_subset_size {settings.kid_subset_size} exceeds the smaller set "
-                         f"({min(num_fake, num_real)} images); pass --kid-subset-size <= {min(num_fake, num_real)}")
+                         f"({smallest} images); pass --kid-subset-size <= {smallest}")
+    if "prc" in metrics and smallest <= settings.prc_neighborhood:
+        raise ValueError(f"precision/recall with prc_neighborhood {settings.prc_neighborhood} needs more than "
+                         f"{settings.prc_neighborhood} images per set, got {sets}; pass more images or "
+                         f"--prc-neighborhood <= {max(1, smallest - 1)}")

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from arvis.config import Config
 from arvis.eval.frechet import FeatureStats, frechet_distance
 from arvis.eval.report import file_sha256
 from arvis.folders import write_file_atomically
+from arvis.numpy_files import read_npz
 from arvis.sample import save_npz
 from arvis.eval.videos import VideoSource, video_batches
 
@@ -204,12 +204,12 @@ def load_fvd_stats(path: str | Path, *, expected: dict | None = None) -> tuple[T
 
     If the file records a protocol and ``expected`` is given, each of ``PROTOCOL_KEYS`` must agree.
     """
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data or "sigma" not in data:
-            raise ValueError(f"{path} holds {list(data.keys())}; FVD statistics need arrays 'mu' and 'sigma'")
-        mu, sigma = torch.from_numpy(data["mu"]).double(), torch.from_numpy(data["sigma"]).double()
-        count = int(data["num_videos"]) if "num_videos" in data else None
-        recorded = json.loads(str(data["protocol"])) if "protocol" in data else None
+    data = read_npz(path)
+    if "mu" not in data or "sigma" not in data:
+        raise ValueError(f"{path} holds {list(data)}; FVD statistics need arrays 'mu' and 'sigma'")
+    mu, sigma = torch.from_numpy(data["mu"]).double(), torch.from_numpy(data["sigma"]).double()
+    count = int(data["num_videos"]) if "num_videos" in data else None
+    recorded = json.loads(str(data["protocol"])) if "protocol" in data else None
     if recorded is not None and expected is not None:
         diff = [f"{k}: stats {recorded.get(k)!r}, now {expected[k]!r}" for k in PROTOCOL_KEYS if recorded.get(k) != expected[k]]
         if diff:
@@ -248,7 +248,6 @@ def _is_stats_file(source: object) -> bool:
     if not isinstance(source, (str, Path)) or Path(source).suffix != ".npz" or not Path(source).is_file():
         return False
     try:
-        with np.load(source, allow_pickle=False) as data:
-            return "mu" in data and "sigma" in data
-    except (OSError, ValueError, zipfile.BadZipFile):
+        return {"mu", "sigma"} <= set(read_npz(source))
+    except ValueError:
         return False

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +30,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from arvis.data.folder import IMAGE_EXTENSIONS
+from arvis.data.transforms import as_rgb
+from arvis.numpy_files import read_npz
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> Tensor:
         with Image.open(self.paths[index]) as image:
-            pixels = np.asarray(image.convert("RGB"))
+            pixels = np.asarray(as_rgb(image))
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
@@ -205,6 +206,8 @@ def _open_npz(path: Path, max_images: int | None) -> ImageSet:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{str(path)!r}: arr_0 must be (n, h, w, 3) uint8 (the reference evaluator's layout), "
                          f"got {images.shape} {images.dtype}")
+    if 0 in images.shape[:3]:
+        raise ValueError(f"{str(path)!r}: arr_0 has shape {images.shape}, with no images or no pixels")
     images = torch.from_numpy(images[:max_images])
     labels = None
     if "labels" in arrays:
@@ -216,15 +219,6 @@ def _open_npz(path: Path, max_images: int | None) -> ImageSet:
                     {"kind": "npz", "path": str(path), "num_images": images.shape[0],
                      "size": list(images.shape[1:3])},
                     f"npz:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{max_images}", labels)
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file (no pickled objects); unreadable files raise ``ValueError``."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"cannot read {str(path)!r} as an .npz file: {error}") from error
 
 
 def sample_pipeline(pipeline, *, num_samples: int, seed: int = 0, labels: Sequence[int] | None = None,

@@ -23,7 +23,6 @@ Shapes: n clips, b batch, t frames, c channels, h w frame height and width.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from PIL import Image
 from torch import Tensor
 
 from arvis.data.frames import IMAGE_SUFFIXES, natural_key, read_frames
+from arvis.numpy_files import load_npy, read_npz
 
 LAYOUT_HINT = "expected uint8 videos of shape (n, t, h, w, 3) (NTHWC, like the image .npz convention)"
 
@@ -115,13 +115,13 @@ def read_video_array(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"missing video file {path}")
     try:
         if path.suffix == ".npy":
-            return _check_array(np.load(path, mmap_mode="r", allow_pickle=False), str(path))
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = "arr_0" if "arr_0" in keys else keys[0] if len(keys) == 1 else None
-            array = None if key is None else data[key]
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"cannot read {path} as a numpy file ({error}); {LAYOUT_HINT}") from error
+            return _check_array(load_npy(path, mmap=True), str(path))
+        arrays = read_npz(path)
+    except ValueError as error:
+        raise ValueError(f"{error}; {LAYOUT_HINT}") from error
+    keys = list(arrays)
+    key = "arr_0" if "arr_0" in keys else keys[0] if len(keys) == 1 else None
+    array = None if key is None else arrays[key]
     if array is None:
         raise ValueError(f"{path} holds arrays {keys}; store the videos as arr_0 ({LAYOUT_HINT})")
     return _check_array(array, str(path))

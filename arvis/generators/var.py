@@ -230,7 +230,9 @@ class VARGenerator(Generator):
         """Teacher forcing. tokens (b, l) long (scales concatenated), labels (b,) -> loss and (b, l, v)."""
         self.check_tokens(tokens)
         self.check_labels(labels, allow_null=True)
-        with torch.no_grad():
+        # phi's convs run in full precision even inside the training loop's autocast, as upstream builds the
+        # teacher-forcing inputs outside its amp context.
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
             inputs = self.quantizer.teacher_forcing_inputs(self.quantizer.indices_to_scales(tokens))
         condition = self._condition(labels)
         x = torch.cat([self._start_tokens(condition), self.word_embed(inputs.to(self.word_embed.weight.dtype))], 1)

@@ -1,23 +1,56 @@
-"""Training checkpoints: ``checkpoint-{step}/`` folders of accelerate state plus ``metadata.json``.
+"""Training checkpoints: ``checkpoint-{step}/`` folders of accelerate state, arvis's own training state and
+``metadata.json``; what a checkpoint may hold, and how each file is read.
 
-A checkpoint is written into a hidden staging folder; ``metadata.json`` is written
-last and the folder is then renamed into place, so an interrupted save never leaves a
-folder that :func:`latest_checkpoint` would pick. Names carry the optimiser step
-explicitly (accelerate's automatic naming does not restore its counter on resume).
+A checkpoint is written into a hidden staging folder (marked as arvis's); the training state, ``metadata.json``
+and the folder's manifest are written last and the folder is then renamed into place, so an interrupted save
+never leaves a folder that :func:`latest_checkpoint` would pick. Names carry the optimiser step explicitly
+(accelerate's automatic naming does not restore its counter on resume). An existing folder is replaced, and old
+checkpoints are pruned, only when they are arvis checkpoints holding nothing else (:mod:`arvis.folders`).
+
+Resuming reads only the files of :data:`ALLOWED_FILES`, each in a way that cannot run code: accelerate's model
+weights as safetensors, its optimizer, GradScaler and random-state files with ``torch.load(weights_only=True)``
+(the small ones checked here first, so a bad file is an error naming it, not a silent skip), arvis's state as
+safetensors and JSON. Any other file, notably the ``custom_checkpoint_*.pkl`` pickles of arvis before 0.2 (loaded by
+accelerate with ``weights_only=False``), makes the checkpoint refused before anything is loaded.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import load as weights_only_load  # torch.load(weights_only=True) with numpy's safe globals
+
+from arvis.folders import MANIFEST_FILE, files_under, json_object_or_none, replaceable_problem, write_manifest
+from arvis.train.state import TENSORS_FILE, VALUES_FILE, TrainingState
+
+logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
+STAGING_MARKER = ".arvis-staging"  # a staging folder arvis made (so a leftover one may be removed)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# name pattern -> how resume reads it
+ALLOWED_FILES: dict[str, str] = {
+    r"model(_\d+)?\.safetensors": "safetensors (accelerate)",
+    r"optimizer(_\d+)?\.bin": "torch.load(weights_only=True) (accelerate)",
+    r"scaler\.pt": "torch.load(weights_only=True) (accelerate)",
+    r"random_states_\d+\.pkl": "torch.load(weights_only=True) (accelerate)",
+    re.escape(TENSORS_FILE): "safetensors (arvis)",
+    re.escape(VALUES_FILE): "JSON (arvis)",
+    re.escape(METADATA_FILE): "JSON (arvis)",
+    re.escape(MANIFEST_FILE): "JSON (arvis)",
+}
+PRECHECKED_PICKLES = re.compile(r"^(scaler\.pt|random_states_\d+\.pkl)$")  # small; accelerate skips bad RNG files
+_ALLOWED = re.compile("^(" + "|".join(ALLOWED_FILES) + ")$")
+_LEGACY = re.compile(r"^(" + "|".join(ALLOWED_FILES) + r"|custom_checkpoint_\d+\.pkl)$")
+RANDOM_STATE_KEYS = {"random_state", "numpy_random_seed", "torch_manual_seed"}
 
 
 def complete_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -42,26 +75,110 @@ def read_metadata(checkpoint: str | Path) -> dict:
     path = Path(checkpoint) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint: {METADATA_FILE} is missing")
-    return json.loads(path.read_text())
+    metadata = json_object_or_none(path)
+    if metadata is None or not isinstance(metadata.get("step"), int):
+        raise ValueError(f"{path} is corrupt: expected a JSON object with the integer 'step'")
+    return metadata
 
 
-def save_checkpoint(accelerator: Accelerator, folder: str | Path, step: int, metadata: dict, keep_last: int) -> Path:
-    """Saves accelerate state (every process) as ``folder/checkpoint-{step}``; keeps the newest ``keep_last``."""
+def legacy_checkpoint_files(folder: Path) -> set[str] | None:
+    """The files of a checkpoint written before manifests (accelerate's state, its pickles included, and
+    ``metadata.json``), or None if ``folder`` is not one; a file of another name is left out (it is foreign)."""
+    if json_object_or_none(folder / METADATA_FILE) is None:
+        return None
+    return {name for name in files_under(folder) if _LEGACY.match(name)}
+
+
+def check_checkpoint_files(checkpoint: Path) -> None:
+    """Raises ``ValueError`` naming every file of ``checkpoint`` that resume would not read safely, and the small
+    accelerate pickles (GradScaler, random states) that ``torch.load(weights_only=True)`` refuses or that are
+    corrupt. (accelerate only logs a random-state file it cannot read, which would make resume silently
+    inexact.) The optimizer files, large, are read once, by accelerate, also with ``weights_only=True``."""
+    names = sorted(files_under(checkpoint))
+    refused = [name for name in names if not _ALLOWED.match(name)]
+    if refused:
+        pickles = [name for name in refused if name.startswith("custom_checkpoint_")]
+        why = (f" ({', '.join(pickles)}: full pickles, which arvis before 0.2 wrote for the schedules and EMA; "
+               "unpickling them could run code)" if pickles else "")
+        raise ValueError(
+            f"refusing to resume from {checkpoint}: it holds files arvis does not read{why}: {', '.join(refused)}. "
+            f"A checkpoint may hold only the files arvis and accelerate write ({', '.join(sorted(ALLOWED_FILES))}); "
+            "remove the checkpoint (or those files) or start over with run.resume=never"
+        )
+    for name in names:
+        if PRECHECKED_PICKLES.match(name):
+            try:
+                value = weights_only_load(checkpoint / name, map_location="cpu")
+            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as error:
+                raise ValueError(f"refusing to resume from {checkpoint}: {name} cannot be read with "
+                                 f"torch.load(weights_only=True) ({str(error).splitlines()[0]}); it is corrupt or "
+                                 "holds objects beyond tensors. Resume from another checkpoint or start over with "
+                                 "run.resume=never") from error
+            if name.startswith("random_states_") and (not isinstance(value, dict) or not RANDOM_STATE_KEYS <= set(value)):
+                raise ValueError(f"refusing to resume from {checkpoint}: {name} does not hold accelerate's random "
+                                 "states, so the run would not continue exactly; resume from another checkpoint or "
+                                 "start over with run.resume=never")
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, state: TrainingState) -> int:
+    """Checks ``checkpoint`` (:func:`check_checkpoint_files`), restores accelerate's state and ``state``;
+    returns its optimiser step."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
+    step = read_metadata(checkpoint)["step"]
+    check_checkpoint_files(checkpoint)
+    random_states = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not random_states.is_file():
+        raise ValueError(f"refusing to resume from {checkpoint}: {random_states.name} is missing, so this process's "
+                         "random state cannot be restored; resume with as many processes as the run was saved with")
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (pickle.UnpicklingError, EOFError) as error:  # an optimizer file: refused by weights_only=True, or cut
+        raise ValueError(f"refusing to resume from {checkpoint}: accelerate's state cannot be read with "
+                         f"torch.load(weights_only=True) ({str(error).splitlines()[0]}); resume from another "
+                         "checkpoint or start over with run.resume=never") from error
+    state.load(checkpoint)
+    return step
+
+
+def save_checkpoint(accelerator: Accelerator, folder: str | Path, step: int, metadata: dict, keep_last: int,
+                    state: TrainingState) -> Path:
+    """Saves accelerate state (every process) and ``state`` as ``folder/checkpoint-{step}``; keeps the newest
+    ``keep_last`` arvis checkpoints (a folder holding other files is kept, with a warning)."""
     folder = Path(folder)
     final = folder / f"checkpoint-{step}"
     staging = folder / f".checkpoint-{step}.saving"
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)  # a save that died earlier
+        problem = replaceable_problem(final, legacy_checkpoint_files)
+        if problem:
+            raise ValueError(f"cannot save checkpoint {final}: {problem}; move those files away")
+        if staging.exists():  # a save that died earlier, ours if it is marked
+            if not (staging / STAGING_MARKER).is_file():
+                raise ValueError(f"cannot save checkpoint {final}: {staging} exists and was not made by arvis")
+            shutil.rmtree(staging)
         staging.mkdir(parents=True)
+        (staging / STAGING_MARKER).touch()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state.save(staging)
         (staging / METADATA_FILE).write_text(json.dumps({"step": step, **metadata}, indent=2) + "\n")
+        (staging / STAGING_MARKER).unlink()
+        write_manifest(staging, "checkpoint")
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+            retired = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:8]}")
+            os.replace(final, retired)
+            os.replace(staging, final)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, final)
         for _, old in complete_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
+            problem = replaceable_problem(old, legacy_checkpoint_files)
+            if problem:
+                logger.warning("keeping old checkpoint %s: %s", old, problem)
+            else:
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final

@@ -12,8 +12,7 @@ from torch import nn
 class EMA:
     """Keeps fp32 shadow copies of trainable parameters: shadow ← decay·shadow + (1 − decay)·param.
 
-    Has ``state_dict`` / ``load_state_dict`` so accelerate checkpoints it
-    (``accelerator.register_for_checkpointing``).
+    Has ``state_dict`` / ``load_state_dict`` so the training loop checkpoints it (:mod:`arvis.train.state`).
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -51,8 +50,12 @@ class EMA:
         return {"decay": self.decay, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = set(self.shadow) - set(state["shadow"])
-        if missing:
-            raise ValueError(f"EMA state lacks parameters {sorted(missing)[:5]}")
-        self.decay = state["decay"]
-        self.shadow = {name: tensor.float() for name, tensor in state["shadow"].items()}
+        """Copies a saved state into the shadow tensors, which keep their device (a checkpoint is read on the CPU)."""
+        missing, unexpected = set(self.shadow) - set(state["shadow"]), set(state["shadow"]) - set(self.shadow)
+        if missing or unexpected:
+            raise ValueError(f"EMA state does not match the model: lacks {sorted(missing)[:5]}, "
+                             f"has extra {sorted(unexpected)[:5]}")
+        self.decay = float(state["decay"])
+        with torch.no_grad():
+            for name, tensor in state["shadow"].items():
+                self.shadow[name].copy_(tensor)

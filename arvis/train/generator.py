@@ -26,7 +26,7 @@ from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_imag
                               final_model, finish_run, fit, make_accelerator, prepare_training, step_batches)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
-from arvis.train.recipe import run_entry_point
+from arvis.train.recipe import run_as_script, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,10 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                                     with_mirrors=config.data.random_flip)
     logger.info("training %s (%.2fM parameters) on %d token sequences of length %d", config.generator,
                 generator.num_parameters() / 1e6, len(token_data), generator.layout.length)
-    model, optimizer, scheduler, ema, start = prepare_training(accelerator, generator, config.optim, run, folders)
-    batches = step_batches(token_data, run, accelerator, start * run.gradient_accumulation_steps)
-    progress = ProgressLog(accelerator, run, "generator", start, recipe=config)
+    training = prepare_training(accelerator, generator, config.optim, run, folders)
+    model, ema = training.model, training.ema
+    batches = step_batches(token_data, run, accelerator, training.start * run.gradient_accumulation_steps)
+    progress = ProgressLog(accelerator, run, "generator", training.start, recipe=config)
 
     def teacher_forcing_loss(model, batch):
         output = model(*batch)
@@ -135,9 +136,8 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                 grid = save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step}.png")
             progress.log_image("preview", grid, step)
 
-    fit(accelerator, model, optimizer, scheduler, batches, teacher_forcing_loss, run=run,
-        grad_clip=config.optim.grad_clip, folders=folders, progress=progress, start=start, kind="generator", ema=ema,
-        after_step=preview)
+    fit(accelerator, training, batches, teacher_forcing_loss, run=run, grad_clip=config.optim.grad_clip,
+        folders=folders, progress=progress, kind="generator", after_step=preview)
     trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export,
                             lambda path: Pipeline(tokenizer.eval(), trained, config.sampling).save_pretrained(path))
@@ -149,4 +149,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

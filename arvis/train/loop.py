@@ -7,18 +7,20 @@ points talk to ``accelerate``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from torch import nn
@@ -27,20 +29,42 @@ from tqdm.auto import tqdm
 
 from arvis.config import Config
 from arvis.train.batches import StepBatchSampler
-from arvis.train.checkpoint import latest_checkpoint, read_metadata, save_checkpoint
+from arvis.folders import check_replaceable
+from arvis.modeling import legacy_component_files
+from arvis.pipeline import legacy_pipeline_files
+from arvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from arvis.train.ema import EMA
+from arvis.train.state import TrainingState
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 
 
 class RunFolders:
-    """Where a run writes: the export (``output_dir/<name>``) and its checkpoints (``<name>-checkpoints``)."""
+    """Where a run writes: the export (``output_dir/<name>``) and its checkpoints (``<name>-checkpoints``).
+
+    ``legacy`` recognises exports saved before arvis wrote manifests (:mod:`arvis.folders`): a component folder
+    for ``tokenizer``, a pipeline folder for ``pipeline``.
+    """
 
     def __init__(self, run: RunConfig, export_name: str) -> None:
         self.root = Path(run.output_dir)
         self.export = self.root / export_name
         self.checkpoints = self.root / f"{export_name}-checkpoints"
+        self.legacy = legacy_pipeline_files if export_name == "pipeline" else legacy_component_files
+
+    def check_writable(self, overwrite: bool) -> None:
+        """Raises ``ValueError`` before any training if the run could not save its result or checkpoints: the run
+        folder or the checkpoint folder is a file, or the export exists (without ``overwrite``) or cannot be
+        replaced (it is not an arvis save, or holds files arvis did not write)."""
+        for folder in (self.root, self.checkpoints):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"run.output_dir: {folder} is a file, not a folder; choose another run.output_dir")
+        if self.export.exists() or self.export.is_symlink():
+            if not overwrite:
+                raise ValueError(f"{self.export} already holds a trained result; set run.overwrite=true or choose "
+                                 "another run.output_dir")
+            check_replaceable(self.export, self.legacy)
 
 
 def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
@@ -51,10 +75,7 @@ def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
     The distributed part of that state is kept.
     Gradient accumulation is done by the loop itself (see :func:`sync_unless_last`).
     """
-    if folders.export.exists() and not run.overwrite:
-        raise ValueError(
-            f"{folders.export} already holds a trained result; set run.overwrite=true or choose another run.output_dir"
-        )
+    folders.check_writable(run.overwrite)
     for tracker in run.trackers:
         if tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise ValueError("run.trackers names tensorboard, which is not installed: pip install tensorboard")
@@ -71,8 +92,9 @@ def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:
     return accelerator
 
 
-def resume_step(accelerator: Accelerator, run: RunConfig, folders: RunFolders) -> int:
-    """Restores the checkpoint that ``run.resume`` selects (models, optimisers, registered objects, RNG).
+def resume_step(accelerator: Accelerator, run: RunConfig, folders: RunFolders, state: TrainingState) -> int:
+    """Restores the checkpoint that ``run.resume`` selects (models, optimisers, RNG, and ``state``: schedules,
+    EMA, ...), reading only files that cannot run code (:mod:`arvis.train.checkpoint`).
 
     Returns the optimiser step to continue from (0 for a fresh run).
     """
@@ -81,8 +103,7 @@ def resume_step(accelerator: Accelerator, run: RunConfig, folders: RunFolders) -
     checkpoint = latest_checkpoint(folders.checkpoints) if run.resume == "auto" else Path(run.resume)
     if checkpoint is None:
         return 0
-    step = int(read_metadata(checkpoint)["step"])
-    accelerator.load_state(str(checkpoint))
+    step = load_checkpoint(accelerator, checkpoint, state)
     logger.info("resumed from %s at step %d", checkpoint, step)
     return step
 
@@ -180,15 +201,52 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, max_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, config, max_steps))
 
 
-def apply_gradients(accelerator: Accelerator, optimizer: torch.optim.Optimizer, parameters, grad_clip: float,
-                    scheduler=None) -> None:
-    """Optional clipping, then step, schedule and zero grad (after the micro-batches' backward passes)."""
-    if grad_clip > 0:
-        accelerator.clip_grad_norm_(parameters, grad_clip)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+@dataclasses.dataclass
+class OptimizerUpdate:
+    """One optimiser's part of an iteration: its (prepared) optimiser, the parameters to clip, the clipping
+    norm (0: none) and its learning-rate schedule (None: none)."""
+
+    optimizer: torch.optim.Optimizer
+    parameters: list[nn.Parameter]
+    grad_clip: float = 0.0
+    scheduler: Any = None
+
+
+def apply_gradients(accelerator: Accelerator, updates: Sequence[OptimizerUpdate]) -> None:
+    """After every backward pass of an iteration: unscale, clip, step, schedule and zero grad each optimiser.
+
+    With fp16 accelerate has one GradScaler for all optimisers, and every loss of the iteration was scaled by
+    the same factor. Following torch's recipe for several optimisers, each optimiser's gradients are unscaled
+    exactly once, each optimiser steps (skipped where its own gradients overflowed), and the scale is updated
+    once, after all of them. (``accelerator.clip_grad_norm_`` would unscale every prepared optimiser at each
+    call, and an ``update()`` between two optimisers' steps would reset their unscaled state, so a
+    discriminator clipped after the generator's step was divided by the scale twice.) Clipping is
+    ``torch.nn.utils.clip_grad_norm_`` on the unscaled gradients, which is what accelerate does for the
+    data-parallel launches arvis supports.
+    """
+    scaler = accelerator.scaler
+    for update in updates:
+        if scaler is not None:
+            scaler.unscale_(_bare_optimizer(update.optimizer))
+        if update.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(update.parameters, update.grad_clip)
+    for update in updates:
+        if scaler is not None:
+            scaler.step(_bare_optimizer(update.optimizer))  # accelerate's wrapper would update() after each
+        else:
+            update.optimizer.step()
+        if update.scheduler is not None:
+            update.scheduler.step()
+        update.optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.update()
+
+
+def _bare_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimiser inside accelerate's wrapper(s)."""
+    while isinstance(optimizer, AcceleratedOptimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 def sync_unless_last(accelerator: Accelerator, model: nn.Module, micro: int, num_micro: int):
@@ -196,27 +254,38 @@ def sync_unless_last(accelerator: Accelerator, model: nn.Module, micro: int, num
     return accelerator.no_sync(model) if micro < num_micro - 1 else contextlib.nullcontext()
 
 
-def prepare_training(accelerator: Accelerator, module: nn.Module, optim: OptimConfig, run: RunConfig,
-                     folders: RunFolders):
-    """Optimiser, schedule, accelerate wrapping, optional EMA and resume for one trained module.
+@dataclasses.dataclass
+class Training:
+    """What :func:`prepare_training` returns: the prepared model and optimiser, the schedule, the EMA (or None),
+    the state saved with checkpoints and the optimiser step to start from."""
 
-    Returns (model, optimizer, scheduler, ema or None, the optimiser step to start from).
-    """
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMA | None
+    state: TrainingState
+    start: int
+
+
+def prepare_training(accelerator: Accelerator, module: nn.Module, optim: OptimConfig, run: RunConfig,
+                     folders: RunFolders) -> Training:
+    """Optimiser, schedule, accelerate wrapping, optional EMA and resume for one trained module."""
     optimizer = build_optimizer(module, optim)
     scheduler = build_scheduler(optimizer, optim, run.max_steps)
     model, optimizer = accelerator.prepare(module, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    ema = attach_ema(accelerator, model, run)
-    return model, optimizer, scheduler, ema, resume_step(accelerator, run, folders)
+    state = TrainingState()
+    state.register("scheduler", scheduler)
+    ema = attach_ema(accelerator, model, run, state)
+    return Training(model, optimizer, scheduler, ema, state, resume_step(accelerator, run, folders, state))
 
 
-def attach_ema(accelerator: Accelerator, model: nn.Module, run: RunConfig) -> EMA | None:
-    """An EMA of the prepared ``model`` (after accelerate's broadcast), saved with checkpoints; None when
-    ``run.ema_decay`` is 0."""
+def attach_ema(accelerator: Accelerator, model: nn.Module, run: RunConfig, state: TrainingState) -> EMA | None:
+    """An EMA of the prepared ``model`` (after accelerate's broadcast), saved with checkpoints as part of
+    ``state``; None when ``run.ema_decay`` is 0."""
     if run.ema_decay <= 0:
         return None
     ema = EMA(accelerator.unwrap_model(model), run.ema_decay)
-    accelerator.register_for_checkpointing(ema)
+    state.register("ema", ema)
     return ema
 
 
@@ -230,32 +299,34 @@ def final_model(accelerator: Accelerator, model: nn.Module, ema: EMA | None) -> 
     return trained
 
 
-def fit(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batches: Iterator,
+def fit(accelerator: Accelerator, training: Training, batches: Iterator,
         compute_loss: Callable[[nn.Module, list[torch.Tensor]], tuple[torch.Tensor, dict[str, Any]]], *,
-        run: RunConfig, grad_clip: float, folders: RunFolders, progress: ProgressLog, start: int, kind: str,
-        ema=None, after_step: Callable[[int], None] | None = None) -> None:
-    """The optimisation loop of generator training and post-training, from optimiser step ``start``.
+        run: RunConfig, grad_clip: float, folders: RunFolders, progress: ProgressLog, kind: str,
+        after_step: Callable[[int], None] | None = None) -> None:
+    """The optimisation loop of generator training and post-training, from optimiser step ``training.start``.
 
     Each step runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples of tensors,
     moved to the device) through ``compute_loss(model, batch) -> (loss, metrics)`` under autocast, then
-    clips, steps the optimiser and the schedule, updates ``ema``, logs, checkpoints every
+    clips, steps the optimiser and the schedule, updates the EMA, logs, checkpoints every
     ``run.checkpoint_every`` steps (metadata ``{"kind": kind}``) and calls ``after_step(step)``.
     """
     accumulation = run.gradient_accumulation_steps
+    model, ema = training.model, training.ema
+    update = OptimizerUpdate(training.optimizer, list(model.parameters()), grad_clip, training.scheduler)
     model.train()
-    for step in range(start, run.max_steps):
+    for step in range(training.start, run.max_steps):
         for micro in range(accumulation):
             batch = [tensor.to(accelerator.device) for tensor in next(batches)]
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
                     loss, metrics = compute_loss(model, batch)
                 accelerator.backward(loss / accumulation)
-        apply_gradients(accelerator, optimizer, model.parameters(), grad_clip, scheduler)
+        apply_gradients(accelerator, [update])
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         progress.update(step + 1, {"loss": loss.detach(), **metrics})
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
-            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": kind}, run.keep_last)
+            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": kind}, run.keep_last, training.state)
         if after_step is not None:
             after_step(step + 1)
 

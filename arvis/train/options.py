@@ -22,7 +22,7 @@ class DataConfig(Config):
     random_flip: bool = False  # folder datasets only (glyph classes are not flip-invariant); generator
     # training encodes each image and its mirror once instead (LlamaGen's flip augmentation of codes)
     verify_images: Literal["none", "header", "decode"] = "header"  # folder datasets: check every file before
-    # training ("decode" also catches truncated files but reads the whole dataset once)
+    # training ("header": opens, and is not cut short; "decode" also decodes every file once)
 
     def __post_init__(self) -> None:
         if self.name in ("folder", "video_folder") and not self.root:

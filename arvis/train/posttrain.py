@@ -21,7 +21,7 @@ from arvis.posttrain import METHODS
 from arvis.train.loop import (ProgressLog, RunFolders, final_model, finish_run, fit, make_accelerator,
                               prepare_training, step_batches)
 from arvis.train.options import OptimConfig, RunConfig
-from arvis.train.recipe import load_recipe
+from arvis.train.recipe import load_recipe, run_as_script
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,12 @@ def post_train(config: PostTrainConfig) -> tuple[Path, list[dict[str, float]]]:
     module = method.build_model()
     logger.info("%s: training %s (%.2fM parameters) on %d examples", config.method, type(module).__name__,
                 sum(p.numel() for p in module.parameters()) / 1e6, len(data))
-    model, optimizer, scheduler, ema, start = prepare_training(accelerator, module, config.optim, run, folders)
-    batches = step_batches(data, run, accelerator, start * run.gradient_accumulation_steps)
-    progress = ProgressLog(accelerator, run, config.method, start, recipe=config)
-    fit(accelerator, model, optimizer, scheduler, batches, method.loss, run=run, grad_clip=config.optim.grad_clip,
-        folders=folders, progress=progress, start=start, kind=f"posttrain:{config.method}", ema=ema)
-    trained = final_model(accelerator, model, ema)
+    training = prepare_training(accelerator, module, config.optim, run, folders)
+    batches = step_batches(data, run, accelerator, training.start * run.gradient_accumulation_steps)
+    progress = ProgressLog(accelerator, run, config.method, training.start, recipe=config)
+    fit(accelerator, training, batches, method.loss, run=run, grad_clip=config.optim.grad_clip, folders=folders,
+        progress=progress, kind=f"posttrain:{config.method}")
+    trained = final_model(accelerator, training.model, training.ema)
     output_dir = finish_run(accelerator, progress, folders.export,
                             lambda path: method.export(trained).save_pretrained(path))
     return output_dir, progress.history
@@ -83,4 +83,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -36,7 +36,7 @@ from arvis.tokenizers.base import Tokenizer
 from arvis.train.generator import encode_dataset
 from arvis.train.loop import build_dataset, check_image_size
 from arvis.train.options import DataConfig
-from arvis.train.recipe import run_entry_point
+from arvis.train.recipe import run_as_script, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -207,4 +207,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -12,6 +12,7 @@ import argparse
 import copy
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -33,8 +34,18 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_RecipeLoader)
+USER_ERRORS = (ValueError, FileNotFoundError)  # what a bad recipe, override, path or setting raises
+
+
+def parse_yaml(text: str, where: str = "YAML text"):
+    """Parses ``text``; a syntax error is a one-line ``ValueError`` naming ``where``, the line and the problem."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where} is not valid YAML{position}: {problem}") from None
 
 
 def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
@@ -51,7 +62,7 @@ def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
             if not isinstance(child, dict):
                 raise ValueError(f"override {override!r}: {part!r} is a value, not a section")
             node = child
-        node[leaf] = parse_yaml(raw_value)
+        node[leaf] = parse_yaml(raw_value, f"the value of override {override!r}")
     return merged
 
 
@@ -62,7 +73,7 @@ def load_recipe(config_class: type[RecipeT], path: str | Path | None, overrides:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"recipe file {path} does not exist")
-        tree = parse_yaml(path.read_text()) or {}
+        tree = parse_yaml(path.read_text(), f"recipe {path}") or {}
         if not isinstance(tree, dict):
             raise ValueError(f"recipe {path} must hold a mapping at the top level")
     return config_class.from_dict(apply_overrides(tree, overrides))
@@ -82,3 +93,18 @@ def run_entry_point(config_class: type[RecipeT], train: Callable[[RecipeT], Any]
     """``main`` of a training module: logging, the recipe from the command line, then ``train``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train(parse_recipe_args(config_class, argv, description))
+
+
+def report_user_error(error: BaseException) -> int:
+    """Prints ``arvis: error: <message>`` to stderr (no traceback) and returns the exit status 2."""
+    print(f"arvis: error: {error}", file=sys.stderr)
+    return 2
+
+
+def run_as_script(main: Callable[[], Any]) -> None:
+    """``if __name__ == "__main__"`` of an entry point (``python -m`` / ``accelerate launch -m``): a bad recipe,
+    override, path or setting ends the process with one line and status 2, as the ``arvis`` command does."""
+    try:
+        main()
+    except USER_ERRORS as error:
+        sys.exit(report_user_error(error))

@@ -28,11 +28,12 @@ from arvis.config import Config
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 from arvis.tokenizers.losses import TokenizerLossConfig, VQGANLoss
 from arvis.train.checkpoint import save_checkpoint
-from arvis.train.loop import (ProgressLog, RunFolders, apply_gradients, attach_ema, build_dataset, build_optimizer,
-                              build_scheduler, check_image_size, final_model, finish_run, make_accelerator,
-                              resume_step, step_batches, sync_unless_last)
+from arvis.train.loop import (OptimizerUpdate, ProgressLog, RunFolders, apply_gradients, attach_ema, build_dataset,
+                              build_optimizer, build_scheduler, check_image_size, final_model, finish_run,
+                              make_accelerator, resume_step, step_batches, sync_unless_last)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
-from arvis.train.recipe import run_entry_point
+from arvis.train.state import TrainingState
+from arvis.train.recipe import run_as_script, run_entry_point
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,12 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     loss_fn.to(accelerator.device)  # the frozen LPIPS network; the discriminator is prepared below
     model, discriminator, optimizer, disc_optimizer = accelerator.prepare(
         tokenizer, loss_fn.discriminator, optimizer, disc_optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(disc_scheduler)
-    if loss_fn.lecam is not None:
-        accelerator.register_for_checkpointing(loss_fn.lecam)
-    ema = attach_ema(accelerator, model, run)
-    start = resume_step(accelerator, run, folders)
+    state = TrainingState()
+    state.register("scheduler", scheduler)
+    state.register("disc_scheduler", disc_scheduler)
+    state.register("lecam", loss_fn.lecam)
+    ema = attach_ema(accelerator, model, run, state)
+    start = resume_step(accelerator, run, folders, state)
     accumulation = run.gradient_accumulation_steps
     batches = step_batches(dataset, run, accelerator, start * accumulation)
     logger.info("training %s (%.2fM parameters) on %d images", config.tokenizer,
@@ -114,15 +115,16 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
                             pixels, output.reconstruction, step, discriminator=discriminator,
                             generator=label_generator(run.seed, step, micro, accelerator.process_index))
                     accelerator.backward(disc_loss / accumulation)
-        apply_gradients(accelerator, optimizer, generator_params, config.optim.grad_clip, scheduler)
+        updates = [OptimizerUpdate(optimizer, generator_params, config.optim.grad_clip, scheduler)]
         if train_discriminator:
-            apply_gradients(accelerator, disc_optimizer, loss_fn.discriminator_parameters(),
-                            config.disc_optim.grad_clip, disc_scheduler)
+            updates.append(OptimizerUpdate(disc_optimizer, loss_fn.discriminator_parameters(),
+                                           config.disc_optim.grad_clip, disc_scheduler))
+        apply_gradients(accelerator, updates)  # both unscaled once, one loss-scale update (fp16)
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         progress.update(step + 1, {**logs, **disc_logs, **output.metrics})
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0:
-            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "tokenizer"}, run.keep_last)
+            save_checkpoint(accelerator, folders.checkpoints, step + 1, {"kind": "tokenizer"}, run.keep_last, state)
     trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export, trained.for_inference().save_pretrained)
     return output_dir, progress.history
@@ -133,4 +135,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -120,12 +120,28 @@ def test_corrupt_image_is_found_when_the_dataset_is_built(image_root: Path):
         dataset[index]
 
 
-def test_truncated_image_needs_the_decode_check(image_root: Path):
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])
+def test_truncated_images_are_caught_by_the_default_header_check(image_root: Path, image_format: str):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, image_format)
+    data = buffer.getvalue()
+    suffix = {"JPEG": "jpg"}.get(image_format, image_format.lower())
+    (image_root / "zebra" / f"cut.{suffix}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"cut.{suffix}: (truncated|could not create decoder)"):
+        ImageFolderDataset(image_root, 8)  # the header is intact: only the end check sees it
+    ImageFolderDataset(image_root, 8, verify="none")  # no check at all
+    (image_root / "zebra" / f"cut.{suffix}").write_bytes(data + b"\0" * 16)  # complete, with trailing padding
+    assert len(ImageFolderDataset(image_root, 8)) == 5
+
+
+def test_damage_inside_a_complete_file_needs_the_decode_check(image_root: Path):
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
-    (image_root / "zebra" / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    ImageFolderDataset(image_root, 8)  # the header is intact
-    with pytest.raises(ValueError, match="cut.png"):
+    data = bytearray(buffer.getvalue())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # corrupt image data, end chunk intact
+    (image_root / "zebra" / "damaged.png").write_bytes(bytes(data))
+    ImageFolderDataset(image_root, 8)
+    with pytest.raises(ValueError, match="damaged.png"):
         ImageFolderDataset(image_root, 8, verify="decode")
 
 
@@ -140,3 +156,24 @@ def test_extensions_filter(image_root: Path):
     _save(image_root / "apple" / "d.jpg", np.zeros((8, 8, 3), dtype=np.uint8))
     assert len(ImageFolderDataset(image_root, 8, extensions=("png",))) == 4
     assert len(ImageFolderDataset(image_root, 8)) == 5
+
+
+def test_sixteen_bit_images_are_scaled_by_their_bit_depth(tmp_path: Path):
+    from arvis.data.transforms import as_rgb
+
+    grey = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
+    _save_16(tmp_path / "g.png", grey)
+    with Image.open(tmp_path / "g.png") as image:
+        assert image.mode.startswith("I;16")
+        assert np.asarray(as_rgb(image))[0, :, 0].tolist() == [0, 128, 255]  # convert("RGB") gives 0, 255, 255
+    with pytest.raises(ValueError, match="mode F"):
+        as_rgb(Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32)))
+    root = tmp_path / "root"
+    _save_16(root / "grey" / "mid.png", np.full((8, 8), 32768, dtype=np.uint16))
+    image, _ = ImageFolderDataset(root, 8)[0]
+    assert torch.allclose(image, torch.full_like(image, 128 / 255))  # not white
+
+
+def _save_16(path: Path, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values).save(path)

@@ -124,3 +124,57 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
     extractor = FeatureExtractor(["isc"], weights_path=corrupt, device="cpu")
     with pytest.raises(ValueError, match=f"cannot load .*{INCEPTION_FILE}"):
         image_metrics(glyphs(8), metrics=["isc"], extractor=extractor, settings=SETTINGS)
+
+
+@pytest.mark.parametrize("metric, fake_count, message", [
+    ("isc", 1, "needs at least one image per part"),
+    ("fid", 1, "FID needs at least 2 images per set"),
+    ("prc", 3, "needs more than 3 images per set"),
+    ("kid", 5, "kid_subset_size 10 exceeds the smaller set"),
+])
+def test_sets_too_small_for_a_metric_are_refused_not_nan(extractor, metric, fake_count, message):
+    with pytest.raises(ValueError, match=message):
+        image_metrics(glyphs(1)[:fake_count], glyphs(2), metrics=[metric], extractor=extractor, settings=SETTINGS)
+
+
+def test_eval_isc_of_one_image_is_an_error_not_nan(inception_weights, tmp_path, capsys):
+    from arvis.cli import main
+
+    save_npz(tmp_path / "one.npz", arr_0=glyphs(1)[:1].permute(0, 2, 3, 1).numpy())
+    assert main(["eval", "isc", "--fake", str(tmp_path / "one.npz"), "--weights", str(inception_weights),
+                 "--cache-dir", "none"]) == 2
+    assert "needs at least one image per part" in capsys.readouterr().err
+
+
+class Payload:
+    """Unpickling this runs code (what a crafted weights file would do)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_weights_file_that_would_run_code_is_refused_unrun(inception_weights, tmp_path):
+    state = torch.load(inception_weights, weights_only=True)
+    planted = tmp_path / INCEPTION_FILE
+    torch.save({**state, "extra": Payload(tmp_path / "pwned")}, planted)
+    extractor = FeatureExtractor(["isc"], weights_path=planted, device="cpu")
+    with pytest.raises(ValueError, match=f"cannot load the inception-v3-compat weights from .*{INCEPTION_FILE}.*"
+                                         "weights_only=True"):
+        image_metrics(glyphs(8), metrics=["isc"], extractor=extractor, settings=SETTINGS)
+    assert not (tmp_path / "pwned").exists()
+    torch.save(Payload(tmp_path / "pwned"), planted)  # the whole file a payload
+    with pytest.raises(ValueError, match="weights_only=True"):
+        _ = FeatureExtractor(["isc"], weights_path=planted, device="cpu").network
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_synthetic_state_dict_gives_torch_fidelitys_network(inception_weights):
+    network = FeatureExtractor(["fid"], weights_path=inception_weights, device="cpu").network
+    state = torch.load(inception_weights, weights_only=True)
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(tensor, state[name].to(tensor.dtype)), name
+    with pytest.raises(ValueError, match="not offered"):
+        FeatureExtractor(["fid"], name="clip-vit-b-32", weights_path=inception_weights)

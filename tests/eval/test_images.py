@@ -113,3 +113,21 @@ def test_pipeline_samples_match_arvis_sample_and_record_the_protocol(tiny_pipeli
     assert torch.equal(images.labels, written.labels)
     protocol = images.description["sampling_protocol"]
     assert protocol["seed"] == 3 and protocol["sampling"]["top_k"] == 4
+
+
+def test_sixteen_bit_pngs_are_read_by_their_bit_depth(tmp_path):
+    (tmp_path / "set").mkdir()
+    for index in range(2):
+        Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "set" / f"{index}.png")
+    images = open_images(tmp_path / "set").tensor()
+    assert images.dtype == torch.uint8 and int(images.max()) == 128  # PIL's convert("RGB") would give 255
+
+
+def test_empty_and_foreign_npz_files_are_refused_clearly(tmp_path):
+    save_npz(tmp_path / "empty.npz", arr_0=np.zeros((0, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="no images or no pixels"):
+        open_images(tmp_path / "empty.npz")
+    (tmp_path / "garbage.npz").write_bytes(b"this is not numpy at all" * 10)
+    with pytest.raises(ValueError, match="not a zip archive") as error:
+        open_images(tmp_path / "garbage.npz")
+    assert "pickle" not in str(error.value)

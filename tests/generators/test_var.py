@@ -168,3 +168,23 @@ def test_weight_decay_groups_follow_upstream():
     assert "class_emb.embedding.weight" in names and "blocks.0.attn.mat_qkv.weight" in names
     assert not names & {"pos_1LC", "pos_start", "lvl_embed.weight", "blocks.0.ada_gss", "blocks.0.attn.scale_mul_1H11"}
     assert not any(name.startswith("quantizer") for name in names)  # frozen copy: in no group at all
+
+
+def test_teacher_forcing_inputs_are_built_in_full_precision_inside_autocast(monkeypatch):
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS.build("var-vae-tiny")
+    generator = randomize_parameters_(GENERATORS.build("var-tiny"))
+    generator.bind_tokenizer(tokenizer)
+    tokens = torch.randint(0, 64, (2, generator.layout.length))
+    seen = []
+    original = generator.quantizer.teacher_forcing_inputs
+
+    def record(*args, **kwargs):
+        inputs = original(*args, **kwargs)
+        seen.append(inputs.dtype)
+        return inputs
+
+    monkeypatch.setattr(generator.quantizer, "teacher_forcing_inputs", record)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generator(tokens, torch.tensor([0, 1]))
+    assert seen == [torch.float32]  # phi's convs would give bfloat16 under the loop's autocast

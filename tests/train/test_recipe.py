@@ -59,3 +59,33 @@ def test_every_recipe_in_configs_loads():
 def test_missing_recipe_file():
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_recipe(TokenizerTrainConfig, "nope.yaml")
+
+
+def test_non_finite_override_values_are_refused():
+    with pytest.raises(ValueError, match="OptimConfig.learning_rate: expected a finite number"):
+        load_recipe(TokenizerTrainConfig, None, ["optim.learning_rate=.nan"])
+    with pytest.raises(ValueError, match="SamplingConfig.cfg_scale: expected a finite number"):
+        load_recipe(GeneratorTrainConfig, None, ["sampling.cfg_scale=.inf"])
+
+
+def test_yaml_syntax_errors_are_one_line_naming_the_place(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("run:\n  max_steps: [1, 2\n")
+    with pytest.raises(ValueError, match=r"^recipe .*broken.yaml is not valid YAML at line \d+, column \d+: ") as error:
+        load_recipe(TokenizerTrainConfig, recipe)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match=r"^the value of override 'run.max_steps=\[1' is not valid YAML"):
+        load_recipe(TokenizerTrainConfig, None, ["run.max_steps=[1"])
+
+
+def test_module_entry_points_report_config_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for module in ("arvis.train.tokenizer", "arvis.train.generator", "arvis.train.pretokenize",
+                   "arvis.train.posttrain"):
+        result = subprocess.run([sys.executable, "-m", module, "no_such_key=1"], capture_output=True, text=True,
+                                cwd=tmp_path)
+        assert result.returncode == 2, (module, result.stderr)
+        assert result.stderr.strip().splitlines()[-1].startswith("arvis: error: unknown "), (module, result.stderr)
+        assert "Traceback" not in result.stderr, module
