@@ -32,6 +32,7 @@ def generate(
     cfg_scale: float | None = None,
     cfg_schedule: str | None = None,
     cfg_start: float | None = None,
+    cfg_interval: int | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     temperature: float | None = None,
@@ -52,9 +53,10 @@ def generate(
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
             (seed, i), so the same seed, labels and settings give identical images
             whatever the ``batch_size``.
-        cfg_scale, cfg_schedule, cfg_start, top_k, top_p, temperature, more_smooth, distilled_steps: override
-            the pipeline's stored sampling settings (``None`` keeps them; ``more_smooth`` is VAR's
-            visualisation mode, ``distilled_steps`` the passes of a Distilled Decoding pipeline).
+        cfg_scale, cfg_schedule, cfg_start, cfg_interval, top_k, top_p, temperature, more_smooth,
+            distilled_steps: override the pipeline's stored sampling settings (``None`` keeps them;
+            ``cfg_interval`` is LlamaGen's, ``more_smooth`` is VAR's visualisation mode, ``distilled_steps``
+            the passes of a Distilled Decoding pipeline).
         batch_size: images sampled per forward batch.
         device: where to load ``pipeline`` when it is a path (default CPU); a loaded
             :class:`Pipeline` is used where it is.
@@ -73,8 +75,9 @@ def generate(
     elif device is not None and torch.device(device) != pipeline.device:
         raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
     labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
-    sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_start=cfg_start, top_k=top_k, top_p=top_p,
-                               temperature=temperature, more_smooth=more_smooth, distilled_steps=distilled_steps)
+    sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_start=cfg_start,
+                               cfg_interval=cfg_interval, top_k=top_k, top_p=top_p, temperature=temperature,
+                               more_smooth=more_smooth, distilled_steps=distilled_steps)
     device = pipeline.device
     batches = []
     for start in tqdm(range(0, len(labels), batch_size), total=math.ceil(len(labels) / batch_size),

@@ -15,14 +15,21 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 ConfigT = TypeVar("ConfigT", bound="Config")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """Base of every arvis config. Subclasses are ``@dataclass(frozen=True, kw_only=True)``."""
+    """Base of every arvis config. Subclasses are ``@dataclass(frozen=True, kw_only=True)``.
+
+    ``saved_defaults`` names, per field added after a config was first saved, the value that reproduces the
+    behaviour before the field existed; :meth:`from_saved` (used to load ``config.json`` files) fills it in for
+    a missing key, while new configs and presets take the dataclass default.
+    """
+
+    saved_defaults: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-ready dict (tuples become lists, nested configs become dicts)."""
@@ -42,6 +49,14 @@ class Config:
         hints = typing.get_type_hints(cls)
         kwargs = {name: coerce(value, hints[name], f"{cls.__name__}.{name}") for name, value in data.items()}
         return cls(**kwargs)
+
+    @classmethod
+    def from_saved(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
+        """Like :meth:`from_dict`, for a config read back from a file: a key the file lacks takes its
+        ``saved_defaults`` value (the behaviour of the version that wrote it), others their defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}.from_saved expects a dict, got {type(data).__name__}")
+        return cls.from_dict({**{k: v for k, v in cls.saved_defaults.items() if k not in data}, **data})
 
     def replace(self: ConfigT, **changes: Any) -> ConfigT:
         """Returns a copy with ``changes`` applied, checked like ``from_dict``."""

@@ -83,7 +83,7 @@ class Component(nn.Module):
         target = cls.registry.get_class(header["type"])
         if not issubclass(target, cls):
             raise ValueError(f"{path} holds a {header['type']}, which is not a {cls.__name__}")
-        config = target.config_class.from_dict(header["config"])
+        config = target.config_class.from_saved(header["config"])
         model = target(config)
         state = load_weights(path / WEIGHTS_FILE)
         load_state_strict(model, state, path / WEIGHTS_FILE)

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from arvis.data.image_files import image_file_problem
-from arvis.data.transforms import as_rgb, center_crop_resize, to_unit_tensor
+from arvis.data.transforms import as_rgb, center_crop_resize, random_crop_resize, to_unit_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +26,18 @@ class ImageFolderDataset(Dataset):
 
     Classes are the sub-folders of ``root`` sorted alphabetically; their positions are the
     labels. Images (searched recursively, hidden files skipped) are converted to RGB,
-    resized so the shorter side is ``image_size`` (bicubic) and centre-cropped. Items are
-    (image (3, image_size, image_size) float32 in [0, 1], label int).
+    resized so the shorter side is ``image_size`` (box-halved, then bicubic, as ADM and LlamaGen) and
+    centre-cropped, or randomly cropped (``crop="random"``). Items are (image (3, image_size, image_size)
+    float32 in [0, 1], label int).
 
     Args:
         root: folder holding one sub-folder per class.
         image_size: output side in pixels.
         random_flip: flip horizontally with probability 0.5, drawn from torch's global RNG
             so that ``torch.manual_seed`` and DataLoader worker seeding control it.
+        crop: ``"center"`` or ``"random"`` (LlamaGen's VQ training augmentation: the shorter side resized to
+            1.0-1.25x ``image_size``, then a random square; :func:`arvis.data.transforms.random_crop_resize`),
+            drawn from torch's global RNG as the flip.
         extensions: accepted file suffixes, case-insensitive.
         verify: checks every file once, here, so that a broken file stops a run before training
             rather than hours into it: ``"header"`` (default) opens each file, reads its header and
@@ -45,11 +49,14 @@ class ImageFolderDataset(Dataset):
         verify_threads: threads reading files during the check.
     """
 
-    def __init__(self, root: str | Path, image_size: int, *, random_flip: bool = False,
+    def __init__(self, root: str | Path, image_size: int, *, random_flip: bool = False, crop: str = "center",
                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS, verify: VerifyMode = "header",
                  verify_threads: int = 8) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+        if crop not in ("center", "random"):
+            raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
+        self.crop = crop
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder root {str(self.root)!r} does not exist or is not a folder")
@@ -111,7 +118,8 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = to_unit_tensor(center_crop_resize(self._load(path), self.image_size))
+        resize = random_crop_resize if self.crop == "random" else center_crop_resize
+        image = to_unit_tensor(resize(self._load(path), self.image_size))
         if self.random_flip and torch.rand(()).item() < 0.5:
             image = image.flip(-1)
         return image, label

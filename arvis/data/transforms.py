@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
 
 
-def center_crop_resize(pil_image: Image.Image, size: int) -> Image.Image:
-    """Resizes so the shorter side is ``size`` (bicubic), then crops the central size x size square."""
-    if size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
+def resize_shorter_side(pil_image: Image.Image, size: int) -> Image.Image:
+    """Resizes so the shorter side is ``size``: first halved with a box filter while it stays at least twice
+    ``size``, then bicubic (ADM's and LlamaGen's ``center_crop_arr`` / ``random_crop_arr``)."""
+    while min(pil_image.size) >= 2 * size:
+        pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.Resampling.BOX)
     width, height = pil_image.size
     ratio = size / min(width, height)
     new_width, new_height = max(size, round(width * ratio)), max(size, round(height * ratio))
-    resized = pil_image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return pil_image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+
+
+def center_crop_resize(pil_image: Image.Image, size: int) -> Image.Image:
+    """Resizes so the shorter side is ``size`` (:func:`resize_shorter_side`), then crops the central square."""
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    resized = resize_shorter_side(pil_image, size)
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def random_crop_resize(pil_image: Image.Image, size: int, *, max_scale: float = 1.25,
+                       generator: torch.Generator | None = None) -> Image.Image:
+    """LlamaGen's tokenizer augmentation (``random_crop_arr`` with crop fractions 0.8-1.0): the shorter side is
+    resized to an integer drawn uniformly from [size, ceil(max_scale * size)], then a size x size square is
+    cropped at a uniformly drawn offset. Draws come from ``generator`` (None: torch's global RNG)."""
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    shorter = int(torch.randint(size, math.ceil(size * max_scale) + 1, (), generator=generator))
+    resized = resize_shorter_side(pil_image, shorter)
+    top = int(torch.randint(resized.height - size + 1, (), generator=generator))
+    left = int(torch.randint(resized.width - size + 1, (), generator=generator))
     return resized.crop((left, top, left + size, top + size))
 
 

@@ -376,9 +376,12 @@ class VideoFolderDataset(Dataset):
         image_size: None: every clip must have the same frame size, kept as is. A number:
             frames are resized so their shorter side is ``image_size`` (bicubic, antialiased)
             and centre-cropped to image_size x image_size, so clips may differ in size.
+        random_flip: flip each clip (every frame alike) horizontally with probability 0.5 (LARP's
+            ``rand_flip``), drawn from torch's global RNG like the image folders' flip.
     """
 
-    def __init__(self, root: str | Path, num_frames: int | None = None, image_size: int | None = None) -> None:
+    def __init__(self, root: str | Path, num_frames: int | None = None, image_size: int | None = None, *,
+                 random_flip: bool = False) -> None:
         if num_frames is not None and num_frames < 1:
             raise ValueError(f"num_frames must be a positive number of frames or None, got {num_frames}")
         if image_size is not None and image_size < 1:
@@ -398,6 +401,7 @@ class VideoFolderDataset(Dataset):
         _check_consistent(self.clips, num_frames, image_size)
         self.num_frames = int(num_frames) if num_frames is not None else self.clips[0].num_frames
         self.image_size = image_size
+        self.random_flip = random_flip
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -425,4 +429,6 @@ class VideoFolderDataset(Dataset):
         pixels = self._read(clip)
         if self.image_size is not None:
             pixels = _resize_square(pixels, self.image_size)
+        if self.random_flip and torch.rand(()).item() < 0.5:
+            pixels = pixels.flip(-1)
         return pixels, clip.label

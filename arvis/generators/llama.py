@@ -103,14 +103,19 @@ class NextTokenLlama(LlamaGenerator):
         positions = self.absolute_positions(start, x.shape[1])
         return x if positions is None else x + positions
 
+    def teacher_forcing_inputs(self, embeddings: Tensor) -> Tensor:
+        """embeddings (b, n, d) of [class, t_0, ...] -> the layers' input in training: absolute positions (if
+        any) added, then token dropout. Subclasses may order the two otherwise (LARP's AR)."""
+        return self.tok_dropout(self._inputs(embeddings, 0))
+
     def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
         """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
         self.check_tokens(tokens)
         self.check_labels(labels, allow_null=True)
         prefix = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
-        x = self._inputs(torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1), 0)
+        x = self.teacher_forcing_inputs(torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1))
         mask = causal_mask(x.shape[1], device=x.device)
-        logits = self._run_layers(self.tok_dropout(x), 0, mask, None)
+        logits = self._run_layers(x, 0, mask, None)
         loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
         accuracy = (logits.argmax(-1) == tokens).float().mean()
         return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})

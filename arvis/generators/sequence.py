@@ -5,7 +5,8 @@ Shapes: b batch, l tokens, d model width, v vocabulary.
 
 The LlamaGen trunk (class-token prefix, Llama blocks, RMSNorm, zero-initialised head) without RoPE:
 a learned table of l positions is added to the inputs [class token, t_0, ..., t_{l-2}] (the class
-token takes position 0). ``rope_base`` does not exist here because upstream's is never read.
+token takes position 0), after the token dropout as upstream (``positions_after_dropout``; arvis 0.1 added
+them before it, which folders it saved keep). ``rope_base`` does not exist here because upstream's is never read.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class SequenceConfig(Config):
     ffn_dropout: float = 0.1
     attn_dropout: float = 0.0
     initializer_range: float = 0.02
+    positions_after_dropout: bool = True  # upstream adds abs_pe after tok_dropout; arvis 0.1 added it before
+
+    saved_defaults = {"positions_after_dropout": False}
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
@@ -77,6 +81,12 @@ class SequenceGenerator(NextTokenLlama):
 
     def absolute_positions(self, start: int, count: int) -> Tensor:
         return self.pos_embeddings.weight[start:start + count]
+
+    def teacher_forcing_inputs(self, embeddings: Tensor) -> Tensor:
+        """Token dropout, then the positions (upstream), or the reverse for folders saved by arvis 0.1."""
+        if self.config.positions_after_dropout:
+            return self._inputs(self.tok_dropout(embeddings), 0)
+        return super().teacher_forcing_inputs(embeddings)
 
 
 GENERATORS.add_preset("sequence-tiny", SequenceConfig(vocab_size=64, length=8, num_classes=10, dim=32, num_layers=2,

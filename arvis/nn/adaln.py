@@ -101,3 +101,21 @@ class AdaLNHead(nn.Module):
         """x (b, n, c), condition (b, d) -> (b, n, c)."""
         scale, shift = rearrange(self.ada_lin(condition), "b (two c) -> b 1 two c", two=2).unbind(2)
         return self.ln_wo_grad(x) * (1 + scale) + shift
+
+
+class TableModulatedHead(nn.Module):
+    """PixArt's final layer (DD1's LlamaGen regression head, ``FinalLayer``): a LayerNorm without affine
+    parameters, shift and scale from a learned (2, c) table plus the condition, then a linear map.
+
+    x (b, n, c), condition (b, c) -> (b, n, out):  linear(LN(x) * (1 + table[1] + cond) + table[0] + cond).
+    """
+
+    def __init__(self, dim: int, out_dim: int, *, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
+        self.linear = nn.Linear(dim, out_dim)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim ** 0.5)
+
+    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+        shift, scale = (self.scale_shift_table + rearrange(condition, "b c -> b 1 c")).unbind(1)  # (b, c) each
+        return self.linear(self.norm_final(x) * (1 + scale[:, None]) + shift[:, None])

@@ -18,6 +18,7 @@ class SamplingConfig(Config):
     cfg_scale: float = 1.0  # uncond + cfg_scale·(cond − uncond); 1.0 runs the conditional model only
     cfg_schedule: Literal["constant", "linear", "step"] = "constant"
     cfg_start: float = 0.25  # "step" schedule only: guidance from this fraction of the steps on (ResTok)
+    cfg_interval: int = -1  # LlamaGen's cfg_interval: k >= 0 guides tokens 0..k+1 only, then conditional logits
     more_smooth: bool = False  # next-scale sampling only: VAR's Gumbel-softmax visualisation mode (not for FID)
     distilled_steps: int = 1  # Distilled Decoding pipelines only: 1 or 2 passes of the distilled generator
 
@@ -34,6 +35,8 @@ class SamplingConfig(Config):
             raise ValueError(f"distilled_steps must be 1 or 2, got {self.distilled_steps}")
         if not 0.0 <= self.cfg_start <= 1.0:
             raise ValueError(f"cfg_start must be in [0, 1], got {self.cfg_start}")
+        if self.cfg_interval < -1:
+            raise ValueError(f"cfg_interval must be -1 (guide every step) or >= 0, got {self.cfg_interval}")
 
 
 def check_drivable(model, units: frozenset[str]) -> None:

@@ -27,7 +27,7 @@ def guide(logits: Tensor, config: SamplingConfig, step: int, num_steps: int) -> 
         return logits
     cond, uncond = logits.chunk(2)
     return cfg_mix(cond, uncond, cfg_scale_at(config.cfg_schedule, config.cfg_scale, step, num_steps,
-                                              config.cfg_start))
+                                              config.cfg_start, config.cfg_interval))
 
 
 def feed_both(inputs: Tensor, config: SamplingConfig) -> Tensor:

@@ -60,11 +60,19 @@ CFG_SCHEDULES: dict[str, Callable[[float, int, int, float], float]] = {
     "constant": constant_cfg, "linear": linear_cfg, "step": step_cfg}
 
 
-def cfg_scale_at(schedule: str, scale: float, step: int, num_steps: int, start: float = 0.25) -> float:
+def cfg_scale_at(schedule: str, scale: float, step: int, num_steps: int, start: float = 0.25,
+                 interval: int = -1) -> float:
     """The guidance scale of ``step`` (0-based) out of ``num_steps`` under a named schedule
-    (``start`` is read by the "step" schedule only)."""
+    (``start`` is read by the "step" schedule only).
+
+    ``interval`` is LlamaGen's ``cfg_interval``: with k >= 0, steps after k + 1 use the conditional logits
+    alone (scale 1; upstream's decode loop counts from the second token, so tokens 0 .. k + 1 are guided);
+    -1 guides every step.
+    """
     if schedule not in CFG_SCHEDULES:
         raise ValueError(f"unknown CFG schedule {schedule!r}; choose one of {sorted(CFG_SCHEDULES)}")
+    if interval >= 0 and step > interval + 1:
+        return 1.0
     return CFG_SCHEDULES[schedule](scale, step, num_steps, start)
 
 

@@ -11,6 +11,7 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("cfg_scale", float, "classifier-free guidance scale"),
     ("cfg_schedule", str, "guidance schedule: constant, linear (VAR) or step (ResTok)"),
     ("cfg_start", float, "step schedule: guide from this fraction of the steps on"),
+    ("cfg_interval", int, "LlamaGen's cfg_interval: guide tokens 0..k+1 only (-1: every step)"),
     ("top_k", int, "keep the k most likely tokens (0: all)"),
     ("top_p", float, "nucleus sampling mass (1: off)"),
     ("temperature", float, "softmax temperature"),
@@ -19,8 +20,8 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
-    """Adds ``--cfg-scale``, ``--cfg-schedule``, ``--cfg-start``, ``--top-k``, ``--top-p``, ``--temperature``
-    (all default ``None``: keep the pipeline's stored setting)."""
+    """Adds ``--cfg-scale``, ``--cfg-schedule``, ``--cfg-start``, ``--cfg-interval``, ``--top-k``, ``--top-p``,
+    ``--temperature``, ``--distilled-steps`` (all default ``None``: keep the pipeline's stored setting)."""
     for name, kind, help_text in _OPTIONS:
         choices = sorted(CFG_SCHEDULES) if name == "cfg_schedule" else None
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices,

@@ -110,6 +110,12 @@ class Tokenizer(Component):
             shape = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
             raise ValueError(f"expected float code vectors of shape (batch, {expected[0]}, {expected[1]}), got {shape}")
 
+    def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
+        """Training pass: pixels in the tokenizer's range -> :class:`TokenizerOutput`. ``generator`` is the
+        randomness of the draws a tokenizer makes explicitly in training (ResTok's nested dropout; the trainer
+        seeds it by run seed, step, micro-batch and process); None draws from torch's global RNG."""
+        raise NotImplementedError
+
     def encode(self, pixels: Tensor) -> Tensor:
         raise NotImplementedError
 

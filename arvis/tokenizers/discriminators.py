@@ -12,6 +12,7 @@ Shapes: b batch, c channels, t frames, h w image size, p q the patch-logit grid,
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 from einops import rearrange, repeat
@@ -82,6 +83,7 @@ class VideoDiscriminatorConfig(Config):
     Attributes:
         width, depth, num_heads: the ViT (timm blocks, MLP x4, no qkv bias).
         patch_size, temporal_patch_size: its 3D patch (pt, p, p).
+        sincos_layout: its 3D sin-cos positions, ``"additive"`` (upstream) or ``"concat"`` (arvis 0.1).
     """
 
     width: int = 512
@@ -89,14 +91,16 @@ class VideoDiscriminatorConfig(Config):
     num_heads: int = 8
     patch_size: int = 8
     temporal_patch_size: int = 4
+    sincos_layout: Literal["additive", "concat"] = "additive"
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "num_heads", "patch_size", "temporal_patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VideoDiscriminatorConfig.{name} must be a positive integer, got {getattr(self, name)}")
-        if self.width % self.num_heads or self.width % 16:
+        position_multiple = 16 if self.sincos_layout == "concat" else 4
+        if self.width % self.num_heads or self.width % position_multiple:
             raise ValueError(f"VideoDiscriminatorConfig.width {self.width} must be divisible by num_heads "
-                             f"{self.num_heads} and by 16 (3D sin-cos positions)")
+                             f"{self.num_heads} and by {position_multiple} ({self.sincos_layout} 3D sin-cos positions)")
 
 
 class VideoTransformerDiscriminator(nn.Module):
@@ -126,7 +130,8 @@ class VideoTransformerDiscriminator(nn.Module):
         self.clip_shape = tuple(clip_shape)
         d = config.width
         self.patch_embed = nn.Conv3d(channels, d, kernel_size=(pt, p, p), stride=(pt, p, p))
-        self.register_buffer("positions", sincos_3d(d, frames // pt, height // p, width // p), persistent=False)
+        self.register_buffer("positions", sincos_3d(d, frames // pt, height // p, width // p, config.sincos_layout),
+                             persistent=False)
         self.cls_token = nn.Parameter(torch.empty(d))
         self.blocks = nn.ModuleList(
             ViTBlock(d, config.num_heads, qk_norm=False, layer_scale_init=None, qkv_bias=False, norm_eps=1e-5)

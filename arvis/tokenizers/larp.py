@@ -21,9 +21,9 @@ training (:meth:`LARPTokenizer.for_inference`).
 Deviations from upstream (deliberate):
     * Encoding (:meth:`encode`) always takes the most likely code; the stochastic draw happens only in
       training-mode :meth:`forward`. Upstream samples in eval mode too unless told otherwise.
-    * The fixed sin-cos tables are non-persistent buffers (rebuilt, not stored).
-    * The 3D sin-cos layout (1/4 of the width for the frame, 3/4 for the 2D position, MAE's 2D split) is
-      the common video-ViT one; upstream's ``embed.py`` was not available to compare.
+    * The fixed sin-cos tables are non-persistent buffers (rebuilt, not stored). Their 3D layout is upstream's
+      (``sincos_layout="additive"``: a full-width 2D table plus a full-width frame table, ``models/embed.py``);
+      arvis 0.1 put the frame and the 2D position side by side (``"concat"``), which folders it saved keep.
     * Not ported: torch.compile and the learnable or scheduled τ. LARP's transformer video discriminator,
       its label-smoothed losses and LeCam are part of the tokenizer objective
       (:mod:`arvis.tokenizers.losses`, ``configs/larp_l_tokenizer.yaml``).
@@ -32,6 +32,7 @@ Deviations from upstream (deliberate):
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +76,15 @@ class LARPConfig(Config):
         prior_rounds: scheduled-sampling rounds (2).
         prior_replace_max, prior_replace_peak: the replaced fraction ramps to ``max`` at ``peak`` of training.
         prior_temperature: cosine-logit temperature of the prior (1.0).
-        prior_lr_multiplier: the prior's learning rate over the base (50).
+        prior_lr_multiplier: the prior's learning rate over the base. 1 is what upstream's trainer in effect runs
+            (its per-step learning-rate schedule sets every parameter group of the tokenizer's optimiser to the
+            base rate, overwriting the prior's 50x group); 50 is the paper's stated multiplier.
         usage_window: recent indices kept for the codebook-usage metric.
+        sincos_layout: the 3D sin-cos layout of the patch positions, ``"additive"`` (upstream) or ``"concat"``
+            (arvis 0.1, see :func:`arvis.nn.sincos.sincos_3d`).
     """
+
+    saved_defaults = {"sincos_layout": "concat"}
 
     image_size: int = 128
     num_frames: int = 16
@@ -108,8 +115,9 @@ class LARPConfig(Config):
     prior_replace_max: float = 0.5
     prior_replace_peak: float = 0.3
     prior_temperature: float = 1.0
-    prior_lr_multiplier: float = 50.0
+    prior_lr_multiplier: float = 1.0
     usage_window: int = 65536
+    sincos_layout: Literal["additive", "concat"] = "additive"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "num_frames", "in_channels", "patch_size", "temporal_patch_size", "width",
@@ -122,9 +130,10 @@ class LARPConfig(Config):
         if self.num_frames % self.temporal_patch_size:
             raise ValueError(f"LARPConfig.num_frames {self.num_frames} must be divisible by temporal_patch_size "
                              f"{self.temporal_patch_size}")
-        if self.width % self.num_heads or self.width % 16:
+        position_multiple = 16 if self.sincos_layout == "concat" else 4
+        if self.width % self.num_heads or self.width % position_multiple:
             raise ValueError(f"LARPConfig.width {self.width} must be divisible by num_heads {self.num_heads} and "
-                             "by 16 (3D sin-cos positions)")
+                             f"by {position_multiple} ({self.sincos_layout} 3D sin-cos positions)")
         if self.prior_width % self.prior_heads:
             raise ValueError(f"LARPConfig.prior_width {self.prior_width} must be divisible by prior_heads "
                              f"{self.prior_heads}")
@@ -161,7 +170,8 @@ class LARPTokenizer(Tokenizer):
         patch = (config.temporal_patch_size, config.patch_size, config.patch_size)
         block = {"qk_norm": False, "layer_scale_init": None, "qkv_bias": False, "norm_eps": 1e-5}
         self.patch_embed = nn.Conv3d(config.in_channels, d, kernel_size=patch, stride=patch)
-        self.register_buffer("patch_positions", sincos_3d(d, frames, rows, cols), persistent=False)
+        self.register_buffer("patch_positions", sincos_3d(d, frames, rows, cols, config.sincos_layout),
+                             persistent=False)
         self.queries = nn.Parameter(torch.randn(config.num_tokens, d) * config.query_init_std)
         self.encoder = nn.ModuleList(ViTBlock(d, config.num_heads, **block) for _ in range(config.encoder_depth))
         self.quant_proj = nn.Linear(d, e)
@@ -253,12 +263,15 @@ class LARPTokenizer(Tokenizer):
         check_token_ids(tokens, self.config.num_tokens, self.vocab_size)
         return self.decode_codes(self.quantizer.lookup(rearrange(tokens, "b n -> b 1 n")))
 
-    def forward(self, pixels: Tensor) -> TokenizerOutput:
+    def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
         """Training pass: stochastic codes in training mode (nearest in eval), VQ losses and the prior's loss.
 
         During the ``continuous_warmup`` part of training the reconstruction is decoded from the unit
         continuous latents, and the VQ, entropy and prior losses are taken on the detached latents (they
         train the codebook and the prior, not the encoder); in eval mode it always comes from the codes.
+
+        ``generator`` is unused: LARP's stochastic codes and scheduled sampling draw from torch's global RNG,
+        which a resume restores.
         """
         self.check_pixels(pixels)
         config = self.config
@@ -300,5 +313,6 @@ TOKENIZERS.add_preset(
     "larp-l",
     LARPConfig(),
     "LARP-L-Long (paper): 16 frames at 128 px, patch (4, 8, 8) -> 1024 patches, 1024 tokens, ViT 12+12 blocks "
-    "768 wide, SVQ 8192x16 τ 0.03, gptc-S prior (12 layers, 384 wide) at 50x the learning rate.",
+    "768 wide, SVQ 8192x16 τ 0.03, gptc-S prior (12 layers, 384 wide) at the base learning rate (what upstream's "
+    "trainer runs; the paper states 50x: prior_lr_multiplier=50).",
 )

@@ -50,6 +50,8 @@ class TokenizerLossConfig(Config):
         perceptual_weight: weight of LPIPS (0 skips it; it is also off when the weights are missing).
         lpips_vgg_path: torchvision ``vgg16-397923af.pth`` (or ``.safetensors``); None reads ``ARVIS_LPIPS_VGG``.
         lpips_lin_path: LPIPS v0.1 ``vgg.pth`` (or ``.safetensors``); None reads ``ARVIS_LPIPS_LIN``.
+        lpips_dropout: LlamaGen's perceptual loss, dropout 0.5 before LPIPS's lin heads, active while training
+            (a noisier perceptual gradient); off (default) keeps LPIPS a fixed metric.
         disc_weight: weight of both adversarial losses.
         disc_start: first training step with adversarial losses; the discriminator is idle before it.
         discriminator: ``"patch"`` (PatchGAN on images or frames) or ``"video_transformer"`` (LARP, clips only).
@@ -67,6 +69,7 @@ class TokenizerLossConfig(Config):
     perceptual_weight: float = 1.0
     lpips_vgg_path: str | None = None
     lpips_lin_path: str | None = None
+    lpips_dropout: bool = False
     disc_weight: float = 0.5
     disc_start: int = 20000
     discriminator: str = "patch"
@@ -132,7 +135,7 @@ class VQGANLoss(nn.Module):
             self.discriminator = PatchDiscriminator(in_channels, ndf=config.disc_ndf, num_layers=config.disc_layers)
         self.lecam = adversarial.LeCamRegularizer(config.lecam_decay) if config.lecam_weight > 0 else None
         if lpips is None and config.perceptual_weight > 0:
-            lpips = resolve_lpips(config.lpips_vgg_path, config.lpips_lin_path)
+            lpips = resolve_lpips(config.lpips_vgg_path, config.lpips_lin_path, train_dropout=config.lpips_dropout)
         self.lpips = lpips if config.perceptual_weight > 0 else None
 
     def discriminator_active(self, step: int) -> bool:

@@ -45,33 +45,39 @@ def _vgg16_features() -> nn.Sequential:
 
 
 class LinearHead(nn.Module):
-    """1x1 conv without bias from c channels to 1, stored as ``model.1`` like LPIPS's ``NetLinLayer``."""
+    """1x1 conv without bias from c channels to 1, stored as ``model.1`` like LPIPS's ``NetLinLayer``; index 0 is
+    LPIPS's dropout (0.5) when ``dropout`` is on, else nothing."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, dropout: bool = False) -> None:
         super().__init__()
-        # Index 0 is LPIPS's dropout, a no-op in evaluation.
-        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
+        self.model = nn.Sequential(nn.Dropout(0.5) if dropout else nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
 
 class LPIPS(nn.Module):
-    """Frozen LPIPS-VGG distance between images in [-1, 1]; random weights unless loaded with :meth:`from_files`."""
+    """Frozen LPIPS-VGG distance between images in [-1, 1]; random weights unless loaded with :meth:`from_files`.
 
-    def __init__(self) -> None:
+    ``train_dropout`` reproduces LlamaGen's training loss: its LPIPS has dropout 0.5 before every lin head and
+    is put in training mode with the loss module, so the perceptual gradient is noisier. Without it (default)
+    LPIPS stays in eval mode whatever ``train()`` is told: a fixed metric.
+    """
+
+    def __init__(self, train_dropout: bool = False) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
         self.features = _vgg16_features()
         for index, channels in enumerate(_TAP_CHANNELS):
-            self.add_module(f"lin{index}", LinearHead(channels))
+            self.add_module(f"lin{index}", LinearHead(channels, dropout=train_dropout))
+        self.train_dropout = train_dropout
         self.requires_grad_(False)
         self.eval()
 
     def train(self, mode: bool = True) -> LPIPS:
-        """Stays in eval mode: LPIPS is a fixed metric."""
-        return super().train(False)
+        """Follows ``mode`` only with ``train_dropout``; otherwise stays in eval mode."""
+        return super().train(mode and self.train_dropout)
 
     def _taps(self, images: Tensor) -> list[Tensor]:
         """images (b, 3, h, w) -> VGG activations at the five tap layers."""
@@ -98,15 +104,16 @@ class LPIPS(nn.Module):
         return distance
 
     @classmethod
-    def from_files(cls, vgg_path: str | Path, lin_path: str | Path) -> LPIPS:
+    def from_files(cls, vgg_path: str | Path, lin_path: str | Path, *, train_dropout: bool = False) -> LPIPS:
         """Builds LPIPS from torchvision's VGG16 weights and LPIPS v0.1's lin weights.
 
         Args:
             vgg_path: ``vgg16-397923af.pth`` or a ``.safetensors`` with its ``features.*`` tensors
                 (``classifier.*`` tensors are ignored).
             lin_path: LPIPS v0.1 ``vgg.pth`` or a ``.safetensors`` with ``lin{k}.model.1.weight``.
+            train_dropout: see the class docstring.
         """
-        model = cls()
+        model = cls(train_dropout=train_dropout)
         backbone = {k: v for k, v in read_state_dict(vgg_path).items() if k.startswith("features.")}
         heads = {k: v for k, v in read_state_dict(lin_path).items() if k.startswith("lin")}
         state = {**backbone, **heads}
@@ -143,7 +150,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def resolve_lpips(vgg_path: str | Path | None, lin_path: str | Path | None) -> LPIPS | None:
+def resolve_lpips(vgg_path: str | Path | None, lin_path: str | Path | None, *,
+                  train_dropout: bool = False) -> LPIPS | None:
     """Loads LPIPS from local files, or returns None (perceptual loss off) after logging why.
 
     A path left as None is taken from the environment variable ``ARVIS_LPIPS_VGG`` or
@@ -156,7 +164,7 @@ def resolve_lpips(vgg_path: str | Path | None, lin_path: str | Path | None) -> L
         "LPIPS v0.1 lin heads (vgg.pth)": lin_path,
     }
     if all(path is not None and Path(path).is_file() for path in status.values()):
-        return LPIPS.from_files(vgg_path, lin_path)
+        return LPIPS.from_files(vgg_path, lin_path, train_dropout=train_dropout)
     described = "; ".join(
         f"{what}: {'not set' if path is None else repr(str(path)) + (' found' if Path(path).is_file() else ' missing')}"
         for what, path in status.items()

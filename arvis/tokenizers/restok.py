@@ -24,14 +24,28 @@ Mask: image tokens see all image tokens (of every merge level) and no latent; la
 image tokens and latent levels <= j. So the first k tokens, for k on a level boundary, depend only on
 the image, and a decoder given a prefix is consistent with the encoder.
 
+Upstream details followed (each a config field; a saved ``config.json`` without it keeps arvis 0.1's behaviour,
+see ``ResTokConfig.saved_defaults``): trunc-normal(0.02) initialisation of every linear and conv layer and
+N(0, 1/d) level embeddings and mask tokens (``weight_init``), a LayerNorm (``ln_pre``) on the encoder's and the
+decoder's input sequence, LayerNorm eps 1e-5 (``norm_eps``), the merge-level embedding added after the whole
+block (``merge_embed_after_block``), a fixed zero key bias (``key_bias=False``), and nested dropout that keeps
+all tokens with probability 1 - ``nested_dropout_prob`` (upstream's ``drop_prob`` 0.2: 80%).
+
 Deviations from upstream (deliberate):
     * Positions are learned absolute embeddings (image grid and latent index, encoder and decoder)
-      instead of upstream's 2D/1D hybrid RoPE.
+      instead of upstream's 2D/1D hybrid RoPE, initialised N(0, 0.02).
+    * The latent mask token lives in width space after the per-level projection (upstream: in code space
+      before ``decoder_embed``).
+    * Upstream's ``is_legacy`` reshape (encoder output (b, l, d) read as (b, d, l, 1), which mixes the channels
+      of all latents into each code) is not reproduced: each level has its own linear projection d -> e.
     * ``merge_mode``: "subsample" (default, what upstream's code does: nearest 1D interpolation over
       the flattened raster, i.e. even positions) or "average" (the paper's average pooling of pairs).
     * Nested dropout draws the kept counts of a batch by stratified inverse-CDF sampling (one uniform
       per sample, stratified over the batch, randomly permuted): each sample's marginal distribution
-      is the configured one, the batch covers it more evenly.
+      is the configured one, the batch covers it more evenly. The draws come from an explicit generator
+      (the trainer's, seeded by run seed, step, micro-batch and process), so resuming needs no extra state.
+      Upstream's weights are 2^i over the dropped counts and (2^(n-1) - 1)(int(1/p) - 1) for keeping all;
+      the mixture here equals that distribution whenever 1/p is an integer (p = 0.2).
     * Image tokens of all merge levels attend to each other fully.
     * The optional ImageNet normalisation is applied inside the encoder only; decoded pixels are in
       [0, 1] (``pixel_range``) and not clamped.
@@ -137,13 +151,24 @@ class ResTokConfig(Config):
         merge_mode: "subsample" (upstream code, default) or "average" (the paper's figure).
         codebook_size, codebook_dim: the one shared codebook (L2-normalised).
         commitment_beta, entropy_loss_ratio: quantizer loss weights.
-        nested_dropout_prob: probability that a training sample's kept count is drawn from
-            ``nested_dropout_counts`` with ``nested_dropout_weights`` (otherwise all l are kept).
-        nested_dropout_counts: allowed kept counts (level boundaries).
-        nested_dropout_weights: their relative weights.
+        nested_dropout_prob: probability p that a training sample's kept count is drawn from
+            ``nested_dropout_counts`` with ``nested_dropout_weights`` (otherwise all l are kept, probability 1 - p;
+            a count of l among the counts adds to that).
+        nested_dropout_counts: allowed kept counts when dropping (level boundaries; upstream: 4, 8, ..., l/2).
+        nested_dropout_weights: their relative weights (upstream: 1, 2, 4, ...).
         imagenet_normalize: normalise [0, 1] pixels with ImageNet statistics inside the encoder (3 channels).
         usage_window: recent indices kept for the codebook-usage metric.
+        weight_init: ``"trunc_normal"`` (upstream: trunc-normal(0.02) linear and conv weights, zero biases, N(0, 1/d)
+            level embeddings and mask tokens) or ``"torch"`` (arvis 0.1: PyTorch's defaults, N(0, 0.02) tables).
+        ln_pre: LayerNorm over the encoder's input [image ; latents] and the decoder's input (upstream ``ln_pre``).
+        norm_eps: eps of every LayerNorm but the QK norms (1e-5 upstream; 1e-6 in arvis 0.1).
+        merge_embed_after_block: add a merge level's embedding after the block that merged it (upstream), not
+            between its attention and MLP (arvis 0.1).
+        key_bias: learn a key bias (arvis 0.1); upstream keeps it a zero buffer.
     """
+
+    saved_defaults = {"weight_init": "torch", "ln_pre": False, "norm_eps": 1e-6, "merge_embed_after_block": False,
+                      "key_bias": True}
 
     image_size: int = 256
     in_channels: int = 3
@@ -169,10 +194,15 @@ class ResTokConfig(Config):
     commitment_beta: float = 0.25
     entropy_loss_ratio: float = 0.0
     nested_dropout_prob: float = 0.2
-    nested_dropout_counts: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
-    nested_dropout_weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 124.0)
+    nested_dropout_counts: tuple[int, ...] = (4, 8, 16, 32, 64)
+    nested_dropout_weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     imagenet_normalize: bool = True
     usage_window: int = 65536
+    weight_init: Literal["torch", "trunc_normal"] = "trunc_normal"
+    ln_pre: bool = True
+    norm_eps: float = 1e-5
+    merge_embed_after_block: bool = True
+    key_bias: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "patch_size", "width", "encoder_depth", "decoder_depth",
@@ -219,6 +249,8 @@ class ResTokConfig(Config):
             raise ValueError("ResTokConfig.nested_dropout_weights must be non-negative with a positive sum")
         if self.imagenet_normalize and self.in_channels != 3:
             raise ValueError("ResTokConfig.imagenet_normalize needs in_channels == 3")
+        if not self.norm_eps > 0:
+            raise ValueError(f"ResTokConfig.norm_eps must be > 0, got {self.norm_eps}")
 
     @property
     def downsample_factor(self) -> int:
@@ -266,9 +298,11 @@ class ResTokTokenizer(Tokenizer):
         self.enc_latent_pos = nn.Parameter(torch.randn(config.num_latent_tokens, d) * 0.02)
         self.enc_level_embed = nn.Parameter(torch.randn(len(sizes), d) * 0.02)
         self.merge_embed = nn.Parameter(torch.randn(len(config.merge_layers), d) * 0.02)
-        block = {"mlp_ratio": config.mlp_ratio, "qk_norm": config.qk_norm, "layer_scale_init": config.layer_scale_init}
+        block = {"mlp_ratio": config.mlp_ratio, "qk_norm": config.qk_norm, "layer_scale_init": config.layer_scale_init,
+                 "norm_eps": config.norm_eps, "key_bias": config.key_bias}
+        self.encoder_ln_pre = nn.LayerNorm(d, eps=config.norm_eps) if config.ln_pre else nn.Identity()
         self.encoder = nn.ModuleList(ViTBlock(d, config.num_heads, **block) for _ in range(config.encoder_depth))
-        self.encoder_norm = nn.LayerNorm(d, eps=1e-6)
+        self.encoder_norm = nn.LayerNorm(d, eps=config.norm_eps)
         self.quant_proj = nn.ModuleList(nn.Linear(d, config.codebook_dim) for _ in sizes)
         self.quantizer = VectorQuantizer(
             config.codebook_size, config.codebook_dim, l2_norm=True, commitment_beta=config.commitment_beta,
@@ -280,8 +314,9 @@ class ResTokTokenizer(Tokenizer):
         self.dec_latent_pos = nn.Parameter(torch.randn(config.num_latent_tokens, d) * 0.02)
         self.dec_level_embed = nn.Parameter(torch.randn(len(sizes), d) * 0.02)
         self.dec_image_pos = nn.Parameter(torch.randn(num_image, d) * 0.02)
+        self.decoder_ln_pre = nn.LayerNorm(d, eps=config.norm_eps) if config.ln_pre else nn.Identity()
         self.decoder = nn.ModuleList(ViTBlock(d, config.num_heads, **block) for _ in range(config.decoder_depth))
-        self.decoder_norm = nn.LayerNorm(d, eps=1e-6)
+        self.decoder_norm = nn.LayerNorm(d, eps=config.norm_eps)
         if config.cnn:
             self.pixel_head = nn.Conv2d(d, config.cnn_z_channels, 1)
             self.pixel_decoder = CNNDecoder(
@@ -294,6 +329,24 @@ class ResTokTokenizer(Tokenizer):
         if config.imagenet_normalize:
             self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if config.weight_init == "trunc_normal":
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Upstream's ``_init_weights``: trunc-normal(0.02) weights and zero biases for every linear and conv
+        layer (the pixel CNN's included; the codebook keeps its own initialisation), and N(0, 1/d) level
+        embeddings and mask tokens; arvis's learned positions keep N(0, 0.02)."""
+        for name, module in self.named_modules():
+            if name.startswith("quantizer"):
+                continue
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        scale = self.config.width ** -0.5
+        for table in (self.enc_level_embed, self.merge_embed, self.dec_level_embed, self.latent_mask_token,
+                      self.image_mask_token):
+            nn.init.normal_(table, std=scale)
 
     # ------------------------------------------------------------------ interface
     @property
@@ -327,7 +380,7 @@ class ResTokTokenizer(Tokenizer):
         config = self.config
         image = image + self.enc_image_pos
         image_levels = [image.shape[1]]
-        x = torch.cat([image, latents], dim=1)
+        x = self.encoder_ln_pre(torch.cat([image, latents], dim=1))
         mask = hierarchical_mask(sum(image_levels), config.level_sizes, device=x.device)
         merges = {layer: i for i, layer in enumerate(config.merge_layers)}
         for index, block in enumerate(self.encoder):
@@ -335,11 +388,15 @@ class ResTokTokenizer(Tokenizer):
             if index in merges:
                 coarsest = image_levels[0]
                 merged, residual = merge_image_tokens(x[:, :coarsest], config.merge_mode)
-                merged = merged + self.merge_embed[merges[index]]
+                if not config.merge_embed_after_block:
+                    merged = merged + self.merge_embed[merges[index]]
                 x = torch.cat([merged, residual, x[:, coarsest:]], dim=1)
                 image_levels = [coarsest // 2, *image_levels]
                 mask = hierarchical_mask(sum(image_levels), config.level_sizes, device=x.device)
             x = block.feed_forward(x)
+            if index in merges and config.merge_embed_after_block:
+                merged_count = image_levels[0]
+                x = torch.cat([x[:, :merged_count] + self.merge_embed[merges[index]], x[:, merged_count:]], dim=1)
         num_image = sum(image_levels)
         return x[:, :num_image], self.encoder_norm(x[:, num_image:])
 
@@ -362,7 +419,7 @@ class ResTokTokenizer(Tokenizer):
             latents = torch.where(keep[..., None], latents, self.latent_mask_token.to(latents.dtype))
         latents = latents + self.dec_level_embed[self.level_index] + self.dec_latent_pos
         image = (self.image_mask_token + self.dec_image_pos).expand(latents.shape[0], -1, -1)
-        x = torch.cat([latents, image], dim=1)
+        x = self.decoder_ln_pre(torch.cat([latents, image], dim=1))
         for block in self.decoder:
             x = block(x)
         x = self.decoder_norm(x[:, config.num_latent_tokens:])
@@ -372,8 +429,10 @@ class ResTokTokenizer(Tokenizer):
         p = config.patch_size
         return rearrange(self.pixel_head(grid), "b (c p q) h w -> b c (h p) (w q)", p=p, q=p)
 
-    def sample_kept_counts(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """(b,) long kept-token counts for nested dropout (stratified over the batch, see the module doc)."""
+    def sample_kept_counts(self, batch_size: int, device: torch.device | str | None = None,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """(b,) long kept-token counts for nested dropout (stratified over the batch, see the module doc), drawn
+        from ``generator`` (a CPU generator; None: torch's global RNG)."""
         config = self.config
         total = config.num_latent_tokens
         counts = list(config.nested_dropout_counts)
@@ -384,7 +443,8 @@ class ResTokTokenizer(Tokenizer):
         else:
             counts.append(total)
             probs = torch.cat([probs, torch.tensor([1.0 - config.nested_dropout_prob], dtype=torch.float64)])
-        uniforms = (torch.randperm(batch_size) + torch.rand(batch_size, dtype=torch.float64)) / batch_size
+        uniforms = (torch.randperm(batch_size, generator=generator)
+                    + torch.rand(batch_size, dtype=torch.float64, generator=generator)) / batch_size
         index = torch.searchsorted(probs.cumsum(0), uniforms, right=True).clamp(max=len(counts) - 1)
         return torch.tensor(counts, device=device)[index.to(device)]
 
@@ -415,13 +475,14 @@ class ResTokTokenizer(Tokenizer):
             keep = (torch.arange(config.num_latent_tokens, device=tokens.device) < count).expand(len(tokens), -1)
         return self.decode_codes(codes, keep)
 
-    def forward(self, pixels: Tensor) -> TokenizerOutput:
-        """Training pass: pixels -> reconstruction, tokens, quantizer losses; nested dropout in training mode."""
+    def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
+        """Training pass: pixels -> reconstruction, tokens, quantizer losses; nested dropout in training mode,
+        with kept counts drawn from ``generator`` (None: torch's global RNG)."""
         self.check_pixels(pixels)
         quantized = self.quantizer(self.latents(pixels))
         keep, metrics = None, {"codebook_usage": quantized.usage}
         if self.training and self.config.nested_dropout_prob > 0:
-            kept = self.sample_kept_counts(pixels.shape[0], device=pixels.device)
+            kept = self.sample_kept_counts(pixels.shape[0], device=pixels.device, generator=generator)
             keep = torch.arange(self.config.num_latent_tokens, device=pixels.device)[None, :] < kept[:, None]
             metrics["kept_tokens"] = kept.float().mean()
         return TokenizerOutput(
@@ -445,15 +506,17 @@ TOKENIZERS.add_preset(
     "restok-demo",
     ResTokConfig(image_size=32, patch_size=4, cnn=False, width=64, encoder_depth=4, decoder_depth=4, num_heads=4,
                  num_latent_tokens=32, merge_layers=(1, 2), codebook_size=256, codebook_dim=8,
-                 entropy_loss_ratio=0.1, nested_dropout_counts=(4, 8, 16, 32),
-                 nested_dropout_weights=(1.0, 2.0, 4.0, 8.0), imagenet_normalize=False),
+                 entropy_loss_ratio=0.1, nested_dropout_counts=(4, 8, 16), nested_dropout_weights=(1.0, 2.0, 4.0),
+                 imagenet_normalize=False),
     "Small ResTok for the 32 px glyphs: patch 4 (64 image tokens), 32 latents in levels "
-    "[1, 1, 2, 4, 8, 16], codebook 256x8, L2-normalised. LlamaGen's entropy loss (0.1) is on: without it "
-    "the codebook collapses to ~6 codes within 100 steps at this scale (upstream trains with 0).",
+    "[1, 1, 2, 4, 8, 16], codebook 256x8, L2-normalised; nested dropout keeps all 32 tokens 80% of the time. "
+    "LlamaGen's entropy loss (0.1) is on: without it the codebook collapses to ~6 codes within 100 steps at "
+    "this scale (upstream trains with 0).",
 )
 TOKENIZERS.add_preset(
     "restok-l-128",
     ResTokConfig(),
     "ResTok-L (paper): 256 px, VQGAN CNN ch 128 (1,1,2,2,4), ViT-L 24+24 blocks 1024 wide, 128 tokens in 8 levels, "
-    "codebook 8192x8, merges after blocks 5, 11, 17. Learned absolute positions instead of RoPE.",
+    "codebook 8192x8, merges after blocks 5, 11, 17, nested dropout keeping all 128 tokens 80% of the time. "
+    "Learned absolute positions instead of RoPE.",
 )

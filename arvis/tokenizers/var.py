@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor, nn
 
 from arvis.config import Config
@@ -173,8 +174,9 @@ class VARTokenizer(Tokenizer):
         """pixels (b, c, h, w) -> quantizer output (straight-through f_hat, tokens, VQ loss, usage); no checks."""
         return self.quantizer(self.latents(pixels))
 
-    def forward(self, pixels: Tensor) -> TokenizerOutput:
-        """Training pass: reconstruction from the straight-through f_hat, tokens, ``{"vq"}`` loss, per-scale usage."""
+    def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
+        """Training pass: reconstruction from the straight-through f_hat, tokens, ``{"vq"}`` loss, per-scale usage
+        (``generator`` is unused: nothing here is random)."""
         self.check_pixels(pixels)
         quantized = self.quantize(pixels)
         metrics = {"codebook_usage": quantized.usage}

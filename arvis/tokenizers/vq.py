@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -173,8 +174,9 @@ class VQTokenizer(Tokenizer):
         grid = rearrange(codes, "b (h w) e -> b e h w", h=height, w=width)
         return self.decode_codes(grid.to(self.post_quant_conv.weight.dtype))
 
-    def forward(self, pixels: Tensor) -> TokenizerOutput:
-        """Training pass: pixels (b, c, h, w) -> reconstruction, tokens, quantizer losses and usage."""
+    def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
+        """Training pass: pixels (b, c, h, w) -> reconstruction, tokens, quantizer losses and usage (``generator``
+        is unused: nothing here is random)."""
         self.check_pixels(pixels)
         quantized = self.quantize(pixels)
         return TokenizerOutput(

@@ -109,7 +109,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         token_data, num_classes = read_tokens(config.tokens_path, tokenizer)
     else:
         check_image_size(tokenizer, config.data)
-        dataset = build_dataset(config.data.replace(random_flip=False))
+        dataset = build_dataset(config.data.replace(random_flip=False, crop="center"))
         num_classes = dataset_num_classes(dataset)
     generator = build_generator(config, tokenizer, num_classes)
     check_compatible(tokenizer, generator)  # before any training time is spent

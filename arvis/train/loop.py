@@ -132,8 +132,9 @@ def build_dataset(config: DataConfig) -> Dataset:
         return MovingGlyphDataset(config.num_samples, image_size=config.image_size, num_frames=config.num_frames,
                                   seed=config.seed, num_classes=config.num_classes)
     if config.name == "video_folder":
-        return VideoFolderDataset(config.root, num_frames=config.num_frames, image_size=config.image_size)
-    return ImageFolderDataset(config.root, config.image_size, random_flip=config.random_flip,
+        return VideoFolderDataset(config.root, num_frames=config.num_frames, image_size=config.image_size,
+                                  random_flip=config.random_flip)
+    return ImageFolderDataset(config.root, config.image_size, random_flip=config.random_flip, crop=config.crop,
                               verify=config.verify_images)
 
 

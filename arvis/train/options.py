@@ -19,14 +19,20 @@ class DataConfig(Config):
     num_samples: int = 20000  # glyphs only
     num_classes: int = 10  # glyphs only; folders count their class subfolders
     seed: int = 0  # glyphs only: the dataset's rendering seed
-    random_flip: bool = False  # folder datasets only (glyph classes are not flip-invariant); generator
-    # training encodes each image and its mirror once instead (LlamaGen's flip augmentation of codes)
+    random_flip: bool = False  # tokenizer training: flip image- and video-folder items at random (glyph data
+    # ignores it: its classes are not mirror-symmetric); generator training and pretokenize encode each item and
+    # its mirror once instead (LlamaGen's flip augmentation of codes)
+    crop: Literal["center", "random"] = "center"  # image folders: "random" is LlamaGen's tokenizer augmentation
+    # (shorter side resized to a random 1.0-1.25x of image_size, then a random crop); generator training and
+    # pretokenize always centre-crop
     verify_images: Literal["none", "header", "decode"] = "header"  # folder datasets: check every file before
     # training ("header": opens, and is not cut short; "decode" also decodes every file once)
 
     def __post_init__(self) -> None:
         if self.name in ("folder", "video_folder") and not self.root:
             raise ValueError(f"data.root must name the folder when data.name is {self.name!r}")
+        if self.crop == "random" and self.name != "folder":
+            raise ValueError(f"data.crop=random applies to image folders (data.name=folder), not {self.name!r}")
 
     @property
     def is_video(self) -> bool:

@@ -81,7 +81,7 @@ def pretokenize(config: PretokenizeConfig) -> Path:
             f"token ids as {TOKEN_DTYPE}"
         )
     with_mirrors = config.data.random_flip
-    dataset = build_dataset(config.data.replace(random_flip=False))  # mirrors are encoded explicitly
+    dataset = build_dataset(config.data.replace(random_flip=False, crop="center"))  # mirrors are encoded explicitly
     logger.info("encoding %d images%s with %s", len(dataset), " and their mirrors" if with_mirrors else "",
                 config.tokenizer_path)
     encoded = encode_dataset(tokenizer, dataset, config.batch_size, device, with_mirrors=with_mirrors)

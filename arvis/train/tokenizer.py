@@ -18,6 +18,7 @@ training-only parts (``Tokenizer.for_inference``, e.g. LARP's prior), is saved a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,10 +52,12 @@ class TokenizerTrainConfig(Config):
     run: RunConfig = RunConfig()
 
 
-def label_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
-    """The randomness of one discriminator micro-batch (LARP's noisy labels): a function of the run's seed,
-    the step, the micro-batch and the process, so a resumed run draws what an uninterrupted one would."""
-    return torch.Generator().manual_seed(hash((seed, step, micro, process)) & (2**63 - 1))
+def micro_batch_generator(purpose: str, seed: int, step: int, micro: int, process: int) -> torch.Generator:
+    """The randomness of one micro-batch's ``purpose`` (the tokenizer's own draws, LARP's noisy labels): a
+    function of the run's seed, the step, the micro-batch and the process only (a SHA-256 of them, the same in
+    every Python version), so a resumed run draws what an uninterrupted one would without saving any state."""
+    digest = hashlib.sha256(f"{purpose}:{seed}:{step}:{micro}:{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def build_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
@@ -94,6 +97,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
     progress = ProgressLog(accelerator, run, "tokenizer", start, recipe=config)
     generator_params = list(model.parameters()) + loss_fn.generator_parameters()
     model.train()
+    loss_fn.train()  # the discriminator; LPIPS only with loss.lpips_dropout (LlamaGen), else it stays in eval
     for step in range(start, run.max_steps):
         train_discriminator = loss_fn.discriminator_update(step)
         tokenizer.set_training_progress(step / run.max_steps)
@@ -104,7 +108,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
             loss_fn.discriminator.requires_grad_(False)  # the tokenizer's update must not touch D's gradients
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
-                    output = model(pixels)
+                    output = model(pixels, generator=micro_batch_generator(
+                        "tokenizer", run.seed, step, micro, accelerator.process_index))
                     loss, logs = loss_fn.generator_loss(pixels, output.reconstruction, output.losses, step)
                 accelerator.backward(loss / accumulation)
             loss_fn.discriminator.requires_grad_(True)
@@ -113,7 +118,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> tuple[Path, list[dict[str, 
                     with accelerator.autocast():
                         disc_loss, disc_logs = loss_fn.discriminator_loss(
                             pixels, output.reconstruction, step, discriminator=discriminator,
-                            generator=label_generator(run.seed, step, micro, accelerator.process_index))
+                            generator=micro_batch_generator("labels", run.seed, step, micro,
+                                                            accelerator.process_index))
                     accelerator.backward(disc_loss / accumulation)
         updates = [OptimizerUpdate(optimizer, generator_params, config.optim.grad_clip, scheduler)]
         if train_discriminator:

@@ -177,3 +177,20 @@ def test_sixteen_bit_images_are_scaled_by_their_bit_depth(tmp_path: Path):
 def _save_16(path: Path, values: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(values).save(path)
+
+
+def test_llamagen_random_crop_rescales_by_up_to_a_quarter_and_crops_anywhere():
+    from arvis.data.transforms import random_crop_resize
+
+    gradient = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 6, (40, 1, 3))  # varies along the width
+    image = Image.fromarray(gradient)
+    crops = [np.asarray(random_crop_resize(image, 16, generator=torch.Generator().manual_seed(seed)))
+             for seed in range(40)]
+    assert all(crop.shape == (16, 16, 3) for crop in crops)
+    spans = {int(crop[0, -1, 0]) - int(crop[0, 0, 0]) for crop in crops}  # the zoom sets the span of the ramp
+    lefts = {int(crop[0, 0, 0]) for crop in crops}
+    assert len(spans) > 1 and len(lefts) > 3
+    full = np.asarray(center_crop_resize(image, 16))
+    assert max(spans) <= int(full[0, -1, 0]) - int(full[0, 0, 0]) + 2  # never zoomed out beyond the whole image
+    with pytest.raises(ValueError, match="crop must be"):
+        ImageFolderDataset(Path("."), 8, crop="corner")

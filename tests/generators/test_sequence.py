@@ -35,3 +35,14 @@ def test_positions_are_the_learned_table_and_not_rope():
         after = model(tokens, labels).logits
     changed = (before - after).abs().amax(-1)[0] > 0
     assert not changed[:5].any() and changed[5:].all()
+
+
+def test_positions_are_added_after_the_token_dropout():
+    torch.manual_seed(0)
+    model = GENERATORS.build("sequence-tiny", token_dropout=0.999).train()
+    embeddings = torch.randn(2, 8, model.config.dim)
+    inputs = model.teacher_forcing_inputs(embeddings)
+    dropped = inputs[0, 3] == model.pos_embeddings.weight[3]  # dropped elements keep their position (upstream)
+    assert dropped.float().mean() > 0.9
+    legacy = GENERATORS.build("sequence-tiny", token_dropout=0.999, positions_after_dropout=False).train()
+    assert (legacy.teacher_forcing_inputs(embeddings) == 0).float().mean() > 0.9  # arvis 0.1: dropped with them

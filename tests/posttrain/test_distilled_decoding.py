@@ -208,3 +208,54 @@ def test_distilled_presets_train_every_parameter_and_round_trip(name, tmp_path):
     first = sampler(model, labels, rng=torch.Generator().manual_seed(7))
     assert torch.equal(first, sampler(model, labels, rng=torch.Generator().manual_seed(7)))
     assert not torch.equal(first, sampler(model, labels, rng=torch.Generator().manual_seed(8)))
+
+
+def test_the_second_step_and_the_argmax_regression_switch_are_separate_settings(tiny_pipeline):
+    """DD1's ``t_list`` and ``split_t``: LlamaGen-L's 130/80 is a switch after the second step's timestep."""
+    model = DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=12, second_step=5)
+    model = randomize_parameters_(model, std=0.1, seed=1).eval()
+    assert model.second_step == 5 and model.config.split == 12
+    labels = torch.tensor([1, 4])
+    noise = torch.randn(2, 16, model.config.code_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = model.assemble(model(*model.timestep_inputs(noise, noise, 0), labels))
+        inputs, is_data = model.timestep_inputs(noise, first, 5)
+        second = model(inputs, is_data, labels)
+        codes = DistilledSampler(SamplingConfig(distilled_steps=2))(model, labels, noise=noise)
+    assert torch.equal(codes[:, :5], first[:, :5])  # the second pass keeps the first one's first 5 positions
+    assert torch.equal(codes[:, 5:12], model.code_vectors[second.logits[:, 5:12].argmax(-1)])  # argmax to the split
+    assert torch.equal(codes[:, 12:], second.regression[:, 12:])  # regression from the split on
+    assert torch.equal(is_data[:, :5], torch.ones(2, 5, dtype=torch.bool)) and not is_data[:, 5:].any()
+    with pytest.raises(ValueError, match="second_step 16 must lie in"):
+        DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=5, second_step=16)
+
+
+def test_raster_regression_head_is_the_final_layer_on_the_pre_norm_state(tiny_pipeline):
+    model = _distilled(tiny_pipeline, split=5)
+    assert model.config.regression_head == "final_layer"
+    trunk_states = []
+    model.trunk.norm.register_forward_hook(lambda module, args, output: trunk_states.append(args[0]))
+    labels = torch.tensor([1, 4])
+    noise = torch.randn(2, 16, model.config.code_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        regression = model(noise, torch.zeros(2, 16, dtype=torch.bool), labels).regression
+        head = model.regression_head
+        state = trunk_states[0][:, 1:]  # before the trunk's RMSNorm, without the class position
+        condition = model.trunk.cls_embedding(labels)[:, None]
+        normed = torch.nn.functional.layer_norm(state, (state.shape[-1],), eps=1e-6)
+        expected = head.linear(normed * (1 + head.scale_shift_table[1] + condition)
+                               + head.scale_shift_table[0] + condition)
+    torch.testing.assert_close(regression, expected)
+
+
+@pytest.mark.parametrize("which", ["raster", "var"])
+def test_the_class_position_is_marked_as_data(which, tiny_pipeline, var_pipeline):
+    model = _distilled(tiny_pipeline if which == "raster" else var_pipeline, split=2)
+    labels = torch.tensor([1, 4])
+    noise = torch.randn(2, model.layout.length, model.config.code_dim, generator=torch.Generator().manual_seed(0))
+    base = _outputs(model, noise, labels)  # timestep 0: no token position is data, only the class position
+    with torch.no_grad():
+        model.kind_embedding.weight[1] += 1.0
+    assert not torch.allclose(_outputs(model, noise, labels), base)
+    legacy = model.config.replace(mark_prefix_as_data=False)
+    assert type(model)(legacy).prefix_kind(noise).abs().sum() == 0  # arvis 0.1's models: nothing there

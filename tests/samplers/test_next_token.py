@@ -52,3 +52,18 @@ def test_sampler_refuses_a_model_in_training_mode():
     model = tiny_model().train()
     with pytest.raises(ValueError, match=r"training mode.*model.eval\(\)"):
         NextTokenSampler()(model, torch.tensor([1]))
+
+
+def test_cfg_interval_guides_the_first_tokens_and_then_uses_conditional_logits():
+    """LlamaGen's ``cfg_interval`` k: tokens 0 .. k + 1 guided, later ones from the conditional logits alone."""
+    model = tiny_model()
+    labels = torch.tensor([4, 5])
+    tokens = NextTokenSampler(SamplingConfig(cfg_scale=3.0, top_k=1, cfg_interval=2))(model, labels)
+    with torch.no_grad():
+        cond = model(tokens, labels).logits
+        uncond = model(tokens, torch.full_like(labels, model.null_class)).logits
+    assert torch.equal(tokens[:, :4], cfg_mix(cond, uncond, 3.0)[:, :4].argmax(-1))
+    assert torch.equal(tokens[:, 4:], cond[:, 4:].argmax(-1))
+    assert not torch.equal(tokens[:, 4:], cfg_mix(cond, uncond, 3.0)[:, 4:].argmax(-1))  # guidance would differ
+    everywhere = NextTokenSampler(SamplingConfig(cfg_scale=3.0, top_k=1, cfg_interval=-1))(model, labels)
+    assert torch.equal(everywhere, NextTokenSampler(SamplingConfig(cfg_scale=3.0, top_k=1))(model, labels))

@@ -34,8 +34,25 @@ def test_paper_sizes():
     assert model.config.patch_grid == (4, 16, 16)
 
 
+def test_3d_sincos_table_is_upstreams_sum_of_a_2d_and_a_frame_table():
+    import numpy as np
+
+    def sincos(dim, positions):  # upstream's formula: omega_i = 1 / 10000^(i / (dim/2)); [sin, cos]
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        angles = np.einsum("m,d->md", np.asarray(positions, dtype=np.float64), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    dim, frames, side = 16, 3, 4
+    rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    spatial = np.concatenate([sincos(dim // 2, cols.reshape(-1)), sincos(dim // 2, rows.reshape(-1))], axis=1)
+    expected = (spatial[None] + sincos(dim, np.arange(frames))[:, None]).reshape(-1, dim)
+    torch.testing.assert_close(sincos_3d(dim, frames, side, side), torch.from_numpy(expected).float(), atol=0, rtol=0)
+    assert sincos_3d(dim, frames, side, side, "concat").shape == (48, 16)  # arvis 0.1's layout, for old folders
+    assert TOKENIZERS.build("larp-tiny").config.sincos_layout == "additive"
+
+
 def test_sincos_tables():
-    table = sincos_3d(32, 2, 3, 4)  # (t h w) order; 8 dims for the frame, 24 for (column, row)
+    table = sincos_3d(32, 2, 3, 4, "concat")  # (t h w) order; 8 dims for the frame, 24 for (column, row)
     assert table.shape == (24, 32)
     assert torch.equal(table[0, :8], table[11, :8]) and not torch.equal(table[0, :8], table[12, :8])
     assert torch.equal(table[1, 8:], table[13, 8:])  # same (row, column) in the next frame
@@ -113,7 +130,8 @@ def test_optional_entropy_loss_is_reported_unscaled_by_the_vq_weight():
 
 def test_the_prior_is_dropped_for_inference_and_gets_its_learning_rate(tmp_path):
     model = tiny().eval()
-    assert model.learning_rate_multipliers() == {"prior.": 50.0}
+    assert model.learning_rate_multipliers() == {"prior.": 1.0}  # what upstream's trainer runs
+    assert tiny(prior_lr_multiplier=50.0).learning_rate_multipliers() == {"prior.": 50.0}  # the paper's
     stripped = model.for_inference()
     assert stripped.prior is None and not stripped.config.prior
     assert not any(name.startswith("prior.") for name in stripped.state_dict())

@@ -190,8 +190,10 @@ def test_video_discriminator_gives_one_logit_per_clip_and_sees_time():
         VideoTransformerDiscriminator(TINY_VIDEO_DISC, (3, 3, 16, 16))
     with pytest.raises(ValueError, match="patch"):
         VideoTransformerDiscriminator(TINY_VIDEO_DISC, (3, 16, 16))
-    with pytest.raises(ValueError, match="by 16"):
-        VideoDiscriminatorConfig(width=40, num_heads=2)
+    with pytest.raises(ValueError, match="by 4 .additive"):
+        VideoDiscriminatorConfig(width=42, num_heads=2)
+    with pytest.raises(ValueError, match="by 16 .concat"):
+        VideoDiscriminatorConfig(width=40, num_heads=2, sincos_layout="concat")
 
 
 def test_non_saturating_losses_on_hand_cases():
@@ -278,3 +280,17 @@ def test_adversarial_config_validation():
                             ({"lecam_decay": 1.0}, "lecam_decay")]:
         with pytest.raises(ValueError, match=message):
             TokenizerLossConfig(**change)
+
+
+def test_lpips_with_llamagens_dropout_is_noisy_in_training_only(lpips):
+    noisy = LPIPS(train_dropout=True)
+    noisy.load_state_dict(lpips.state_dict())  # the same weight files load: the heads keep their names
+    images, references = _images(0), _images(1)
+    noisy.eval()
+    torch.testing.assert_close(noisy(images, references), lpips(images, references))
+    noisy.train()
+    assert noisy.training
+    torch.manual_seed(0)
+    first = noisy(images, references)
+    assert not torch.allclose(first, noisy(images, references))  # dropout 0.5 before the lin heads
+    assert not any(p.requires_grad for p in noisy.parameters())

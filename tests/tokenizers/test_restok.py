@@ -147,17 +147,64 @@ def test_nested_dropout_only_in_training(tiny):
     torch.testing.assert_close(first.reconstruction, second.reconstruction, atol=0, rtol=0)
 
 
-def test_paper_kept_count_distribution():
-    config = ResTokConfig(image_size=32, patch_size=4, cnn=False, width=8, encoder_depth=1, decoder_depth=1,
-                          num_heads=1, num_latent_tokens=128, merge_layers=(), imagenet_normalize=False,
-                          codebook_size=8)
+def test_paper_kept_count_distribution_keeps_all_tokens_80_percent_of_the_time():
+    # Upstream (drop_prob 0.2, counts 4..128): weights 1, 2, 4, 8, 16 for 4..64 and 31 * 4 = 124 for all 128.
     with torch.device("meta"):
-        model = ResTokTokenizer(config)
+        model = TOKENIZERS.build("restok-l-128")
+    kept = model.sample_kept_counts(15500, generator=torch.Generator().manual_seed(0))
+    for count, weight in zip((4, 8, 16, 32, 64, 128), (1, 2, 4, 8, 16, 124), strict=True):
+        assert abs((kept == count).float().mean().item() - weight / 155) < 1e-3, count
+    legacy = model.config.replace(nested_dropout_counts=(4, 8, 16, 32, 64, 128),
+                                  nested_dropout_weights=(1.0, 2.0, 4.0, 8.0, 16.0, 124.0))  # arvis 0.1's preset
+    with torch.device("meta"):
+        old = ResTokTokenizer(legacy)
+    kept = old.sample_kept_counts(15500, generator=torch.Generator().manual_seed(0))
+    assert abs((kept == 128).float().mean().item() - (0.8 + 0.2 * 124 / 155)) < 1e-3  # 0.96: the fixed bug
+
+
+def test_kept_counts_come_from_the_explicit_generator_only():
+    with torch.device("meta"):
+        model = TOKENIZERS.build("restok-l-128")
+    state = torch.random.get_rng_state()
+    first = model.sample_kept_counts(64, generator=torch.Generator().manual_seed(7))
+    again = model.sample_kept_counts(64, generator=torch.Generator().manual_seed(7))
+    other = model.sample_kept_counts(64, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is not touched
+
+
+def test_upstream_architecture_details():
     torch.manual_seed(0)
-    kept = ResTokTokenizer.sample_kept_counts(model, 15500)
-    assert set(kept.tolist()) <= {4, 8, 16, 32, 64, 128}
-    expected_all = 0.8 + 0.2 * 124 / 155
-    assert abs((kept == 128).float().mean().item() - expected_all) < 1e-3
+    model = TOKENIZERS.build("restok-tiny")
+    layer_norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert layer_norms and all(m.eps == 1e-5 for m in layer_norms)
+    assert isinstance(model.encoder_ln_pre, torch.nn.LayerNorm) and isinstance(model.decoder_ln_pre, torch.nn.LayerNorm)
+    attention = model.encoder[0].attn
+    assert attention.qkv.bias is None and torch.equal(attention.k_bias, torch.zeros_like(attention.k_bias))
+    names = set(model.state_dict())
+    assert "encoder.0.attn.q_bias" in names and "encoder.0.attn.k_bias" not in names  # a buffer, not stored
+    linears = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+               and m is not model.quantizer.codebook]
+    weights = torch.cat([w.flatten() for w in linears])
+    # torch's trunc_normal_(std=0.02) truncates at +-2 (absolute), as upstream calls it: in effect N(0, 0.02).
+    assert abs(weights.std().item() - 0.02) < 2e-3 and abs(weights.mean().item()) < 2e-3
+    assert abs(model.enc_level_embed.std().item() - model.config.width ** -0.5) < 0.06
+
+
+def test_the_merge_embedding_is_added_after_the_block_that_merges():
+    torch.manual_seed(0)
+    model = TOKENIZERS.build("restok-tiny").eval()  # one merge, after block 0 of 2
+    model = ResTokTokenizer(model.config.replace(encoder_depth=1, merge_layers=(0,))).eval()
+    image = model.image_tokens(pixels(1))
+    latents = model.initial_latents(image)
+    with torch.no_grad():
+        with_embedding, _ = model.encoder_transformer(image, latents)
+        embedding = model.merge_embed[0].clone()
+        model.merge_embed.zero_()
+        without, _ = model.encoder_transformer(image, latents)
+    merged = model.num_image_tokens // 2
+    torch.testing.assert_close(with_embedding[:, :merged] - without[:, :merged], embedding.expand(1, merged, -1))
+    torch.testing.assert_close(with_embedding[:, merged:], without[:, merged:])
 
 
 def test_bad_inputs_raise(tiny):

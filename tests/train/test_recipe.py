@@ -89,3 +89,21 @@ def test_module_entry_points_report_config_errors_in_one_line(tmp_path):
         assert result.returncode == 2, (module, result.stderr)
         assert result.stderr.strip().splitlines()[-1].startswith("arvis: error: unknown "), (module, result.stderr)
         assert "Traceback" not in result.stderr, module
+
+
+def test_paper_recipes_use_the_upstream_settings():
+    from arvis.tokenizers.base import TOKENIZERS
+
+    vq16 = load_recipe(TokenizerTrainConfig, CONFIGS / "llamagen_vq16_tokenizer.yaml")
+    assert vq16.data.crop == "random" and vq16.data.random_flip and vq16.loss.lpips_dropout
+    larp = load_recipe(TokenizerTrainConfig, CONFIGS / "larp_l_tokenizer.yaml")
+    assert larp.data.random_flip and larp.loss.video_disc.sincos_layout == "additive"
+    assert larp.disc_optim.schedule == larp.optim.schedule == "cosine"
+    assert larp.disc_optim.warmup_steps * larp.loss.disc_every == larp.optim.warmup_steps
+    assert larp.disc_optim.min_lr_ratio == larp.optim.min_lr_ratio
+    larp_l = TOKENIZERS.preset(larp.tokenizer)
+    assert larp_l.prior_lr_multiplier == 1.0 and larp_l.sincos_layout == "additive"
+    restok = TOKENIZERS.preset("restok-l-128")
+    assert restok.nested_dropout_prob == 0.2 and 128 not in restok.nested_dropout_counts
+    assert (restok.weight_init, restok.ln_pre, restok.norm_eps, restok.merge_embed_after_block, restok.key_bias) == \
+        ("trunc_normal", True, 1e-5, True, False)

@@ -251,3 +251,26 @@ def test_larp_adversarial_recipe_trains_and_resumes_to_the_same_weights(tmp_path
     first, second = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
     for name in first:
         torch.testing.assert_close(second[name], first[name], atol=0, rtol=0, msg=name)
+
+
+def test_restok_nested_dropout_resumes_exactly_and_differs_per_step(tmp_path, kill_at_step):
+    """ResTok's kept counts come from a generator seeded by (seed, step, micro-batch, process): a killed run
+    resumes to the uninterrupted run's weights with no extra state, and the counts change from step to step."""
+    def recipe(output_dir):
+        return load_recipe(TokenizerTrainConfig, None, [
+            "tokenizer=restok-tiny", "tokenizer_config.nested_dropout_prob=0.3", "data.image_size=16",
+            "data.num_samples=64", "run.batch_size=8",
+            "run.max_steps=6", "run.log_every=1", "run.progress=false", "run.checkpoint_every=3",
+            "run.gradient_accumulation_steps=2", f"run.output_dir={output_dir}", "loss.perceptual_weight=0",
+            "loss.disc_start=100"])
+
+    reference, history = train_tokenizer(recipe(tmp_path / "whole"))
+    assert len({round(entry["kept_tokens"], 6) for entry in history}) > 1  # not the same draw every step
+    kill_at_step(4)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(recipe(tmp_path / "split"))
+    kill_at_step(None)
+    resumed, _ = train_tokenizer(recipe(tmp_path / "split"))
+    first, second = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], atol=0, rtol=0, msg=name)

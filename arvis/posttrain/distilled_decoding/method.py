@@ -42,16 +42,19 @@ class DistilledDecodingConfig(Config):
     """Settings of the ``distilled_decoding`` method.
 
     Attributes:
-        split: timestep (raster: tokens, VAR: scales) of the second step and of the switch from argmax codes
-            to regression vectors; None takes 5/16 of the tokens (DD1's 80 of 256 for LlamaGen) or half the
-            scales (5 of 10 for VAR-d16).
-        timesteps: training timesteps; None is (0, split).
+        split: timestep (raster: tokens, VAR: scales) of the switch from argmax codes to regression vectors
+            (DD1's ``split_t``); None takes 5/16 of the tokens (DD1's 80 of 256 for LlamaGen) or half the scales
+            (5 of 10 for VAR-d16).
+        second_step: timestep of the second sampling step (DD1's ``t_list`` 0, t); None: ``split``. LlamaGen-L's
+            published setting is split 130, second_step 80.
+        timesteps: training timesteps; None is (0, second_step).
         regression_weight: weight of the regression head's squared error.
         pairs_dir: where the pairs go (None: ``run.output_dir/pairs``).
         num_pairs, shard_size, pair_seed, ode_steps, pair_batch_size: the pair generation (:mod:`.pairs`).
     """
 
     split: int | None = None
+    second_step: int | None = None
     timesteps: tuple[int, ...] | None = None
     regression_weight: float = 1.0
     pairs_dir: str | None = None
@@ -93,9 +96,11 @@ class DistilledDecoding(PostTrainingMethod):
             raise ValueError(f"distilled_decoding needs a teacher with at least 2 {what}, got {units}")
         self.split = config.split if config.split is not None else max(1, (
             (units * 5) // 16 if self.model_class is DistilledRaster else units // 2))
-        if not 1 <= self.split < units:
-            raise ValueError(f"split must lie in [1, {units - 1}] for this teacher ({units} {what}), got {self.split}")
-        self.timesteps = config.timesteps if config.timesteps is not None else (0, self.split)
+        self.second_step = config.second_step if config.second_step is not None else self.split
+        for name, value in (("split", self.split), ("second_step", self.second_step)):
+            if not 1 <= value < units:
+                raise ValueError(f"{name} must lie in [1, {units - 1}] for this teacher ({units} {what}), got {value}")
+        self.timesteps = config.timesteps if config.timesteps is not None else (0, self.second_step)
         bad = [t for t in self.timesteps if not 0 <= t < units]
         if bad:
             raise ValueError(f"timesteps must lie in [0, {units - 1}] for this teacher ({units} {what}), got {bad}")
@@ -111,7 +116,8 @@ class DistilledDecoding(PostTrainingMethod):
         return load_pairs(self.pairs_dir)[0]
 
     def build_model(self) -> DistilledGenerator:
-        return self.model_class.from_teacher(self.pipeline.generator, self.pipeline.tokenizer, split=self.split)
+        return self.model_class.from_teacher(self.pipeline.generator, self.pipeline.tokenizer, split=self.split,
+                                             second_step=self.second_step)
 
     def loss(self, model: DistilledGenerator, batch: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """batch = (noise (b, l, e), labels (b,), tokens (b, l)) -> the loss averaged over the timesteps.

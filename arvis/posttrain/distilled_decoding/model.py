@@ -19,9 +19,13 @@ earlier scales and itself (VAR: an extra start position, then "earlier scales pl
 
 A *timestep* t says how many leading units are data: tokens for raster, scales for VAR
 (:meth:`DistilledGenerator.boundary` turns it into a token count). One-step sampling runs at t = 0; the
-second step runs at t = ``split`` with the first ``boundary(split)`` positions fixed to the codes of the
-first step and the rest reset to the same noise. Output positions before ``boundary(split)`` are the
-codes of the logits' argmax, later ones the regression head's continuous vectors, decoded unquantised.
+second step runs at t = ``second_step`` (DD1's ``t_list``) with the first ``boundary(second_step)`` positions
+fixed to the first step's output and the rest reset to the same noise. Output positions before
+``boundary(split)`` (DD1's ``split_t``) are the codes of the logits' argmax, later ones the regression head's
+continuous vectors, decoded unquantised. The two settings are separate, as upstream's: LlamaGen-L's published
+``split_t`` 130 with ``t_list`` 0, 80 is ``split=130, second_step=80``; ``second_step`` None means ``split``
+(the one setting arvis 0.1 had). Every position, the class / start position included, gets the noise-versus-data
+embedding; the class / start position is data (``mark_prefix_as_data``; arvis 0.1 gave it none).
 
 The codebook the noise maps onto (``code_vectors``, (v, e)) is copied from the tokenizer
 (:meth:`bind_tokenizer`) and saved with the model; pipelines check that it is the tokenizer's.
@@ -47,12 +51,20 @@ class DistilledConfig(Config):
     Attributes:
         teacher: {"type": the teacher's class name, "config": its config as a dict}.
         code_dim: e, the code (and noise) dimension.
-        split: the timestep where the second step starts and the regression head takes over.
+        split: the timestep from which the output is the regression head's (before it: the argmax codes;
+            DD1's ``split_t``).
+        second_step: the timestep of the second sampling step (DD1's second ``t_list`` entry); None: ``split``.
+        mark_prefix_as_data: add the "data" noise-versus-data embedding at the class / start position (upstream);
+            arvis 0.1 added none there.
     """
+
+    saved_defaults = {"mark_prefix_as_data": False}
 
     teacher: dict[str, Any] = dataclasses.field(default_factory=dict)
     code_dim: int = 8
     split: int = 1
+    second_step: int | None = None
+    mark_prefix_as_data: bool = True
 
 
 @dataclasses.dataclass
@@ -89,10 +101,13 @@ class DistilledGenerator(Generator):
         trunk_class = GENERATORS.get_class(spec["type"])
         if not issubclass(trunk_class, self.teacher_class):
             raise ValueError(f"{type(self).__name__} distils a {self.teacher_class.__name__}, not a {spec['type']}")
-        self.trunk = trunk_class(trunk_class.config_class.from_dict(spec["config"]))
-        if not 1 <= config.split < self.num_units:
-            raise ValueError(f"{type(self).__name__}: split {config.split} must lie in [1, {self.num_units - 1}] "
-                             f"({self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'})")
+        self.trunk = trunk_class(trunk_class.config_class.from_saved(spec["config"]))
+        units = f"{self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'}"
+        for name in ("split", "second_step"):
+            value = getattr(config, name)
+            if value is not None and not 1 <= value < self.num_units:
+                raise ValueError(f"{type(self).__name__}: {name} {value} must lie in [1, {self.num_units - 1}] "
+                                 f"({units})")
         self.register_buffer("code_vectors", torch.zeros(self.trunk.vocab_size, config.code_dim))
         self.kind_embedding = nn.Embedding(2, self.width)  # 0: noise, 1: data
         self.regression_head = nn.Linear(self.width, config.code_dim)
@@ -126,18 +141,31 @@ class DistilledGenerator(Generator):
         """The number of leading data tokens at ``timestep``."""
         raise NotImplementedError
 
+    @property
+    def second_step(self) -> int:
+        """The timestep of the second sampling step (``config.second_step``, else ``config.split``)."""
+        return self.config.second_step if self.config.second_step is not None else self.config.split
+
+    def prefix_kind(self, reference: Tensor) -> Tensor:
+        """(1, d) to add at the class / start position: the "data" embedding, or zeros for arvis 0.1's models."""
+        if not self.config.mark_prefix_as_data:
+            return reference.new_zeros(1, self.width)
+        return self.kind_embedding.weight[1:2].to(reference.dtype)
+
     @classmethod
     def fit_config(cls, config, *, tokenizer, num_classes: int):
         raise ValueError(f"{cls.__name__} is made from a trained teacher (DistilledGenerator.from_teacher), "
                          "not trained from a preset")
 
     @classmethod
-    def from_teacher(cls, teacher: Generator, tokenizer, *, split: int) -> DistilledGenerator:
+    def from_teacher(cls, teacher: Generator, tokenizer, *, split: int,
+                     second_step: int | None = None) -> DistilledGenerator:
         """A distilled generator initialised from ``teacher`` (its weights copied) for ``tokenizer``'s codes."""
         if not isinstance(teacher, cls.teacher_class):
             raise ValueError(f"{cls.__name__} distils a {cls.teacher_class.__name__}, got {type(teacher).__name__}")
         codes = tokenizer.code_vectors()
-        config = cls.config_class(teacher=teacher_spec(teacher), code_dim=codes.shape[1], split=split)
+        config = cls.config_class(teacher=teacher_spec(teacher), code_dim=codes.shape[1], split=split,
+                                  second_step=second_step)
         model = cls(config).to(next(teacher.parameters()).device)
         result = model.trunk.load_state_dict(teacher.state_dict(), strict=False)  # dropped teacher parts are skipped
         if result.missing_keys:

@@ -7,14 +7,18 @@ i + 1 holds x_i (noise ε_i or the code q_i) and predicts t_i itself, so with ca
 sees ε_{<=i}, which determines it under the flow-matching sampler. RoPE, blocks, norm and logits head are
 the teacher's. The teacher's token embedding table is dropped (``trunk.tok_embeddings`` is None): inputs
 are continuous, through ``input_proj`` (Linear e -> d), initialised by least squares so that a code
-vector's projection matches the teacher's embedding of its id. The regression head is a linear map of
-the normed hidden state to e (upstream uses an AdaLN final layer; LlamaGen has no AdaLN, so the plain
-form is used here).
+vector's projection matches the teacher's embedding of its id (DD1's ``tok_embeddings`` is a new linear layer
+with N(0, 0.02) weights; the least-squares start is arvis's choice, DD1 never released its training code). The
+regression head is upstream's PixArt final layer (``regression_head="final_layer"``): a LayerNorm without affine
+parameters of the trunk's hidden state before its final RMSNorm, modulated by a learned table plus the class
+embedding, then a linear map to e. arvis 0.1 used a linear map of the normed state (``"linear"``), which the
+folders it saved keep.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -22,16 +26,23 @@ from torch import Tensor, nn
 
 from arvis.generators.base import GENERATORS
 from arvis.generators.raster import RasterGenerator
+from arvis.nn.adaln import TableModulatedHead
 from arvis.nn.attention import causal_mask
 from arvis.posttrain.distilled_decoding.model import DistilledConfig, DistilledGenerator, DistilledOutput
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DistilledRasterConfig(DistilledConfig):
-    """A :class:`DistilledConfig` whose ``split`` counts tokens (DD1: 80 of 256 for LlamaGen-B; codes of 8)."""
+    """A :class:`DistilledConfig` whose ``split`` counts tokens (DD1: 80 of 256 for LlamaGen-B; codes of 8).
+
+    ``regression_head``: ``"final_layer"`` (upstream's PixArt final layer) or ``"linear"`` (arvis 0.1).
+    """
+
+    saved_defaults = {**DistilledConfig.saved_defaults, "regression_head": "linear"}
 
     code_dim: int = 8
     split: int = 80
+    regression_head: Literal["linear", "final_layer"] = "final_layer"
 
 
 @GENERATORS.register
@@ -45,6 +56,10 @@ class DistilledRaster(DistilledGenerator):
         super().__init__(config)
         self.trunk.tok_embeddings = None  # inputs are continuous (see the module docstring)
         self.input_proj = nn.Linear(config.code_dim, self.width)
+        if config.regression_head == "final_layer":
+            self.regression_head = TableModulatedHead(self.width, config.code_dim)
+            nn.init.normal_(self.regression_head.linear.weight, std=0.02)
+            nn.init.zeros_(self.regression_head.linear.bias)
 
     @classmethod
     def units_of(cls, teacher) -> int:
@@ -67,14 +82,19 @@ class DistilledRaster(DistilledGenerator):
         self.check_inputs(inputs, is_data, labels)
         trunk = self.trunk
         x = self.input_proj(inputs.to(self.input_proj.weight.dtype)) + self.kind_embedding(is_data.long())
-        x = torch.cat([rearrange(trunk.cls_embedding(labels), "b d -> b 1 d"), x], dim=1)
+        condition = trunk.cls_embedding(labels)
+        x = torch.cat([rearrange(condition + self.prefix_kind(condition), "b d -> b 1 d"), x], dim=1)
         x = trunk.tok_dropout(x)
         rope = trunk.rope_table(0, x.shape[1], x.device)
         mask = causal_mask(x.shape[1], device=x.device)
         for index, layer in enumerate(trunk.layers):
             x = layer(x, rope=rope, mask=mask, cache=None, layer=index)
         hidden = trunk.norm(x)[:, 1:]
-        return DistilledOutput(logits=trunk.output(hidden).float(), regression=self.regression_head(hidden).float())
+        if self.config.regression_head == "final_layer":
+            regression = self.regression_head(x[:, 1:], condition)  # the state before the trunk's RMSNorm
+        else:
+            regression = self.regression_head(hidden)
+        return DistilledOutput(logits=trunk.output(hidden).float(), regression=regression.float())
 
 
 GENERATORS.add_preset(

@@ -4,11 +4,13 @@ Shapes: b batch, l tokens, e code dimension.
 
 * One step: ε ~ N(0, I) of shape (b, l, e); one pass at timestep 0; the output codes are assembled
   (:meth:`DistilledGenerator.assemble`: argmax codes before the split, regression vectors after).
-* Two steps: the first pass's argmax codes of the first ``boundary(split)`` positions are kept, every
-  later position is reset to the *same* noise ε (not fresh noise), and a second pass runs at the split.
+* Two steps (DD1's ``t_list`` 0, t): the first pass's output of the first ``boundary(t)`` positions is kept
+  (argmax codes before the split, regression vectors from it), every later position is reset to the *same*
+  noise ε (not fresh noise), and a second pass runs at t = ``model.second_step``; its first ``boundary(t)``
+  positions are the kept ones, as upstream's ``final_predict``.
 * Teacher-involved: the first pass's first ``boundary(teacher_start)`` tokens are kept (no first pass
-  when ``teacher_start`` is 0), the teacher continues autoregressively with its own sampler up to the
-  split, and a pass at the split finishes from the original noise.
+  when ``teacher_start`` is 0), the teacher continues autoregressively with its own sampler up to
+  ``second_step``, and a pass there finishes from the original noise.
 
 The result is (b, l, e) float code vectors (continuous after the split), which pipelines decode with
 ``Tokenizer.decode_code_vectors``. No guidance is applied: the guided teacher policy was distilled in.
@@ -41,30 +43,31 @@ class DistilledSampler:
         check_drivable(model, self.units)
         model.check_labels(labels)
         noise = self._noise(model, labels, rng, noise)
-        first = self._first_pass(model, labels, noise)
+        first = model.assemble(self._first_pass(model, labels, noise))
         if self.config.distilled_steps == 1:
-            return model.assemble(first)
-        return self._finish(model, labels, noise, model.code_vectors[first.logits.argmax(-1)])
+            return first
+        return self._finish(model, labels, noise, first)
 
     @torch.inference_mode()
     def teacher_involved(self, model: DistilledGenerator, teacher: Generator, teacher_sampler, labels: Tensor, *,
                          teacher_start: int, rng: RandomSource = None, noise: Tensor | None = None) -> Tensor:
         """labels (b,) -> codes (b, l, e): one distilled pass, the teacher (``teacher_sampler``, e.g. the teacher
-        pipeline's sampler) from timestep ``teacher_start`` to the split, then one distilled pass from there."""
+        pipeline's sampler) from timestep ``teacher_start`` to ``model.second_step``, then one distilled pass from
+        there."""
         check_drivable(model, self.units)
         model.check_labels(labels)
         if teacher.layout != model.layout or teacher.vocab_size != model.vocab_size:
             raise ValueError(f"the teacher's tokens (layout {teacher.layout.shapes}, vocabulary {teacher.vocab_size}) "
                              f"are not the distilled model's ({model.layout.shapes}, {model.vocab_size}); pass the "
                              "teacher it was distilled from")
-        split = model.config.split
-        if not 0 <= teacher_start <= split:
-            raise ValueError(f"teacher_start must lie in [0, split={split}], got {teacher_start}")
+        second = model.second_step
+        if not 0 <= teacher_start <= second:
+            raise ValueError(f"teacher_start must lie in [0, second_step={second}], got {teacher_start}")
         noise = self._noise(model, labels, rng, noise)
         prefix = None  # teacher_start 0: the teacher starts from the class alone, no first pass is needed
         if teacher_start:
             prefix = self._first_pass(model, labels, noise).logits.argmax(-1)[:, :model.boundary(teacher_start)]
-        tokens = teacher_sampler(teacher, labels, rng=rng, prefix=prefix, length=model.boundary(split))
+        tokens = teacher_sampler(teacher, labels, rng=rng, prefix=prefix, length=model.boundary(second))
         codes = torch.zeros_like(noise)
         codes[:, :tokens.shape[1]] = model.code_vectors[tokens].to(noise.dtype)
         return self._finish(model, labels, noise, codes)
@@ -76,10 +79,10 @@ class DistilledSampler:
 
     @staticmethod
     def _finish(model: DistilledGenerator, labels: Tensor, noise: Tensor, codes: Tensor) -> Tensor:
-        """A pass at the split with the first ``boundary(split)`` positions fixed to ``codes``."""
-        inputs, is_data = model.timestep_inputs(noise, codes, model.config.split)
+        """A pass at ``model.second_step`` with the first ``boundary(second_step)`` positions fixed to ``codes``."""
+        inputs, is_data = model.timestep_inputs(noise, codes, model.second_step)
         final = model.assemble(model(inputs, is_data, labels))
-        count = model.boundary(model.config.split)
+        count = model.boundary(model.second_step)
         return torch.cat([codes[:, :count].float(), final[:, count:]], dim=1)
 
     @staticmethod

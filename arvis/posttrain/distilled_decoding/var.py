@@ -3,7 +3,10 @@
 Shapes: b batch, l = sum(p_k ** 2) tokens, e code dimension (VAR's Cvae), c width, v vocabulary.
 
 The sequence is [start, x_0 .. x_{l-1}] (DD1's extra 1x1 first scale: 1 + l positions). The start
-position is the teacher's: class embedding + ``pos_start`` + position 0 + level 0. Token position i holds
+position is the teacher's: class embedding + ``pos_start`` + position 0 + level 0, plus the "data"
+noise-versus-data embedding (as upstream marks it; arvis 0.1 did not). Deviation: upstream gives the extra scale
+new rows of the position and level tables; here the first scale's token reuses position 0 and level 0 of the
+start position. Token position i holds
 x_i (noise ε_i or code q_i) through the teacher's ``word_embed`` plus the teacher's position and level
 embeddings of token i, plus the noise-versus-data embedding, and predicts token i itself. A position
 attends to the start, to every position of strictly earlier scales, and to itself (not to the rest of
@@ -77,7 +80,7 @@ class DistilledVAR(DistilledGenerator):
         condition = trunk.class_emb(labels)
         levels = torch.tensor(self._levels, device=inputs.device)
         start = rearrange(condition, "b c -> b 1 c") + trunk.pos_start[:, :1] + trunk.pos_1LC[:, :1] \
-            + trunk.lvl_embed.weight[0]
+            + trunk.lvl_embed.weight[0] + self.prefix_kind(condition)
         tokens = trunk.word_embed(inputs.to(trunk.word_embed.weight.dtype)) + trunk.pos_1LC + trunk.lvl_embed(levels) \
             + self.kind_embedding(is_data.long())
         x = torch.cat([start, tokens], dim=1)
