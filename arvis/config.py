@@ -38,25 +38,31 @@ class Config:
     @classmethod
     def from_dict(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
         """Builds the config from a dict; an unknown key or a mistyped value is a ``ValueError``."""
+        return cls._build(data, saved=False)
+
+    @classmethod
+    def from_saved(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
+        """Like :meth:`from_dict`, for a config read back from a file: a key the file lacks takes its
+        ``saved_defaults`` value (the behaviour of the version that wrote it), others their defaults; nested
+        configs are read the same way."""
+        return cls._build(data, saved=True)
+
+    @classmethod
+    def _build(cls: type[ConfigT], data: dict[str, Any], *, saved: bool) -> ConfigT:
         if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+            raise ValueError(f"{cls.__name__} expects a dict of fields, got {type(data).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValueError(
                 f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(fields)}"
             )
+        if saved:
+            data = {**{key: value for key, value in cls.saved_defaults.items() if key not in data}, **data}
         hints = typing.get_type_hints(cls)
-        kwargs = {name: coerce(value, hints[name], f"{cls.__name__}.{name}") for name, value in data.items()}
+        kwargs = {name: coerce(value, hints[name], f"{cls.__name__}.{name}", saved=saved)
+                  for name, value in data.items()}
         return cls(**kwargs)
-
-    @classmethod
-    def from_saved(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
-        """Like :meth:`from_dict`, for a config read back from a file: a key the file lacks takes its
-        ``saved_defaults`` value (the behaviour of the version that wrote it), others their defaults."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}.from_saved expects a dict, got {type(data).__name__}")
-        return cls.from_dict({**{k: v for k, v in cls.saved_defaults.items() if k not in data}, **data})
 
     def replace(self: ConfigT, **changes: Any) -> ConfigT:
         """Returns a copy with ``changes`` applied, checked like ``from_dict``."""
@@ -69,7 +75,8 @@ class Config:
 
     @classmethod
     def from_json(cls: type[ConfigT], path: str | Path) -> ConfigT:
-        return cls.from_dict(read_json(path))
+        """Reads a file written by :meth:`to_json` (as a saved config: see :meth:`from_saved`)."""
+        return cls.from_saved(read_json(path))
 
 
 def read_json(path: str | Path) -> Any:
@@ -93,7 +100,7 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def coerce(value: Any, annotation: Any, where: str) -> Any:
+def coerce(value: Any, annotation: Any, where: str, *, saved: bool = False) -> Any:
     """Checks ``value`` against a type annotation, converting lists to tuples and dicts to configs.
 
     Floats must be finite: NaN and infinities are refused here, once, for every way a config is made
@@ -101,7 +108,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
 
     Only the annotation forms used by arvis configs are supported: builtins, ``X | None``,
     ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]``, ``Literal[...]`` and
-    nested ``Config`` subclasses.
+    nested ``Config`` subclasses (read with :meth:`Config.from_saved` when ``saved``).
     """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -110,7 +117,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         for option in args:
             try:
-                return coerce(value, option, where)
+                return coerce(value, option, where, saved=saved)
             except ValueError:
                 continue
         raise ValueError(f"{where}: {value!r} matches none of {annotation}")
@@ -126,24 +133,25 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, annotation):
             return value
         if isinstance(value, dict):
-            return annotation.from_dict(value)
+            return annotation.from_saved(value) if saved else annotation.from_dict(value)
         raise ValueError(f"{where}: expected a dict for {annotation.__name__}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(coerce(v, args[0], f"{where}[{i}]", saved=saved) for i, v in enumerate(value))
         if len(args) != len(value):
             raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(coerce(v, a, f"{where}[{i}]", saved=saved)
+                     for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        return [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, args[0], f"{where}[{i}]", saved=saved) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return {k: coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return {k: coerce(v, args[1], f"{where}.{k}", saved=saved) for k, v in value.items()}
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):

@@ -50,20 +50,29 @@ def write_manifest(folder: Path, kind: str) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def written_by_arvis(folder: Path, legacy: LegacyRule | None = None) -> set[str] | None:
-    """The files arvis wrote in ``folder`` (its manifest, or the ``legacy`` rule), or None if it is not an arvis save."""
-    manifest = folder / MANIFEST_FILE
-    if manifest.is_file():
-        record = json_object_or_none(manifest)
-        if record is not None and record.get("written_by") == "arvis" and isinstance(record.get("files"), list):
-            return {str(name) for name in record["files"]} | {MANIFEST_FILE}
+def manifest_record(folder: Path) -> dict | None:
+    """The manifest of ``folder`` if it holds a valid one, else None."""
+    record = json_object_or_none(folder / MANIFEST_FILE)
+    if record is None or record.get("written_by") != "arvis" or not isinstance(record.get("files"), list) \
+            or not isinstance(record.get("kind"), str):
         return None
+    return record
+
+
+def written_by_arvis(folder: Path, kind: str, legacy: LegacyRule | None = None) -> set[str] | None:
+    """The files arvis wrote in ``folder`` as a save of ``kind`` (its manifest, or the ``legacy`` rule), or None
+    if it is not such a save (a save of another kind, e.g. a tokenizer folder where a pipeline goes, is not)."""
+    if (folder / MANIFEST_FILE).exists():
+        record = manifest_record(folder)
+        if record is None or record["kind"] != kind:
+            return None
+        return {str(name) for name in record["files"]} | {MANIFEST_FILE}
     return legacy(folder) if legacy is not None else None
 
 
-def replaceable_problem(path: Path, legacy: LegacyRule | None = None) -> str | None:
-    """None if arvis may replace or delete ``path`` (absent, an empty folder, or an arvis save holding nothing
-    else), else why not."""
+def replaceable_problem(path: Path, kind: str, legacy: LegacyRule | None = None) -> str | None:
+    """None if arvis may replace or delete ``path`` (absent, an empty folder, or an arvis save of ``kind`` holding
+    nothing else), else why not."""
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_symlink() or not path.is_dir():
@@ -71,9 +80,14 @@ def replaceable_problem(path: Path, legacy: LegacyRule | None = None) -> str | N
     present = files_under(path)
     if not present:
         return None
-    ours = written_by_arvis(path, legacy)
+    ours = written_by_arvis(path, kind, legacy)
     if ours is None:
-        return f"{path} holds files but is not a folder arvis saved (it has no {MANIFEST_FILE})"
+        record = manifest_record(path)
+        if record is not None:
+            return f"{path} is an arvis {record['kind']} folder, not a {kind} folder"
+        if (path / MANIFEST_FILE).exists():
+            return f"{path} holds files and its {MANIFEST_FILE} is not arvis's (corrupt or foreign)"
+        return f"{path} holds files but is not a folder arvis saved (it has no {MANIFEST_FILE}), let alone a {kind}"
     foreign = sorted(present - ours)
     if foreign:
         listed = ", ".join(foreign[:MAX_LISTED]) + (f" and {len(foreign) - MAX_LISTED} more" if len(foreign) > MAX_LISTED else "")
@@ -81,19 +95,11 @@ def replaceable_problem(path: Path, legacy: LegacyRule | None = None) -> str | N
     return None
 
 
-def check_replaceable(path: str | Path, legacy: LegacyRule | None = None) -> None:
+def check_replaceable(path: str | Path, kind: str, legacy: LegacyRule | None = None) -> None:
     """Raises ``ValueError`` unless arvis may replace ``path`` (see :func:`replaceable_problem`)."""
-    problem = replaceable_problem(Path(path), legacy)
+    problem = replaceable_problem(Path(path), kind, legacy)
     if problem:
         raise ValueError(f"refusing to replace {path}: {problem}; choose another folder or move those files away")
-
-
-def remove_arvis_folder(path: str | Path, legacy: LegacyRule | None = None) -> None:
-    """Deletes ``path`` after :func:`check_replaceable` (which raises, deleting nothing, if it is not ours)."""
-    path = Path(path)
-    check_replaceable(path, legacy)
-    if path.exists():
-        shutil.rmtree(path)
 
 
 @contextlib.contextmanager
@@ -107,7 +113,7 @@ def replace_folder(path: str | Path, kind: str, legacy: LegacyRule | None = None
         legacy: recognises arvis saves written before manifests (see the module docstring).
     """
     path = Path(path)
-    check_replaceable(path, legacy)
+    check_replaceable(path, kind, legacy)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = path.with_name(f".{path.name}.saving-{token}")
@@ -115,7 +121,7 @@ def replace_folder(path: str | Path, kind: str, legacy: LegacyRule | None = None
     try:
         yield staging
         write_manifest(staging, kind)
-        check_replaceable(path, legacy)  # a user may have put a file there meanwhile
+        check_replaceable(path, kind, legacy)  # a user may have put a file there meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

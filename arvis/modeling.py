@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -60,7 +60,7 @@ class Component(nn.Module):
         path = Path(path)
         header = {"type": type(self).__name__, "kind": self.kind, "arvis_version": __version__,
                   "config": self.config.to_dict()}
-        with replace_folder(path, "component", legacy_component_files) as staging:
+        with replace_folder(path, self.kind, legacy_component_rule(self.kind)) as staging:
             save_model(self, str(staging / WEIGHTS_FILE))
             (staging / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
         return path
@@ -94,13 +94,16 @@ class Component(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def legacy_component_files(folder: Path) -> set[str] | None:
-    """The files of a component folder saved before manifests existed (``config.json`` with arvis's header and
-    ``model.safetensors``), or None if ``folder`` is not one."""
-    header = json_object_or_none(folder / CONFIG_FILE)
-    if header is None or not {"type", "kind", "config", "arvis_version"} <= set(header):
-        return None
-    return {CONFIG_FILE, WEIGHTS_FILE}
+def legacy_component_rule(kind: str) -> Callable[[Path], set[str] | None]:
+    """Recognises a ``kind`` ("tokenizer", "generator") folder saved before manifests existed: its files
+    (``config.json`` with arvis's header of that kind, and ``model.safetensors``), or None if it is not one."""
+    def files(folder: Path) -> set[str] | None:
+        header = json_object_or_none(folder / CONFIG_FILE)
+        if header is None or not {"type", "kind", "config", "arvis_version"} <= set(header) or header["kind"] != kind:
+            return None
+        return {CONFIG_FILE, WEIGHTS_FILE}
+
+    return files
 
 
 def read_component_header(path: Path) -> dict[str, Any]:

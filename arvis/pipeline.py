@@ -20,7 +20,7 @@ import torch
 from arvis.config import read_json
 from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
-from arvis.modeling import legacy_component_files
+from arvis.modeling import legacy_component_rule
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.tokenizers.base import Tokenizer
 
@@ -98,13 +98,18 @@ def legacy_pipeline_files(folder: Path) -> set[str] | None:
     files = {PIPELINE_FILE}
     for entry in ("tokenizer", "generator"):
         name = index[entry]
-        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+        if not is_sub_folder_name(name):
             return None
-        component = written_by_arvis(folder / name, legacy_component_files)
+        component = written_by_arvis(folder / name, entry, legacy_component_rule(entry))
         if component is None:
             return None
         files |= {f"{name}/{file}" for file in component}
     return files
+
+
+def is_sub_folder_name(name: object) -> bool:
+    """Whether ``name`` is the plain name of a direct sub-folder (no separator, not ``.`` or ``..``)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
 
 
 def component_folder(path: Path, index: dict, entry: str) -> Path:
@@ -114,11 +119,10 @@ def component_folder(path: Path, index: dict, entry: str) -> Path:
     where = f"{path / PIPELINE_FILE}: the {entry!r} entry"
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where} must be the name of a sub-folder (a string), got {name!r}")
-    relative = Path(name)
-    if relative.is_absolute() or ".." in relative.parts:
+    if not is_sub_folder_name(name):
         raise ValueError(f"{where} names {name!r}, which is not inside the pipeline folder; components are loaded "
-                         "only from sub-folders of the pipeline")
-    folder = path / relative
+                         "only from direct sub-folders of the pipeline")
+    folder = path / name
     if not folder.resolve().is_relative_to(path.resolve()):
         raise ValueError(f"{where} names {name!r}, which leads outside the pipeline folder; components are loaded "
                          "only from sub-folders of the pipeline")

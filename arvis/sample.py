@@ -273,6 +273,24 @@ def _component_summary(component) -> dict[str, Any]:
     return {"type": type(component).__name__, "config": component.config.to_dict()}
 
 
+def _with_current_fields(protocol: dict[str, Any]) -> dict[str, Any]:
+    """A recorded protocol with the configs read back as saved configs are (``Config.from_saved``), so that a
+    folder sampled by an earlier version, whose configs lack later fields, matches the same settings now."""
+    from arvis.generators.base import GENERATORS
+    from arvis.tokenizers.base import TOKENIZERS
+
+    upgraded = dict(protocol)
+    try:
+        upgraded["sampling"] = SamplingConfig.from_saved(protocol["sampling"]).to_dict()
+        for key, registry in (("tokenizer", TOKENIZERS), ("generator", GENERATORS)):
+            summary = protocol[key]
+            config = registry.get_class(summary["type"]).config_class.from_saved(summary["config"])
+            upgraded[key] = {**summary, "config": config.to_dict()}
+    except (KeyError, TypeError, ValueError):
+        return protocol  # not readable as this version's configs: compared as recorded (and so refused)
+    return upgraded
+
+
 def _arvis_version() -> str:
     from arvis import __version__
 
@@ -289,7 +307,7 @@ def _claim_folder(output_dir: Path, protocol: dict[str, Any]) -> None:
     has_images = images_dir.is_dir() and any(images_dir.glob("*.png"))  # listed before the protocol is read
     path = output_dir / PROTOCOL_FILE
     if path.is_file():
-        existing = read_protocol(output_dir)
+        existing = _with_current_fields(read_protocol(output_dir))
         differing = sorted(key for key in set(existing) | set(protocol)
                            if key not in _INFORMATIONAL_KEYS and existing.get(key) != protocol.get(key))
         if differing:

@@ -74,3 +74,29 @@ def test_non_finite_floats_are_refused_wherever_configs_are_made(value):
         SamplingConfig().replace(cfg_scale=value)
     with pytest.raises(ValueError, match=r"SamplingConfig.temperature: expected a finite number"):
         SamplingConfig.from_dict({"temperature": value})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Grown(Config):
+    """A config that gained ``new_way`` after files were saved without it."""
+
+    saved_defaults = {"new_way": False}
+
+    size: int = 1
+    new_way: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Holder(Config):
+    inner: Grown = Grown()
+
+
+def test_saved_configs_missing_a_later_field_keep_the_old_behaviour(tmp_path):
+    assert Grown().new_way and Grown.from_dict({"size": 2}).new_way  # new configs: the new default
+    assert not Grown.from_saved({"size": 2}).new_way  # a file without the key: what its writer did
+    assert Grown.from_saved({"size": 2, "new_way": True}).new_way
+    assert not Holder.from_saved({"inner": {"size": 3}}).inner.new_way  # nested configs too
+    assert Holder.from_dict({"inner": {"size": 3}}).inner.new_way
+    (tmp_path / "old.json").write_text(json.dumps({"size": 4}))
+    assert not Grown.from_json(tmp_path / "old.json").new_way
+    assert "saved_defaults" not in Grown().to_dict()

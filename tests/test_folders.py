@@ -13,7 +13,7 @@ def test_interrupted_save_leaves_the_previous_folder_intact(tmp_path):
     model.save_pretrained(tmp_path / "g")
     before = {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()}
     with pytest.raises(RuntimeError, match="disk full"):
-        with replace_folder(tmp_path / "g", "component") as staging:
+        with replace_folder(tmp_path / "g", "generator") as staging:
             (staging / "config.json").write_text("{}")
             raise RuntimeError("disk full")
     assert {p.name: p.read_bytes() for p in (tmp_path / "g").iterdir()} == before
@@ -77,3 +77,15 @@ def test_saves_from_before_manifests_are_recognised_by_their_header(tmp_path):
     (tmp_path / "g" / "notes.txt").write_text("precious")
     with pytest.raises(ValueError, match="also holds files arvis did not write: notes.txt"):
         model.save_pretrained(tmp_path / "g")
+
+
+def test_an_arvis_folder_of_another_kind_is_not_replaced(tiny_pipeline, tmp_path):
+    tiny_pipeline.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(ValueError, match="is an arvis tokenizer folder, not a pipeline folder"):
+        tiny_pipeline.save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(ValueError, match="is an arvis tokenizer folder, not a generator folder"):
+        tiny_pipeline.generator.save_pretrained(tmp_path / "tokenizer")
+    assert (tmp_path / "tokenizer" / "config.json").is_file()
+    (tmp_path / "tokenizer" / MANIFEST_FILE).unlink()  # a tokenizer saved by arvis 0.1: its header says so
+    with pytest.raises(ValueError, match="not a folder arvis saved"):
+        tiny_pipeline.generator.save_pretrained(tmp_path / "tokenizer")

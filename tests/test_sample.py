@@ -150,3 +150,14 @@ def test_a_corrupt_protocol_is_named(tmp_path):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "arvis.cli", "sample", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--num-samples" in result.stdout
+
+
+def test_a_folder_sampled_by_an_earlier_version_resumes(tiny_pipeline, tmp_path):
+    """A protocol written before a config field existed (here: sampling's cfg_interval) still matches."""
+    sample_to_folder(tiny_pipeline, tmp_path, num_samples=3, seed=0)
+    protocol = read_protocol(tmp_path)
+    del protocol["sampling"]["cfg_interval"]
+    (tmp_path / "protocol.json").write_text(json.dumps(protocol))
+    (tmp_path / "images" / "000002.png").unlink()
+    sample_to_folder(tiny_pipeline, tmp_path, num_samples=3, seed=0)  # resumes instead of refusing
+    assert (tmp_path / "images" / "000002.png").is_file()

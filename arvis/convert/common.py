@@ -11,61 +11,19 @@ unless it matches an ``ignore`` pattern (upstream-only buffers), and every shape
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor
 
 from arvis.modeling import raise_on_state_mismatch
+from arvis.torch_files import load_state_dict_file, load_weights_only
 
 __all__ = ["Source", "chunk", "count_indices", "load_checkpoint", "load_weights_only", "map_state_dict",
            "require"]
 
-
-def load_weights_only(path: Path, safe_globals: Sequence[type] = ()) -> object:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, allowing only ``safe_globals`` besides
-    tensors and containers; a file that needs other pickled objects raises ``ValueError`` saying so."""
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} needs pickled Python objects beyond tensors, which torch.load(weights_only=True) refuses; "
-            f"arvis does not unpickle arbitrary objects. Re-save the file as a plain state dict "
-            f"(torch.save(model.state_dict(), ...)) or as safetensors. ({str(error).splitlines()[0]})"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """Reads a flat upstream state dict from ``.safetensors`` (by suffix) or a torch pickle (``.pth``, ``.pt``, ...).
-
-    Pickles are read with ``torch.load(map_location="cpu", weights_only=True)``: a file that needs
-    arbitrary pickled objects is refused with a ``ValueError`` (it is never unpickled in full).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"cannot read safetensors checkpoint {path}: {error}") from error
-    else:
-        state = load_weights_only(path)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-    not_tensors = sorted(str(key) for key, value in state.items() if not isinstance(value, Tensor))
-    if not_tensors:
-        raise ValueError(f"{path} is not a flat state dict: entries {not_tensors} are not tensors")
-    return dict(state)
+load_checkpoint = load_state_dict_file  # an upstream checkpoint: a flat state dict, read without unpickling code
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,12 +49,15 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 def as_rgb(pil_image: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of ``pil_image``, scaled by the image's real bit depth.
 
-    PIL's own ``convert("RGB")`` clips 16-bit greyscale (modes ``I;16*``, and ``I`` as some readers give it) at
-    255, so a mid-grey 16-bit PNG (32768) would come out white; here 0..65535 maps onto 0..255. 16-bit RGB PNGs
-    already open as 8-bit RGB. Floating-point images (mode ``F``) have no defined range and are refused, as are
-    ``I`` images with values outside 16 bits.
+    PIL's own ``convert("RGB")`` clips 16-bit greyscale (modes ``I;16*``, and ``I`` for a 16-bit PNG as older
+    Pillow versions open it) at 255, so a mid-grey 16-bit PNG (32768) would come out white; here 0..65535 maps
+    onto 0..255. 16-bit RGB PNGs already open as 8-bit RGB. Floating-point images (mode ``F``) and 32-bit integer
+    images of other formats have no defined range and are refused.
     """
     mode = pil_image.mode
+    if mode == "I" and pil_image.format != "PNG":
+        raise ValueError(f"a 32-bit integer {pil_image.format or ''} image has no defined value range; save it as an "
+                         "8- or 16-bit image")
     if mode in SIXTEEN_BIT_MODES or mode == "I":
         values = np.asarray(pil_image).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):

@@ -13,8 +13,8 @@ or the torch hub cache, and extraction runs on the GPU only when one is present 
 fidelity's default, CUDA, fails on CPU-only machines). torch-fidelity itself reads a weights file with
 ``torch.load(weights_only=False)``, which would run any code pickled into it; arvis reads the file with
 ``weights_only=True`` (tensors only) and hands torch-fidelity that state dict, re-serialised in memory.
-Only extractors built from a state dict are offered (Inception and VGG-16); torch-fidelity's CLIP and
-DINOv2 load TorchScript or torch.hub code. Features of a reference set given as
+Only extractors built from a state dict are offered (Inception and VGG-16): torch-fidelity's CLIP runs
+the TorchScript program of its file and DINOv2 fetches Python code through torch.hub. Features of a reference set given as
 a folder or ``.npz`` are cached in ``cache_dir``, keyed by the files (path, size, modification
 time), the extractor, its layers and the weights file's SHA-256.
 
@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
-import io
-import pickle  # only to name the error torch.load raises for a refused or corrupt file
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,10 +46,11 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from arvis.eval.frechet import frechet_distance, gaussian_stats
 from arvis.eval.images import ImageSet, ImageSource, open_images
-from arvis.numpy_files import read_npz
 from arvis.eval.report import file_sha256
 from arvis.folders import write_file_atomically
+from arvis.numpy_files import read_npz
 from arvis.sample import save_npz
+from arvis.torch_files import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,12 @@ class FeatureExtractor:
     @property
     def network(self):
         if self._network is None:
-            state = load_state_dict_weights_only(self.weights_path, f"the {self.name} weights")
+            try:
+                state = load_state_dict_file(self.weights_path)
+            except ValueError as error:
+                raise ValueError(f"cannot load the {self.name} weights from {self.weights_path}: {error} (arvis reads "
+                                 "weights files with torch.load(weights_only=True), which refuses anything beyond "
+                                 "tensors)") from error
             in_memory = io.BytesIO()  # torch-fidelity unpickles what it is given: give it only these tensors
             torch.save(state, in_memory)
             in_memory.seek(0)
@@ -189,19 +194,6 @@ class FeatureExtractor:
         key = json.dumps([images.fingerprint, self.name, sorted(set(self.layers.values())), self.weights_sha256,
                           torch_fidelity.__version__])
         return Path(cache_dir) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
-
-
-def load_state_dict_weights_only(path: Path, what: str) -> dict[str, Tensor]:
-    """A ``{name: tensor}`` state dict from a ``torch.save`` file, read with ``weights_only=True`` (no pickled code)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, KeyError) as error:
-        raise ValueError(f"cannot load {what} from {path}: {str(error).splitlines()[0]} (arvis reads weights "
-                         "files with torch.load(weights_only=True), which refuses anything beyond tensors)") from error
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise ValueError(f"cannot load {what} from {path}: expected a state dict of named tensors, got "
-                         f"{type(state).__name__}")
-    return state
 
 
 def image_metrics(fake: ImageSource | ImageSet, real: ImageSource | ImageSet | None = None, *,

@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from arvis.torch_files import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class LPIPS(nn.Module):
             train_dropout: see the class docstring.
         """
         model = cls(train_dropout=train_dropout)
-        backbone = {k: v for k, v in read_state_dict(vgg_path).items() if k.startswith("features.")}
-        heads = {k: v for k, v in read_state_dict(lin_path).items() if k.startswith("lin")}
+        backbone = {k: v for k, v in load_state_dict_file(vgg_path).items() if k.startswith("features.")}
+        heads = {k: v for k, v in load_state_dict_file(lin_path).items() if k.startswith("lin")}
         state = {**backbone, **heads}
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))
@@ -135,19 +136,6 @@ def _unit_channels(features: Tensor) -> Tensor:
     """(b, c, h, w) -> the same with each position's channel vector scaled to unit length."""
     norm = torch.sqrt(torch.sum(features**2, dim=1, keepdim=True))
     return features / (norm + 1e-10)
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Reads tensors from a ``.safetensors`` file or a ``.pth`` file (loaded with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return state
 
 
 def resolve_lpips(vgg_path: str | Path | None, lin_path: str | Path | None, *,

@@ -25,32 +25,45 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import load as weights_only_load  # torch.load(weights_only=True) with numpy's safe globals
+from safetensors import SafetensorError
 
-from arvis.folders import MANIFEST_FILE, files_under, json_object_or_none, replaceable_problem, write_manifest
+from arvis.folders import (MANIFEST_FILE, files_under, json_object_or_none, replaceable_problem, write_manifest,
+                           written_by_arvis)
 from arvis.train.state import TENSORS_FILE, VALUES_FILE, TrainingState
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
+KIND = "checkpoint"  # the kind in a checkpoint's manifest
 STAGING_MARKER = ".arvis-staging"  # a staging folder arvis made (so a leftover one may be removed)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-# name pattern -> how resume reads it
-ALLOWED_FILES: dict[str, str] = {
-    r"model(_\d+)?\.safetensors": "safetensors (accelerate)",
-    r"optimizer(_\d+)?\.bin": "torch.load(weights_only=True) (accelerate)",
-    r"scaler\.pt": "torch.load(weights_only=True) (accelerate)",
-    r"random_states_\d+\.pkl": "torch.load(weights_only=True) (accelerate)",
-    re.escape(TENSORS_FILE): "safetensors (arvis)",
-    re.escape(VALUES_FILE): "JSON (arvis)",
-    re.escape(METADATA_FILE): "JSON (arvis)",
-    re.escape(MANIFEST_FILE): "JSON (arvis)",
+# the files a checkpoint may hold (as names, N a number), each with its pattern and how resume reads it
+ALLOWED_FILES: dict[str, tuple[str, str]] = {
+    "model.safetensors, model_N.safetensors": (r"model(_\d+)?\.safetensors", "safetensors (accelerate)"),
+    "optimizer.bin, optimizer_N.bin": (r"optimizer(_\d+)?\.bin", "torch.load(weights_only=True) (accelerate)"),
+    "scaler.pt": (r"scaler\.pt", "torch.load(weights_only=True) (accelerate)"),
+    "random_states_N.pkl": (r"random_states_\d+\.pkl", "torch.load(weights_only=True) (accelerate)"),
+    TENSORS_FILE: (re.escape(TENSORS_FILE), "safetensors (arvis)"),
+    VALUES_FILE: (re.escape(VALUES_FILE), "JSON (arvis)"),
+    METADATA_FILE: (re.escape(METADATA_FILE), "JSON (arvis)"),
+    MANIFEST_FILE: (re.escape(MANIFEST_FILE), "JSON (arvis)"),
 }
 PRECHECKED_PICKLES = re.compile(r"^(scaler\.pt|random_states_\d+\.pkl)$")  # small; accelerate skips bad RNG files
-_ALLOWED = re.compile("^(" + "|".join(ALLOWED_FILES) + ")$")
-_LEGACY = re.compile(r"^(" + "|".join(ALLOWED_FILES) + r"|custom_checkpoint_\d+\.pkl)$")
-RANDOM_STATE_KEYS = {"random_state", "numpy_random_seed", "torch_manual_seed"}
+_ALLOWED = re.compile("^(" + "|".join(pattern for pattern, _ in ALLOWED_FILES.values()) + ")$")
+_LEGACY = re.compile("^(" + "|".join(pattern for pattern, _ in ALLOWED_FILES.values())
+                     + r"|custom_checkpoint_\d+\.pkl|" + re.escape(STAGING_MARKER) + ")$")
+
+
+def random_state_keys() -> set[str]:
+    """The entries accelerate's random-state file must hold for this machine's devices (it restores the CUDA
+    generators when CUDA is present, and only logs a missing entry)."""
+    keys = {"random_state", "numpy_random_seed", "torch_manual_seed"}
+    if torch.cuda.is_available():
+        keys.add("torch_cuda_manual_seed")
+    return keys
 
 
 def complete_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -83,10 +96,19 @@ def read_metadata(checkpoint: str | Path) -> dict:
 
 def legacy_checkpoint_files(folder: Path) -> set[str] | None:
     """The files of a checkpoint written before manifests (accelerate's state, its pickles included, and
-    ``metadata.json``), or None if ``folder`` is not one; a file of another name is left out (it is foreign)."""
-    if json_object_or_none(folder / METADATA_FILE) is None:
+    ``metadata.json`` with the step), or None if ``folder`` is not one; a file of another name is left out (it is
+    foreign)."""
+    metadata = json_object_or_none(folder / METADATA_FILE)
+    if metadata is None or not isinstance(metadata.get("step"), int):
         return None
     return {name for name in files_under(folder) if _LEGACY.match(name)}
+
+
+def staging_is_ours(staging: Path) -> bool:
+    """Whether a leftover staging folder is one arvis made: it holds the staging marker or an arvis checkpoint
+    manifest (a save that died just before its rename), or only files of checkpoint names (arvis 0.1's)."""
+    return (staging / STAGING_MARKER).is_file() or written_by_arvis(staging, KIND) is not None \
+        or all(_LEGACY.match(name) for name in files_under(staging))
 
 
 def check_checkpoint_files(checkpoint: Path) -> None:
@@ -102,7 +124,7 @@ def check_checkpoint_files(checkpoint: Path) -> None:
                "unpickling them could run code)" if pickles else "")
         raise ValueError(
             f"refusing to resume from {checkpoint}: it holds files arvis does not read{why}: {', '.join(refused)}. "
-            f"A checkpoint may hold only the files arvis and accelerate write ({', '.join(sorted(ALLOWED_FILES))}); "
+            f"A checkpoint may hold only the files arvis and accelerate write ({'; '.join(ALLOWED_FILES)}); "
             "remove the checkpoint (or those files) or start over with run.resume=never"
         )
     for name in names:
@@ -114,10 +136,12 @@ def check_checkpoint_files(checkpoint: Path) -> None:
                                  f"torch.load(weights_only=True) ({str(error).splitlines()[0]}); it is corrupt or "
                                  "holds objects beyond tensors. Resume from another checkpoint or start over with "
                                  "run.resume=never") from error
-            if name.startswith("random_states_") and (not isinstance(value, dict) or not RANDOM_STATE_KEYS <= set(value)):
+            missing = random_state_keys() - set(value) if isinstance(value, dict) else random_state_keys()
+            if name.startswith("random_states_") and missing:
                 raise ValueError(f"refusing to resume from {checkpoint}: {name} does not hold accelerate's random "
-                                 "states, so the run would not continue exactly; resume from another checkpoint or "
-                                 "start over with run.resume=never")
+                                 f"states for this machine (missing {sorted(missing)}; a checkpoint saved without "
+                                 "CUDA lacks the CUDA generators), so the run would not continue exactly; resume "
+                                 "from another checkpoint or start over with run.resume=never")
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, state: TrainingState) -> int:
@@ -134,10 +158,13 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, state: TrainingS
                          "random state cannot be restored; resume with as many processes as the run was saved with")
     try:
         accelerator.load_state(str(checkpoint))
-    except (pickle.UnpicklingError, EOFError) as error:  # an optimizer file: refused by weights_only=True, or cut
-        raise ValueError(f"refusing to resume from {checkpoint}: accelerate's state cannot be read with "
-                         f"torch.load(weights_only=True) ({str(error).splitlines()[0]}); resume from another "
-                         "checkpoint or start over with run.resume=never") from error
+    except (pickle.UnpicklingError, EOFError, RuntimeError, SafetensorError, KeyError) as error:
+        # an optimizer file refused by weights_only=True or cut short, a corrupt weights file, a state of another
+        # model: the checkpoint cannot be resumed as it is
+        raise ValueError(f"refusing to resume from {checkpoint}: accelerate's model or optimizer state cannot be "
+                         f"read (with torch.load(weights_only=True) for the optimizer) or does not fit this run: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; resume from "
+                         "another checkpoint or start over with run.resume=never") from error
     state.load(checkpoint)
     return step
 
@@ -149,13 +176,15 @@ def save_checkpoint(accelerator: Accelerator, folder: str | Path, step: int, met
     folder = Path(folder)
     final = folder / f"checkpoint-{step}"
     staging = folder / f".checkpoint-{step}.saving"
+    # Every process checks (read only), so that all raise together rather than leave the others at the barrier.
+    problem = replaceable_problem(final, KIND, legacy_checkpoint_files)
+    if problem is None and staging.exists() and not staging_is_ours(staging):
+        problem = f"{staging} exists and holds files arvis did not write"
+    if problem:
+        raise ValueError(f"cannot save checkpoint {final}: {problem}; move those files away")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        problem = replaceable_problem(final, legacy_checkpoint_files)
-        if problem:
-            raise ValueError(f"cannot save checkpoint {final}: {problem}; move those files away")
-        if staging.exists():  # a save that died earlier, ours if it is marked
-            if not (staging / STAGING_MARKER).is_file():
-                raise ValueError(f"cannot save checkpoint {final}: {staging} exists and was not made by arvis")
+        if staging.exists():  # a save that died earlier
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         (staging / STAGING_MARKER).touch()
@@ -166,7 +195,7 @@ def save_checkpoint(accelerator: Accelerator, folder: str | Path, step: int, met
         state.save(staging)
         (staging / METADATA_FILE).write_text(json.dumps({"step": step, **metadata}, indent=2) + "\n")
         (staging / STAGING_MARKER).unlink()
-        write_manifest(staging, "checkpoint")
+        write_manifest(staging, KIND)
         if final.exists():
             retired = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:8]}")
             os.replace(final, retired)
@@ -175,7 +204,7 @@ def save_checkpoint(accelerator: Accelerator, folder: str | Path, step: int, met
         else:
             os.replace(staging, final)
         for _, old in complete_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
-            problem = replaceable_problem(old, legacy_checkpoint_files)
+            problem = replaceable_problem(old, KIND, legacy_checkpoint_files)
             if problem:
                 logger.warning("keeping old checkpoint %s: %s", old, problem)
             else:

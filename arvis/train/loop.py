@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from arvis.config import Config
 from arvis.train.batches import StepBatchSampler
 from arvis.folders import check_replaceable
-from arvis.modeling import legacy_component_files
+from arvis.modeling import legacy_component_rule
 from arvis.pipeline import legacy_pipeline_files
 from arvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from arvis.train.ema import EMA
@@ -51,7 +51,8 @@ class RunFolders:
         self.root = Path(run.output_dir)
         self.export = self.root / export_name
         self.checkpoints = self.root / f"{export_name}-checkpoints"
-        self.legacy = legacy_pipeline_files if export_name == "pipeline" else legacy_component_files
+        self.kind = export_name  # "tokenizer" or "pipeline", what the export folder holds
+        self.legacy = legacy_pipeline_files if export_name == "pipeline" else legacy_component_rule(export_name)
 
     def check_writable(self, overwrite: bool) -> None:
         """Raises ``ValueError`` before any training if the run could not save its result or checkpoints: the run
@@ -64,7 +65,7 @@ class RunFolders:
             if not overwrite:
                 raise ValueError(f"{self.export} already holds a trained result; set run.overwrite=true or choose "
                                  "another run.output_dir")
-            check_replaceable(self.export, self.legacy)
+            check_replaceable(self.export, self.kind, self.legacy)
 
 
 def make_accelerator(run: RunConfig, folders: RunFolders) -> Accelerator:

@@ -44,7 +44,9 @@ class TrainingState:
         self.objects[name] = obj
 
     def save(self, folder: Path) -> None:
-        """Writes the two files into ``folder`` (main process only: the state is the same on every process)."""
+        """Writes the two files into ``folder`` (main process only). The schedules and the EMA are the same on
+        every process; LeCam's logit averages are each process's own (as upstream's, never all-reduced), so with
+        several processes a resume gives every process the main process's averages."""
         tensors: dict[str, torch.Tensor] = {}
         values: dict[str, Any] = {}
         for name, obj in self.objects.items():

@@ -1,6 +1,7 @@
 """Checkpoints never run code from files on resume, and saving never deletes what arvis did not write."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from arvis.tokenizers.base import TOKENIZERS
 from arvis.train import loop
-from arvis.train.checkpoint import ALLOWED_FILES, complete_checkpoints
+from arvis.train.checkpoint import ALLOWED_FILES, complete_checkpoints, latest_checkpoint
 from arvis.train.generator import GeneratorTrainConfig, train_generator
 from arvis.train.recipe import load_recipe
 
@@ -132,3 +133,27 @@ def test_bad_output_folders_are_found_before_the_first_step(tokenizer_path, tmp_
     with pytest.raises(ValueError, match="refusing to replace .*pipeline: .*not a folder arvis saved"):
         train_generator(recipe(tokenizer_path, tmp_path / "run", "run.overwrite=true"))
     assert sorted(p.name for p in user_export.iterdir()) == ["config.json", "vocab.txt"]
+
+
+def test_leftover_staging_folders_are_cleared_only_when_arvis_made_them(tokenizer_path, tmp_path):
+    from arvis.folders import write_manifest
+
+    checkpoints = tmp_path / "run" / "pipeline-checkpoints"
+    for name, make in (("died before its rename", lambda folder: write_manifest(folder, "checkpoint")),
+                       ("arvis 0.1's", lambda folder: (folder / "random_states_0.pkl").write_bytes(b"x"))):
+        staging = checkpoints / ".checkpoint-1.saving"
+        staging.mkdir(parents=True)
+        (staging / "optimizer.bin").write_bytes(b"partial")
+        make(staging)
+        train_generator(recipe(tokenizer_path, tmp_path / "run", "run.max_steps=1", "run.overwrite=true",
+                               "run.resume=never"))
+        assert not staging.exists(), name
+        assert latest_checkpoint(checkpoints).name == "checkpoint-1"
+        shutil.rmtree(checkpoints)
+    staging = checkpoints / ".checkpoint-1.saving"
+    staging.mkdir(parents=True)
+    (staging / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match=r"\.checkpoint-1\.saving exists and holds files arvis did not write"):
+        train_generator(recipe(tokenizer_path, tmp_path / "run", "run.max_steps=1", "run.overwrite=true",
+                               "run.resume=never"))
+    assert (staging / "notes.txt").read_text() == "precious"
