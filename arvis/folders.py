@@ -125,8 +125,14 @@ def replace_folder(path: str | Path, kind: str, legacy: LegacyRule | None = None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    swap_into_place(staging, path)
+
+
+def swap_into_place(staging: Path, path: Path) -> None:
+    """Renames the complete ``staging`` folder to ``path``; a folder already at ``path`` (checked replaceable by
+    the caller) is renamed aside first and deleted only once the new one is in place."""
     if path.exists():
-        retired = path.with_name(f".{path.name}.replaced-{token}")
+        retired = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
         os.replace(path, retired)
         os.replace(staging, path)
         shutil.rmtree(retired)

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -30,8 +28,8 @@ from accelerate import Accelerator
 from accelerate.utils import load as weights_only_load  # torch.load(weights_only=True) with numpy's safe globals
 from safetensors import SafetensorError
 
-from arvis.folders import (MANIFEST_FILE, files_under, json_object_or_none, replaceable_problem, write_manifest,
-                           written_by_arvis)
+from arvis.folders import (MANIFEST_FILE, files_under, json_object_or_none, replaceable_problem, swap_into_place,
+                           write_manifest, written_by_arvis)
 from arvis.train.state import TENSORS_FILE, VALUES_FILE, TrainingState
 
 logger = logging.getLogger(__name__)
@@ -196,13 +194,7 @@ def save_checkpoint(accelerator: Accelerator, folder: str | Path, step: int, met
         (staging / METADATA_FILE).write_text(json.dumps({"step": step, **metadata}, indent=2) + "\n")
         (staging / STAGING_MARKER).unlink()
         write_manifest(staging, KIND)
-        if final.exists():
-            retired = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:8]}")
-            os.replace(final, retired)
-            os.replace(staging, final)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, final)
+        swap_into_place(staging, final)
         for _, old in complete_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
             problem = replaceable_problem(old, KIND, legacy_checkpoint_files)
             if problem:

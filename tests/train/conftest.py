@@ -2,7 +2,16 @@
 
 import pytest
 
+from arvis.tokenizers.base import TOKENIZERS
 from arvis.train import loop
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    """A saved vq-tiny tokenizer (random weights) for generator-training tests."""
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    TOKENIZERS.build("vq-tiny").eval().save_pretrained(path)
+    return path
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from arvis.tokenizers.base import TOKENIZERS
 from arvis.train import loop
 from arvis.train.checkpoint import ALLOWED_FILES, complete_checkpoints, latest_checkpoint
 from arvis.train.generator import GeneratorTrainConfig, train_generator
@@ -22,13 +21,6 @@ class Payload:
 
     def __reduce__(self):
         return exec, (f"open({self.marker!r}, 'w').write('ran')",)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    TOKENIZERS.build("vq-tiny").eval().save_pretrained(path)
-    return path
 
 
 def recipe(tokenizer_path, output_dir, *overrides):

@@ -5,7 +5,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from arvis.tokenizers.base import TOKENIZERS
 from arvis.train.checkpoint import complete_checkpoints, latest_checkpoint
 from arvis.train.ema import EMA
 from arvis.train.generator import GeneratorTrainConfig, train_generator
@@ -13,13 +12,6 @@ from arvis.train.recipe import load_recipe
 
 NO_DROPOUT = ["generator_config.class_dropout=0", "generator_config.token_dropout=0",
               "generator_config.resid_dropout=0", "generator_config.ffn_dropout=0"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    TOKENIZERS.build("vq-tiny").eval().save_pretrained(path)
-    return path
 
 
 def recipe(tokenizer_path, output_dir, *overrides):
