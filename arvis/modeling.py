@@ -16,13 +16,15 @@ messages that name the missing file or tensor.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from arvis.config import Config, read_json
 from arvis.folders import json_object_or_none, replace_folder
@@ -84,14 +86,42 @@ class Component(nn.Module):
         if not issubclass(target, cls):
             raise ValueError(f"{path} holds a {header['type']}, which is not a {cls.__name__}")
         config = target.config_class.from_saved(header["config"])
-        model = target(config)
-        state = load_weights(path / WEIGHTS_FILE)
-        load_state_strict(model, state, path / WEIGHTS_FILE)
+        with parameters_on_meta():  # no random init to throw away; buffers (some not saved) are built as usual
+            model = target(config)
+        state = target.upgrade_state_dict(load_weights(path / WEIGHTS_FILE))
+        load_state_strict(model, state, path / WEIGHTS_FILE, assign=True)
         model.to(device=device, dtype=dtype)
         return model.eval()
 
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The state dict of a folder saved by an earlier version, with the tensors under today's names
+        (identity by default; a class whose submodules moved renames them here)."""
+        return state
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device (no storage, no initialisation cost)
+    while buffers are built as usual; fill them with ``load_state_strict(..., assign=True)``.
+
+    Unlike ``accelerate.init_empty_weights``, which wraps every registered parameter in a new object,
+    a parameter that is already on the meta device is kept, so weights tied by assignment
+    (``head.weight = embed.weight``) stay tied. The hook is process-wide while the block runs.
+    """
+    def to_meta(module: nn.Module, name: str, parameter: nn.Parameter | None) -> nn.Parameter | None:
+        if parameter is None or parameter.is_meta:
+            return None
+        return nn.Parameter(parameter.to("meta"), requires_grad=parameter.requires_grad)
+
+    handle = register_module_parameter_registration_hook(to_meta)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def legacy_component_rule(kind: str) -> Callable[[Path], set[str] | None]:
@@ -137,11 +167,13 @@ def raise_on_state_mismatch(what: str, *, missing: list[str], unexpected: list[s
         raise ValueError(f"{what}: " + "; ".join(problems))
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str, *,
+                      assign: bool = False) -> None:
     """Loads ``state`` into ``model``, naming every missing, extra or misshapen tensor.
 
     Tensors that share storage were saved once by ``safetensors.torch.save_model``; they
-    are re-tied here by loading into every alias.
+    are re-tied here by loading into every alias. With ``assign`` the tensors replace the model's own
+    (which may be on the meta device); shared parameters are then tied again to one object.
     """
     expected = model.state_dict(keep_vars=True)
     aliases = _shared_aliases(model)
@@ -156,7 +188,24 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     )
     raise_on_state_mismatch(f"weights in {source} do not match {type(model).__name__}", missing=missing,
                             unexpected=unexpected, misshapen=wrong_shape, misshapen_label="wrong shapes")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
+    if assign:
+        for name, canonical in aliases.items():
+            _set_tensor(model, name, _get_tensor(model, canonical))
+
+
+def _get_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attribute = name.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attribute)
+
+
+def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, attribute = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    if isinstance(tensor, nn.Parameter):
+        module.register_parameter(attribute, tensor)
+    else:  # a state-dict entry, so a persistent buffer
+        module.register_buffer(attribute, tensor)
 
 
 def _shared_aliases(model: nn.Module) -> dict[str, str]:

@@ -10,8 +10,9 @@ from arvis.testing import randomize_parameters_
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 
-# teacher-forced generators; distilled ones (unit "distilled") have their contracts in tests/posttrain
-GENERATOR_PRESETS = [name for name in GENERATORS.presets("*-tiny") if GENERATORS.build(name).unit != "distilled"]
+ALL_GENERATOR_PRESETS = GENERATORS.presets("*-tiny")
+# stepped generators; distilled ones (unit "distilled") sample in one or two passes, without a cache
+GENERATOR_PRESETS = [name for name in ALL_GENERATOR_PRESETS if GENERATORS.build(name).unit != "distilled"]
 TOKENIZER_PRESETS = TOKENIZERS.presets("*-tiny")
 
 
@@ -34,31 +35,73 @@ def assert_every_parameter_gets_a_gradient(module: torch.nn.Module) -> None:
     assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("name", GENERATOR_PRESETS)
+def training_loss(model: Generator, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A scalar loss through the generator's training forward: teacher forcing, or for a distilled generator
+    (noise -> tokens) the cross-entropy of its logits plus its regression error at timestep 1."""
+    if model.unit != "distilled":
+        output = model(tokens, labels)
+        assert output.logits.shape == (*tokens.shape, model.vocab_size)
+        return output.loss
+    noise = torch.randn(*tokens.shape, model.config.code_dim, generator=torch.Generator().manual_seed(1))
+    inputs, is_data = model.timestep_inputs(noise, model.code_vectors[tokens], 1)
+    output = model(inputs, is_data, labels.clamp(max=model.num_classes - 1))
+    assert output.logits.shape == (*tokens.shape, model.vocab_size)
+    return torch.nn.functional.cross_entropy(output.logits.flatten(0, 1), tokens.flatten()) \
+        + output.regression.pow(2).mean()
+
+
+@pytest.mark.parametrize("name", ALL_GENERATOR_PRESETS)
 def test_generator_loss_is_finite_and_reaches_every_parameter(name):
     model = tiny_generator(name).train()
     tokens, labels = tiny_tokens(model)
-    output = model(tokens, labels)
-    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
-    assert output.logits.shape == (*tokens.shape, model.vocab_size)
-    output.loss.backward()
+    loss = training_loss(model, tokens, labels)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
     assert_every_parameter_gets_a_gradient(model)
+
+
+@pytest.mark.parametrize("name", ALL_GENERATOR_PRESETS)
+def test_token_order_round_trips(name):
+    model = tiny_generator(name)
+    tokens, _ = tiny_tokens(model)
+    assert torch.equal(model.from_layout_order(model.to_layout_order(tokens)), tokens)
+    assert torch.equal(model.to_layout_order(model.from_layout_order(tokens)), tokens)
 
 
 @pytest.mark.parametrize("name", GENERATOR_PRESETS)
 def test_cached_steps_equal_teacher_forcing(name):
+    """Every unit is fed twice: first without storing it (a pass that only reads the cache, at the same
+    position ids the stored pass then uses again), then stored; both give the teacher-forced logits."""
     model = tiny_generator(name).eval()
     tokens, labels = tiny_tokens(model)
+    tokens = model.from_layout_order(tokens)  # stepping feeds the generator's own order
     with torch.no_grad():
-        expected = model(tokens, labels).logits
+        expected = model(model.to_layout_order(tokens), labels).logits
         cache = model.new_cache(len(labels))
         stepped, consumed, inputs = [], 0, None
         while consumed < tokens.shape[1]:
+            length_before = cache.length
+            peeked = model.step(inputs, labels, cache, store=False)
+            assert cache.length == length_before  # nothing written
             logits = model.step(inputs, labels, cache)
+            torch.testing.assert_close(peeked, logits, atol=1e-6, rtol=0)
             stepped.append(logits)
             inputs = tokens[:, consumed:consumed + logits.shape[1]]
             consumed += logits.shape[1]
     torch.testing.assert_close(torch.cat(stepped, dim=1), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", GENERATOR_PRESETS)
+def test_steps_return_the_hidden_states_their_logits_come_from(name):
+    model = tiny_generator(name).eval()
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        both = model.step(None, labels, model.new_cache(2), output="both")
+        hidden = model.step(None, labels, model.new_cache(2), output="hidden")
+        logits = model.step(None, labels, model.new_cache(2))
+    torch.testing.assert_close(both.logits, logits, atol=0, rtol=0)
+    torch.testing.assert_close(both.hidden, hidden, atol=0, rtol=0)
+    assert hidden.shape[:2] == logits.shape[:2] and hidden.shape[-1] != logits.shape[-1]
 
 
 @pytest.mark.parametrize("name", GENERATOR_PRESETS)
@@ -75,16 +118,18 @@ def test_same_seed_same_tokens(name):
     assert not torch.equal(first, other)
 
 
-@pytest.mark.parametrize("name", GENERATOR_PRESETS)
+@pytest.mark.parametrize("name", ALL_GENERATOR_PRESETS)
 def test_generator_save_load_round_trip(name, tmp_path):
     model = tiny_generator(name).eval()
     model.save_pretrained(tmp_path / "g")
     loaded = Generator.from_pretrained(tmp_path / "g")
     assert type(loaded) is type(model) and loaded.config == model.config
     assert type(model.config).from_dict(model.config.to_dict()) == model.config
+    assert not any(tensor.is_meta for tensor in [*loaded.parameters(), *loaded.buffers()])
     tokens, labels = tiny_tokens(model)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(tokens, labels).logits, model(tokens, labels).logits, atol=0, rtol=0)
+        torch.testing.assert_close(training_loss(loaded, tokens, labels), training_loss(model, tokens, labels),
+                                   atol=0, rtol=0)
 
 
 def tiny_tokenizer(name: str) -> Tokenizer:

@@ -20,7 +20,7 @@ def test_every_registered_class_has_a_tiny_preset(registry):
 
 def test_build_applies_checked_overrides():
     generator = build("raster-tiny", num_layers=1)
-    assert len(generator.layers) == 1
+    assert len(generator.trunk.layers) == 1
     with pytest.raises(ValueError, match="num_layer"):
         build("raster-tiny", num_layer=1)
 

@@ -16,7 +16,7 @@ be used or dropped on purpose, else a ``ValueError`` names them):
   ``quantize.embedding.weight`` -> ``quantizer.codebook.weight``; the usage buffer
   ``quantize.codebook_used`` is dropped.
 - GPT: keys are identical except the class table, ``cls_embedding.embedding_table.weight`` ->
-  ``cls_embedding.embedding.weight``; ``freqs_cis``, ``causal_mask`` and KV-cache buffers
+  ``cls_embedding.embedding.weight``, and the blocks, ``layers.{i}`` -> ``trunk.layers.{i}``; ``freqs_cis``, ``causal_mask`` and KV-cache buffers
   (``layers.{i}.attention.kv_cache.{k,v}_cache``) are dropped (arvis derives RoPE from the config).
 
 Configs are inferred from shapes: codebook size and dim, ``ch`` (``encoder.conv_in``), ``ch_mult``
@@ -203,7 +203,7 @@ def _vq_rule(key: str) -> Source:
 def _gpt_rule(key: str) -> Source:
     if key == "cls_embedding.embedding.weight":
         return Source("cls_embedding.embedding_table.weight")
-    return Source(key)
+    return Source(key.removeprefix("trunk."))  # arvis's blocks live in the trunk: trunk.layers.{i} <- layers.{i}
 
 
 def _load_into(model: torch.nn.Module, state: Mapping[str, Tensor], rule, ignore, name: str) -> None:

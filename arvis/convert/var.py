@@ -34,8 +34,8 @@ Key mapping (target arvis key <- upstream key):
   ``reshape(B, 3, C, H, W)``). ``quantize.embedding.weight`` -> ``quantizer.codebook.weight``;
   ``quantize.quant_resi.qresi_ls.{k}.*`` -> ``quantizer.phis.{k}.*``. Dropped:
   ``quantize.ema_vocab_hit_SV`` (a training statistic).
-* VAR ``class_emb.weight`` -> ``class_emb.embedding.weight``; ``shared_ada_lin.1.*`` ->
-  ``shared_ada_lin.linear.*``; everything else keeps its name. Dropped: ``lvl_1L``,
+* VAR ``class_emb.weight`` -> ``class_emb.embedding.weight``; ``blocks.{i}`` -> ``trunk.blocks.{i}``;
+  ``shared_ada_lin.1.*`` -> ``trunk.shared_ada_lin.linear.*``; everything else keeps its name. Dropped: ``lvl_1L``,
   ``attn_bias_for_masking`` (recomputed) and ``blocks.{i}.attn.zero_k_bias`` (checked to be zero).
   ``quantizer.*`` of the generator is the tokenizer's codebook and phi convs (``bind_tokenizer``).
 
@@ -226,6 +226,7 @@ def convert_var_generator(state: Mapping[str, Tensor], tokenizer: VARTokenizer, 
     def rule(key: str) -> Source:
         if key == "class_emb.embedding.weight":
             return Source("class_emb.weight")
+        key = key.removeprefix("trunk.")  # arvis's blocks and shared AdaLN live in the trunk
         if key.startswith("shared_ada_lin.linear."):
             return Source("shared_ada_lin.1." + key.removeprefix("shared_ada_lin.linear."))
         return Source(key)

@@ -1,11 +1,17 @@
 """Generator interface: teacher-forced training plus the one primitive samplers drive.
 
 A generator never samples. It exposes
-    ``forward(tokens, labels) -> GeneratorOutput``  teacher forcing with the method's own mask, and
+    ``forward(inputs, labels, targets=None) -> GeneratorOutput``  teacher forcing with the method's own mask
+        (targets default to the inputs; ``IGNORE_INDEX`` marks positions without a target), and
     ``new_cache(batch_size)`` / ``step(tokens, labels, cache)``  incremental decoding,
 where one ``step`` consumes the next unit of input (``None`` on the first call: the
-condition prefix) and returns the logits of the next unit, (b, unit_length, vocab).
+condition prefix) and returns the logits of the next unit, (b, unit_length, vocab), or with
+``output="hidden"`` / ``"both"`` the trunk's hidden states of those positions (for continuous heads).
 Samplers (``arvis.samplers``) own every decoding policy around these calls.
+
+Token order: a generator may emit tokens in its own unit order; :meth:`Generator.to_layout_order` maps a
+sequence in that order to the tokenizer's layout order and :meth:`Generator.from_layout_order` back
+(identity by default). Samplers return layout order; teacher forcing and prefixes take it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import math
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from arvis.checks import check_token_ids
@@ -25,6 +33,7 @@ from arvis.registry import Registry
 from arvis.tokenizers.base import TokenLayout
 
 GENERATORS: Registry = Registry("generator")
+IGNORE_INDEX = -100  # a target that no loss reads (nanoGPT's and torch's cross-entropy convention)
 
 
 @dataclasses.dataclass
@@ -40,6 +49,15 @@ class GeneratorOutput:
     loss: Tensor
     logits: Tensor
     metrics: dict[str, Tensor]
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """What ``step(..., output="both")`` returns: logits (b, n, v) float32 and the trunk's hidden states
+    (b, n, d) of the n positions it predicts (before any head norm)."""
+
+    logits: Tensor
+    hidden: Tensor
 
 
 class Generator(Component):
@@ -80,8 +98,39 @@ class Generator(Component):
         """Raises ``ValueError`` if this generator cannot model ``tokenizer``'s tokens beyond layout and
         vocabulary (which :func:`arvis.pipeline.check_compatible` checks); most need nothing more."""
 
-    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
+    def forward(self, inputs: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
         raise NotImplementedError
+
+    def to_layout_order(self, tokens: Tensor) -> Tensor:
+        """(b, l) tokens (or (b, l, ...) per-token values) in this generator's order -> the tokenizer's layout
+        order. The identity unless a generator emits its units in another order (Token-Shuffle's windows)."""
+        return tokens
+
+    def from_layout_order(self, tokens: Tensor) -> Tensor:
+        """The inverse of :meth:`to_layout_order`."""
+        return tokens
+
+    def check_targets(self, targets: Tensor, batch_size: int) -> Tensor:
+        """Raises ``ValueError`` unless ``targets`` are (b, l) long ids or ``IGNORE_INDEX``; returns them."""
+        if not isinstance(targets, Tensor) or targets.dtype != torch.long \
+                or tuple(targets.shape) != (batch_size, self.layout.length):
+            raise ValueError(f"expected targets of shape ({batch_size}, {self.layout.length}) torch.long, got "
+                             f"{getattr(targets, 'dtype', type(targets).__name__)} "
+                             f"{tuple(getattr(targets, 'shape', ()))}")
+        given = targets[targets != IGNORE_INDEX]
+        if given.numel() and (given.min() < 0 or given.max() >= self.vocab_size):
+            raise ValueError(f"targets must be token ids in [0, {self.vocab_size - 1}] or IGNORE_INDEX "
+                             f"({IGNORE_INDEX})")
+        return targets
+
+    @staticmethod
+    def teacher_forcing_output(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> GeneratorOutput:
+        """The loss (cross-entropy over the positions with a target) and accuracy of logits (b, l, v)."""
+        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(targets, "b l -> (b l)"),
+                               ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+        valid = targets != IGNORE_INDEX
+        accuracy = ((logits.argmax(-1) == targets) & valid).float().sum() / valid.sum().clamp(min=1)
+        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
 
     def new_cache(self, batch_size: int) -> KVCache:
         raise NotImplementedError
@@ -94,7 +143,8 @@ class Generator(Component):
         """Token counts at the ends of the decoding steps, 0 first: [0, n_0, n_0 + n_1, ..., l]."""
         return [0, *itertools.accumulate(self.unit_lengths())]
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache, *,
+             output: str = "logits") -> Tensor | StepOutput:
         raise NotImplementedError
 
     def check_labels(self, labels: Tensor, *, allow_null: bool = False) -> None:

@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from arvis.config import Config
-from arvis.generators.base import GENERATORS, GeneratorOutput
-from arvis.generators.llama import LlamaGenerator
+from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput
+from arvis.generators.llama import LlamaGenerator, LlamaGeneratorConfig, RotaryConfig
 from arvis.nn.attention import block_causal_mask
 from arvis.nn.kv_cache import KVCache
-from arvis.nn.rope import rope_table_1d
+from arvis.nn.rope import RotaryTable, rope_table_1d
 from arvis.tokenizers.base import TokenLayout
 
 CLASS, TOKEN, PLACEHOLDER = "class", "token", "placeholder"
@@ -98,32 +96,22 @@ def sequence_plan(length: int, ar_token_num: int) -> tuple[tuple[str, int], ...]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class HARConfig(Config):
-    """HAR GPT configuration; defaults are GPT-L on ResTok's 128 tokens (levels 1, 1, 2, ..., 64)."""
+class HARConfig(LlamaGeneratorConfig, RotaryConfig):
+    """HAR GPT configuration (the trunk's and every Llama generator's fields are inherited); the ``har-l``
+    preset is GPT-L on ResTok's 128 tokens (levels 1, 1, 2, ..., 64).
 
-    vocab_size: int = 8192
-    level_sizes: tuple[int, ...] = (1, 1, 2, 4, 8, 16, 32, 64)  # the tokenizer's 1D levels, coarse to fine
-    ar_token_num: int = 4  # tokens predicted one at a time before the level-parallel steps
-    num_classes: int = 1000
-    dim: int = 1024
-    num_layers: int = 24
-    num_heads: int = 16
-    num_kv_heads: int | None = None
-    ffn_multiple_of: int = 256  # SwiGLU width = 2/3·4·dim rounded up to this
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    class_dropout: float = 0.1
-    token_dropout: float = 0.1  # dropout on input embeddings
-    resid_dropout: float = 0.1
-    ffn_dropout: float = 0.1
-    attn_dropout: float = 0.0
-    initializer_range: float = 0.02
+    Attributes:
+        level_sizes: the tokenizer's 1D levels, coarse to fine.
+        ar_token_num: tokens predicted one at a time before the level-parallel steps.
+    """
+
+    level_sizes: tuple[int, ...] = (1, 1, 2, 4, 8, 16, 32, 64)
+    ar_token_num: int = 4
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+        super().__post_init__()
+        if (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}) into an even head dim")
-        if self.vocab_size < 2 or self.num_classes < 1:
-            raise ValueError(f"vocab_size must be >= 2 and num_classes >= 1, got {self.vocab_size}, {self.num_classes}")
         check_levels(tuple(self.level_sizes), self.ar_token_num)
 
 
@@ -135,7 +123,8 @@ class HARGenerator(LlamaGenerator):
     unit = "level"
 
     def __init__(self, config: HARConfig) -> None:
-        super().__init__(config)
+        length = sum(config.level_sizes)  # 1D RoPE over sequence positions 0..l-1 (the class token: identity)
+        super().__init__(config, rope=RotaryTable(lambda: rope_table_1d(length, config.head_dim, config.rope_base)))
         self.units = check_levels(tuple(config.level_sizes), config.ar_token_num)
         self.plan = sequence_plan(self.layout.length, config.ar_token_num)
         self.unit_starts = (0, *itertools.accumulate(self.units))
@@ -160,19 +149,14 @@ class HARGenerator(LlamaGenerator):
         return dataclasses.replace(config, level_sizes=tuple(shape[0] for shape in shapes),
                                    vocab_size=tokenizer.vocab_size, num_classes=num_classes)
 
-    def build_rope_table(self) -> Tensor:
-        """1D RoPE over sequence positions 0..l-1 (the class token gets the identity rotation, as upstream)."""
-        config = self.config
-        return rope_table_1d(self.layout.length, config.dim // config.num_heads, config.rope_base)
-
     def _embed(self, plan: tuple[tuple[str, int], ...], labels: Tensor, token_ids: Tensor | None) -> Tensor:
         """Input embeddings (b, n, d) of ``plan``'s entries; ``token_ids`` (b, #token entries) in plan order."""
         counts = {kind: sum(entry == kind for entry, _ in plan) for kind in (CLASS, TOKEN, PLACEHOLDER)}
         rows = []  # class row, then token rows, then placeholder rows; reordered into plan order below
         if counts[CLASS]:
-            rows.append(rearrange(self.cls_embedding(labels), "b d -> b 1 d"))
+            rows.append(self.condition_embedding(labels))
         if counts[TOKEN]:
-            rows.append(self.tok_embeddings(token_ids))
+            rows.append(self.embed_tokens(token_ids))
         if counts[PLACEHOLDER]:
             ids = torch.tensor([index for kind, index in plan if kind == PLACEHOLDER], device=labels.device)
             rows.append(self.placeholder_embeddings(ids).expand(labels.shape[0], -1, -1))
@@ -186,28 +170,30 @@ class HARGenerator(LlamaGenerator):
             return x
         return x[:, torch.tensor(order, device=x.device)]
 
-    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
-        """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
+    def forward(self, tokens: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long inputs, labels (b,) long (null class allowed), targets (b, l) long
+        (default ``tokens``; ``IGNORE_INDEX`` where none) -> loss and logits (b, l, v)."""
         self.check_tokens(tokens)
         self.check_labels(labels, allow_null=True)
         if tokens.shape[0] != labels.shape[0]:
             raise ValueError(f"tokens hold {tokens.shape[0]} samples but labels {labels.shape[0]}")
+        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
+        tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
         fed = [index for kind, index in self.plan if kind == TOKEN]
         x = self._embed(self.plan, labels, tokens[:, fed])
         mask = block_causal_mask(self.units, device=x.device)
-        logits = self._run_layers(self.tok_dropout(x), 0, mask, None)
-        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
-        accuracy = (logits.argmax(-1) == tokens).float().mean()
-        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+        hidden = self.trunk(self.tok_dropout(x), mask=mask)
+        return self.teacher_forcing_output(self.logits(hidden), targets)
 
     def new_cache(self, batch_size: int) -> KVCache:
-        return KVCache(self.config.num_layers, self.layout.length)
+        return self.trunk.new_cache(self.layout.length)
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache, *,
+             output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
         """Feeds the class token (``tokens=None``, first call) or the (b, m) ids of the unit just sampled;
         returns the next unit's logits (b, n, v) (n = 1 during the first ``ar_token_num`` steps, then the
-        next level's length)."""
-        self.check_labels(labels, allow_null=True)
+        next level's length), or its hidden states (``output="hidden"``, ``"both"``). ``store=False`` leaves
+        the cache unchanged. The labels are checked on the first call only."""
         start = cache.length
         if start not in self.unit_starts[:-1]:
             raise ValueError(f"the cache holds {start} positions, which is not the start of a HAR unit "
@@ -217,6 +203,7 @@ class HARGenerator(LlamaGenerator):
         if tokens is None:
             if start:
                 raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
+            self.check_labels(labels, allow_null=True)
         else:
             if start == 0:
                 raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
@@ -228,9 +215,7 @@ class HARGenerator(LlamaGenerator):
             if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size - 1}]")
         x = self._embed(plan, labels, tokens)
-        logits = self._run_layers(self.tok_dropout(x), start, None, cache)
-        cache.advance(count)
-        return logits
+        return self.step_output(self.trunk(self.tok_dropout(x), cache=cache, store=store), output)
 
 
 GENERATORS.add_preset("har-tiny", HARConfig(vocab_size=64, level_sizes=(1, 1, 2, 4), ar_token_num=2, num_classes=10,
@@ -240,4 +225,5 @@ GENERATORS.add_preset("har-demo", HARConfig(vocab_size=256, level_sizes=(1, 1, 2
                                             num_classes=10, dim=128, num_layers=4, num_heads=4, ffn_multiple_of=64,
                                             token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
                       "quickstart HAR for a 32-token ResTok (units 1, 1, 1, 1, 4, 8, 16: 7 steps)")
-GENERATORS.add_preset("har-l", HARConfig(), "ResTok HAR GPT-L (README 326M): 128 tokens in 9 steps")
+GENERATORS.add_preset("har-l", HARConfig(vocab_size=8192, dim=1024, num_layers=24, num_heads=16),
+                      "ResTok HAR GPT-L (README 326M): 128 tokens in 9 steps")

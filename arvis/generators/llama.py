@@ -1,55 +1,82 @@
-"""The Llama trunk shared by LlamaGen-style generators (raster, HAR): embeddings, blocks, head, RoPE.
+"""Llama-style generators (raster, HAR, sequence): embeddings, the public Llama trunk, LlamaGen's logits head.
 
 Shapes: b batch, n positions, d model width, v vocabulary.
 
-Subclasses keep LlamaGen's attribute names (``cls_embedding``, ``tok_embeddings``, ``layers``,
-``norm``, ``output``) so that checkpoints map key for key, add what their layout needs, say how
-their RoPE table is laid out (:meth:`LlamaGenerator.build_rope_table`) and call
-:meth:`reset_parameters` at the end of ``__init__``. Configs need the fields read here
-(``vocab_size``, ``num_classes``, ``dim``, ``num_layers``, ``num_heads``, ``num_kv_heads``,
-``ffn_multiple_of``, ``norm_eps``, the dropouts and ``initializer_range``).
+A generator here is embedding + trunk + head:
+
+* embeddings: the class token (``cls_embedding``, LlamaGen's label dropout teaches the null class), the token
+  table (``tok_embeddings``) and the input dropout (``tok_dropout``); subclasses add what their layout needs
+  (learned positions, placeholder embeddings);
+* ``trunk``: :class:`arvis.nn.llama_trunk.LlamaTrunk`, with the RoPE table the subclass lays out;
+* head: RMSNorm (``norm``) then a linear map to the vocabulary (``output``), zero-initialised as upstream.
+
+Submodule names follow LlamaGen's checkpoints inside the blocks (``trunk.layers.{i}...``; folders saved by
+arvis 0.1 had ``layers.{i}...``, renamed on load by :meth:`LlamaGenerator.upgrade_state_dict`). The public seam
+for wrappers (Distilled Decoding, later ControlAR, SDAR, ...) is ``trunk``, :meth:`condition_embedding`,
+:meth:`embed_tokens`, :meth:`normed`, :meth:`logits` and :meth:`remove_token_embeddings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from arvis.generators.base import Generator, GeneratorOutput
+from arvis.config import Config
+from arvis.generators.base import Generator, GeneratorOutput, StepOutput
 from arvis.nn.attention import causal_mask
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
-from arvis.nn.mlp import llama_hidden_dim
+from arvis.nn.llama_trunk import LlamaTrunk, LlamaTrunkConfig
 from arvis.nn.norms import RMSNorm
-from arvis.nn.transformer import LlamaBlock
+from arvis.nn.rope import RotaryTable
 
 
-PREFIX_LENGTH = 1  # one class token (LlamaGen's cls_token_num for class-conditional models)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlamaGeneratorConfig(LlamaTrunkConfig):
+    """What every class-conditional Llama generator has beyond its trunk (the trunk's fields are inherited).
+
+    Attributes:
+        vocab_size: token vocabulary v.
+        num_classes: real classes (the null class is one more).
+        class_dropout: label dropout, teaching the null class used by classifier-free guidance.
+        token_dropout: dropout on the input embeddings.
+        initializer_range: std of the N(0, std) weights of every linear and embedding layer.
+    """
+
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    class_dropout: float = 0.1
+    token_dropout: float = 0.1
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab_size < 2 or self.num_classes < 1:
+            raise ValueError(f"vocab_size must be >= 2 and num_classes >= 1, got {self.vocab_size}, {self.num_classes}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RotaryConfig(Config):
+    """The RoPE base of generators with rotary positions (mixed into their configs)."""
+
+    rope_base: float = 10000.0
 
 
 class LlamaGenerator(Generator):
-    """Base class (not registered): class-token prefix, token embeddings, Llama blocks, RMSNorm, linear head."""
+    """Base class (not registered): class-token prefix, token embeddings, Llama trunk, RMSNorm + linear head."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: LlamaGeneratorConfig, rope: RotaryTable | None = None) -> None:
         super().__init__(config)
         self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.tok_dropout = nn.Dropout(config.token_dropout)
-        hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
-        self.layers = nn.ModuleList(
-            LlamaBlock(config.dim, config.num_heads, hidden_dim, num_kv_heads=config.num_kv_heads,
-                       norm_eps=config.norm_eps, attn_dropout=config.attn_dropout,
-                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout)
-            for _ in range(config.num_layers)
-        )
+        self.trunk = LlamaTrunk(config, rope)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
-        # RoPE tables are derived from the config on first use per device, never stored as buffers:
-        # module.to(dtype) must not round the angles (upstream keeps them in fp32), and a model
-        # built on the meta device must still get real tables.
-        self._rope_by_device: dict[torch.device, Tensor] = {}
 
     def reset_parameters(self) -> None:
         """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""
@@ -62,34 +89,61 @@ class LlamaGenerator(Generator):
                 module.reset_parameters()
         nn.init.zeros_(self.output.weight)
 
-    def build_rope_table(self) -> Tensor | None:
-        """(positions, head_dim/2, 2) float32 RoPE table of the whole input sequence (prefix included),
-        or None for a model without RoPE."""
-        raise NotImplementedError
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """arvis 0.1 kept the blocks as ``layers.{i}``; they now live in the trunk, ``trunk.layers.{i}``."""
+        return {("trunk." + key if key.startswith("layers.") else key): value for key, value in state.items()}
+
+    # ---- the public seam ----------------------------------------------------------------------------------
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions before the first token: one class token."""
+        return 1
 
     def rope_table(self, start: int, count: int, device: torch.device) -> Tensor | None:
-        """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count) on ``device``
-        (None for models without RoPE, whose ``build_rope_table`` returns None)."""
-        if device not in self._rope_by_device:
-            with torch.inference_mode(False):  # a table first built while sampling must serve training too
-                table = self.build_rope_table()
-                self._rope_by_device[device] = None if table is None else table.to(device)
-        table = self._rope_by_device[device]
-        return None if table is None else table[start:start + count]
+        """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count), or None without RoPE."""
+        if self.trunk.rope is None:
+            return None
+        return self.trunk.rope.rows(torch.arange(start, start + count, device=device))
 
-    def _run_layers(self, x: Tensor, start: int, mask: Tensor | None, cache: KVCache | None) -> Tensor:
-        """x (b, n, d) at positions [start, start + n) -> logits (b, n, v) in float32."""
-        rope = self.rope_table(start, x.shape[1], x.device)
-        for index, layer in enumerate(self.layers):
-            x = layer(x, rope=rope, mask=mask, cache=cache, layer=index)
-        return self.output(self.norm(x)).float()
+    def condition_embedding(self, labels: Tensor) -> Tensor:
+        """labels (b,) long (null class allowed; label dropout in training) -> the prefix (b, 1, d)."""
+        return rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """tokens (b, n) long -> (b, n, d) input embeddings."""
+        if self.tok_embeddings is None:
+            raise ValueError(f"this {type(self).__name__} has no token embeddings (a wrapper removed them: it feeds "
+                             "continuous inputs)")
+        return self.tok_embeddings(tokens)
+
+    def remove_token_embeddings(self) -> None:
+        """Deletes the token table, for wrappers that feed the trunk continuous inputs (Distilled Decoding):
+        it would otherwise be an unused parameter. Token ids can no longer be embedded afterwards."""
+        self.tok_embeddings = None
+
+    def normed(self, hidden: Tensor) -> Tensor:
+        """The head's RMSNorm of trunk hidden states (b, n, d)."""
+        return self.norm(hidden)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Trunk hidden states (b, n, d) -> logits (b, n, v) float32."""
+        return self.output(self.norm(hidden)).float()
+
+    def step_output(self, hidden: Tensor, output: Literal["logits", "hidden", "both"]) -> Tensor | StepOutput:
+        """What ``step`` returns for the hidden states (b, n, d) of the positions it predicts."""
+        if output == "hidden":
+            return hidden
+        logits = self.logits(hidden)
+        return StepOutput(logits=logits, hidden=hidden) if output == "both" else logits
 
 
 class NextTokenLlama(LlamaGenerator):
     """Base class (not registered) of one-token-per-step generators over the sequence
     [class token, t_0, ..., t_{l-2}], position i predicting t_i (LlamaGen's raster order, LARP's 1D order).
 
-    Subclasses give the layout and the positions: RoPE through ``build_rope_table`` and/or absolute
+    Subclasses give the layout and the positions: RoPE through the trunk's table and/or absolute
     embeddings added to the inputs through :meth:`absolute_positions`.
     """
 
@@ -104,41 +158,47 @@ class NextTokenLlama(LlamaGenerator):
         return x if positions is None else x + positions
 
     def teacher_forcing_inputs(self, embeddings: Tensor) -> Tensor:
-        """embeddings (b, n, d) of [class, t_0, ...] -> the layers' input in training: absolute positions (if
+        """embeddings (b, n, d) of [class, t_0, ...] -> the trunk's input in training: absolute positions (if
         any) added, then token dropout. Subclasses may order the two otherwise (LARP's AR)."""
         return self.tok_dropout(self._inputs(embeddings, 0))
 
-    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
-        """Teacher forcing. tokens (b, l) long, labels (b,) long (null class allowed) -> loss and (b, l, v)."""
+    def forward(self, tokens: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long inputs, labels (b,) long (null class allowed), targets (b, l) long
+        (default ``tokens``; ``IGNORE_INDEX`` where a position has none) -> loss and logits (b, l, v)."""
         self.check_tokens(tokens)
         self.check_labels(labels, allow_null=True)
-        prefix = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
-        x = self.teacher_forcing_inputs(torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1))
-        mask = causal_mask(x.shape[1], device=x.device)
-        logits = self._run_layers(x, 0, mask, None)
-        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"))
-        accuracy = (logits.argmax(-1) == tokens).float().mean()
-        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
+        tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
+        x = torch.cat([self.condition_embedding(labels), self.embed_tokens(tokens[:, :-1])], dim=1)
+        x = self.teacher_forcing_inputs(x)
+        hidden = self.trunk(x, mask=causal_mask(x.shape[1], device=x.device))
+        return self.teacher_forcing_output(self.logits(hidden), targets)
 
     def new_cache(self, batch_size: int) -> KVCache:
-        return KVCache(self.config.num_layers, PREFIX_LENGTH + self.layout.length)
+        return self.trunk.new_cache(self.prefix_length + self.layout.length)
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache) -> Tensor:
-        """Feeds the class token (``tokens=None``, first call) or the next (b, n) tokens; -> (b, 1, v).
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache, *,
+             output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
+        """Feeds the class token (``tokens=None``, first call) or the next (b, n) tokens; -> the logits (b, 1, v)
+        of the token that follows the fed positions (``output="hidden"``: its trunk hidden state (b, 1, d);
+        ``"both"``: a :class:`StepOutput`). ``store=False`` attends to the cache without writing to it (the same
+        positions can be fed again).
 
-        Returns the logits of the token that follows the fed positions.
+        The labels are checked on the first call only (a per-step check would synchronise with the device).
         """
         if tokens is None:
             if cache.length:
                 raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
             self.check_labels(labels, allow_null=True)
-            x = rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+            x = self.condition_embedding(labels)
         else:
             if cache.length == 0:
                 raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
-            x = self.tok_embeddings(tokens)
+            x = self.embed_tokens(tokens)
         start, count = cache.length, x.shape[1]
         mask = causal_mask(count, start + count, device=x.device) if count > 1 else None
-        logits = self._run_layers(self._inputs(x, start), start, mask, cache)
-        cache.advance(count)
-        return logits[:, -1:]
+        hidden = self.trunk(self._inputs(x, start), mask=mask, cache=cache, store=store)
+        if output == "hidden":
+            return hidden[:, -1:]
+        logits = self.logits(hidden)[:, -1:]  # the head over every fed position, as before the trunk existed
+        return StepOutput(logits=logits, hidden=hidden[:, -1:]) if output == "both" else logits

@@ -18,43 +18,30 @@ from __future__ import annotations
 
 import dataclasses
 
-from torch import Tensor
-
-from arvis.config import Config
 from arvis.generators.base import GENERATORS
-from arvis.generators.llama import PREFIX_LENGTH, NextTokenLlama
-from arvis.nn.rope import rope_table_2d
+from arvis.generators.llama import LlamaGeneratorConfig, NextTokenLlama, RotaryConfig
+from arvis.nn.rope import RotaryTable, rope_table_2d
 from arvis.tokenizers.base import TokenLayout
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RasterConfig(Config):
-    """LlamaGen GPT configuration; defaults are GPT-B on VQ-16 at 256 px."""
+class RasterConfig(LlamaGeneratorConfig, RotaryConfig):
+    """LlamaGen GPT configuration (the trunk's and every Llama generator's fields are inherited); the defaults
+    are GPT-B on VQ-16 at 256 px.
 
-    vocab_size: int = 16384
-    token_grid: tuple[int, int] = (16, 16)  # (rows, cols) of the tokenizer's grid
-    num_classes: int = 1000
-    dim: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    num_kv_heads: int | None = None  # grouped-query attention when smaller than num_heads
-    ffn_multiple_of: int = 256  # SwiGLU width = 2/3·4·dim rounded up to this
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    zero_prefix_rope: bool = True  # upstream quirk, see module docstring
-    class_dropout: float = 0.1
-    token_dropout: float = 0.1  # dropout on input embeddings
-    resid_dropout: float = 0.1
-    ffn_dropout: float = 0.1
-    attn_dropout: float = 0.0
-    initializer_range: float = 0.02
+    Attributes:
+        token_grid: (rows, cols) of the tokenizer's grid.
+        zero_prefix_rope: upstream's zeroed RoPE entry for the class prefix (see the module docstring).
+    """
+
+    token_grid: tuple[int, int] = (16, 16)
+    zero_prefix_rope: bool = True
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        super().__post_init__()
         if (self.dim // self.num_heads) % 4:
             raise ValueError(f"head dim dim/num_heads ({self.dim // self.num_heads}) must be divisible by 4 for 2D RoPE")
-        if min(self.token_grid) < 1 or self.vocab_size < 2 or self.num_classes < 1:
-            raise ValueError("token_grid sides, vocab_size (>= 2) and num_classes must be positive")
+        if min(self.token_grid) < 1:
+            raise ValueError(f"token_grid sides must be positive, got {self.token_grid}")
 
 
 @GENERATORS.register
@@ -64,7 +51,8 @@ class RasterGenerator(NextTokenLlama):
     config_class = RasterConfig
 
     def __init__(self, config: RasterConfig) -> None:
-        super().__init__(config)
+        super().__init__(config, rope=RotaryTable(lambda: rope_table_2d(
+            *config.token_grid, config.head_dim, config.rope_base, prefix_length=1, zero_prefix=config.zero_prefix_rope)))
         self.reset_parameters()
 
     @property
@@ -79,12 +67,6 @@ class RasterGenerator(NextTokenLlama):
             raise ValueError(f"the raster generator needs a single 2D token grid, got layout {layout.shapes}")
         return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=vocab_size,
                                    num_classes=num_classes)
-
-    def build_rope_table(self) -> Tensor:
-        """2D RoPE over the token grid after the class prefix (zeroed for the prefix as upstream, by default)."""
-        config = self.config
-        return rope_table_2d(*config.token_grid, config.dim // config.num_heads, config.rope_base,
-                             prefix_length=PREFIX_LENGTH, zero_prefix=config.zero_prefix_rope)
 
 
 def _llamagen(num_layers: int, num_heads: int, dim: int) -> RasterConfig:

@@ -15,40 +15,31 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from arvis.config import Config
 from arvis.generators.base import GENERATORS
-from arvis.generators.llama import NextTokenLlama
+from arvis.generators.llama import LlamaGeneratorConfig, NextTokenLlama
 from arvis.tokenizers.base import TokenLayout
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SequenceConfig(Config):
-    """Sequence GPT configuration; the defaults are LARP's AR model on 1024 tokens (UCF-101's 101 classes)."""
+class SequenceConfig(LlamaGeneratorConfig):
+    """Sequence GPT configuration (the trunk's and every Llama generator's fields are inherited); the
+    ``larp-ar`` preset is LARP's AR model on 1024 tokens (UCF-101's 101 classes).
 
-    vocab_size: int = 8192
-    length: int = 1024  # tokens per sample
-    num_classes: int = 101
-    dim: int = 1280
-    num_layers: int = 30
-    num_heads: int = 20
-    num_kv_heads: int | None = None
-    ffn_multiple_of: int = 256
-    norm_eps: float = 1e-5
-    class_dropout: float = 0.1
-    token_dropout: float = 0.1
-    resid_dropout: float = 0.1
-    ffn_dropout: float = 0.1
-    attn_dropout: float = 0.0
-    initializer_range: float = 0.02
-    positions_after_dropout: bool = True  # upstream adds abs_pe after tok_dropout; arvis 0.1 added it before
+    Attributes:
+        length: tokens per sample.
+        positions_after_dropout: add the learned positions after the token dropout (upstream adds ``abs_pe``
+            after ``tok_dropout``); arvis 0.1 added them before it, which folders it saved keep.
+    """
 
     saved_defaults = {"positions_after_dropout": False}
 
+    length: int = 1024
+    positions_after_dropout: bool = True
+
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.length < 1 or self.vocab_size < 2 or self.num_classes < 1:
-            raise ValueError("length, vocab_size (>= 2) and num_classes must be positive")
+        super().__post_init__()
+        if self.length < 1:
+            raise ValueError(f"length must be positive, got {self.length}")
 
 
 @GENERATORS.register
@@ -76,9 +67,6 @@ class SequenceGenerator(NextTokenLlama):
         return dataclasses.replace(config, length=shapes[0][0], vocab_size=tokenizer.vocab_size,
                                    num_classes=num_classes)
 
-    def build_rope_table(self) -> None:
-        return None
-
     def absolute_positions(self, start: int, count: int) -> Tensor:
         return self.pos_embeddings.weight[start:start + count]
 
@@ -96,6 +84,7 @@ GENERATORS.add_preset("sequence-demo", SequenceConfig(vocab_size=256, length=32,
                                                       num_layers=4, num_heads=4, ffn_multiple_of=64,
                                                       token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0),
                       "moving-glyph model for larp-demo (32 tokens, 256 codes)")
-GENERATORS.add_preset("larp-ar", SequenceConfig(),
+GENERATORS.add_preset("larp-ar", SequenceConfig(vocab_size=8192, length=1024, num_classes=101, dim=1280, num_layers=30,
+                                                num_heads=20),
                       "LARP's AR generator (llama-abs-LP): 30 layers, 1280 wide, 20 heads, learned absolute "
                       "positions over 1024 tokens, 632M")

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from arvis.config import Config
-from arvis.generators.base import GENERATORS, Generator, GeneratorOutput
-from arvis.nn.adaln import AdaLNBlock, AdaLNHead, SharedAdaLN
+from arvis.generators.base import GENERATORS, Generator, GeneratorOutput, StepOutput
+from arvis.nn.adaln import AdaLNHead, AdaLNTrunk, AdaLNTrunkConfig
 from arvis.nn.attention import block_causal_mask
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
@@ -41,8 +40,9 @@ from arvis.tokenizers.base import TokenLayout
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VARConfig(Config):
-    """VAR transformer; defaults are VAR-d16 on the released VAE at 256 px.
+class VARConfig(AdaLNTrunkConfig):
+    """VAR transformer (the AdaLN trunk's fields are inherited); defaults are VAR-d16 on the released VAE at
+    256 px.
 
     The quantizer fields (``vocab_size`` ... ``share_quant_resi``) describe the tokenizer and are
     filled by :meth:`VARGenerator.fit_config`. ``init_*`` follow ``build_vae_var``: weights
@@ -56,17 +56,7 @@ class VARConfig(Config):
     quant_resi: float = 0.5
     share_quant_resi: int = 4
     num_classes: int = 1000
-    depth: int = 16
-    dim: int = 1024
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    shared_adaln: bool = False
-    attn_l2_norm: bool = True
     class_dropout: float = 0.1
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
-    drop_path_rate: float = 0.1 * 16 / 24  # build_vae_var: 0.1 * depth / 24
     label_smoothing: float = 0.0
     init_std: float = -1.0
     init_head: float = 0.02
@@ -76,13 +66,12 @@ class VARConfig(Config):
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
             raise ValueError(f"VARConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        super().__post_init__()
         increasing = all(a < b for a, b in zip(self.patch_nums, self.patch_nums[1:], strict=False))
         if not self.patch_nums or self.patch_nums[0] < 1 or not increasing:
             raise ValueError(f"VARConfig.patch_nums must be strictly increasing positive sides, got {self.patch_nums}")
-        if self.vocab_size < 2 or self.num_classes < 1 or self.depth < 1 or self.code_dim < 1:
+        if self.vocab_size < 2 or self.num_classes < 1 or self.code_dim < 1:
             raise ValueError("VARConfig: vocab_size >= 2 and positive num_classes, depth and code_dim are required")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"VARConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
     @property
     def layout(self) -> TokenLayout:
@@ -117,15 +106,7 @@ class VARGenerator(Generator):
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, c))
         self.pos_1LC = nn.Parameter(torch.empty(1, config.layout.length, c))
         self.lvl_embed = nn.Embedding(len(config.patch_nums), c)
-        self.shared_ada_lin = SharedAdaLN(c, c) if config.shared_adaln else None
-        # stochastic depth rises linearly over the blocks, from 0 to drop_path_rate (upstream's linspace)
-        rates = [config.drop_path_rate * index / max(1, config.depth - 1) for index in range(config.depth)]
-        self.blocks = nn.ModuleList(
-            AdaLNBlock(c, config.num_heads, c, mlp_ratio=config.mlp_ratio, shared_adaln=config.shared_adaln,
-                       norm_eps=config.norm_eps, attn_l2_norm=config.attn_l2_norm, dropout=config.dropout,
-                       attn_dropout=config.attn_dropout, drop_path=rate)
-            for rate in rates
-        )
+        self.trunk = AdaLNTrunk(config)
         self.head_nm = AdaLNHead(c, c, norm_eps=config.norm_eps)
         self.head = nn.Linear(c, config.vocab_size)
         # the scale of every position, kept as data (not a buffer) so that meta-device builds stay valid
@@ -150,8 +131,8 @@ class VARGenerator(Generator):
         with torch.no_grad():
             self.head.weight.mul_(config.init_head)
             self.head_nm.ada_lin[-1].weight.mul_(config.init_adaln)
-            depth = len(self.blocks)
-            for block in self.blocks:
+            depth = len(self.trunk.blocks)
+            for block in self.trunk.blocks:
                 block.attn.proj.weight.div_(math.sqrt(2 * depth))
                 block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
                 for parameter in (block.attn.q_bias, block.attn.v_bias):
@@ -205,77 +186,114 @@ class VARGenerator(Generator):
                 f"({', '.join(differing) or 'phi assignment'}); the generator was trained with another tokenizer"
             )
 
-    # ---- model ---------------------------------------------------------------------------------------------
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """arvis 0.1 kept ``blocks.{i}`` and ``shared_ada_lin`` at the top; they now live in ``trunk``."""
+        return {("trunk." + key if key.startswith(("blocks.", "shared_ada_lin.")) else key): value
+                for key, value in state.items()}
 
-    def _condition(self, labels: Tensor) -> Tensor:
+    # ---- the public seam (trunk, word_embed, head_nm and these) ------------------------------------------
+
+    def condition(self, labels: Tensor) -> Tensor:
+        """labels (b,) -> the class embedding (b, c): the start tokens' content and every block's condition."""
         return self.class_emb(labels)
 
-    def _start_tokens(self, condition: Tensor) -> Tensor:
+    def start_tokens(self, condition: Tensor) -> Tensor:
         """(b, p_0 ** 2, c): class embedding + pos_start (before position and level embeddings)."""
         return rearrange(condition, "b c -> b 1 c") + self.pos_start
 
-    def _embed_positions(self, x: Tensor, start: int) -> Tensor:
-        end = start + x.shape[1]
-        levels = torch.tensor(self._levels[start:end], device=x.device)
-        return x + self.lvl_embed(levels) + self.pos_1LC[:, start:end]
+    def position_embeddings(self, start: int, count: int) -> Tensor:
+        """(1, count, c) learned positions of tokens [start, start + count)."""
+        return self.pos_1LC[:, start:start + count]
 
-    def _run(self, x: Tensor, condition: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
-        """Embedded inputs (b, n, c) -> logits (b, n, v) float32."""
-        block_condition = self.shared_ada_lin(condition) if self.shared_ada_lin is not None else condition
-        for index, block in enumerate(self.blocks):
-            x = block(x, block_condition, mask=mask, cache=cache, layer=index)
-        return self.head(self.head_nm(x.float(), condition.float())).float()
+    def level_embeddings(self, start: int, count: int, device: torch.device) -> Tensor:
+        """(count, c) scale embeddings of tokens [start, start + count)."""
+        return self.lvl_embed(torch.tensor(self._levels[start:start + count], device=device))
 
-    def forward(self, tokens: Tensor, labels: Tensor) -> GeneratorOutput:
-        """Teacher forcing. tokens (b, l) long (scales concatenated), labels (b,) -> loss and (b, l, v)."""
-        self.check_tokens(tokens)
-        self.check_labels(labels, allow_null=True)
-        # phi's convs run in full precision even inside the training loop's autocast, as upstream builds the
-        # teacher-forcing inputs outside its amp context.
+    def embed_positions(self, x: Tensor, start: int) -> Tensor:
+        """Inputs (b, n, c) of tokens [start, start + n) plus their scale and position embeddings."""
+        return x + self.level_embeddings(start, x.shape[1], x.device) + self.position_embeddings(start, x.shape[1])
+
+    def logits(self, hidden: Tensor, condition: Tensor) -> Tensor:
+        """Trunk hidden states (b, n, c) and the condition (b, c) -> logits (b, n, v) float32 (AdaLN head)."""
+        return self.head(self.head_nm(hidden.float(), condition.float())).float()
+
+    def teacher_forcing_inputs(self, tokens: Tensor) -> Tensor:
+        """tokens (b, l) long -> the next-scale inputs (b, l - p_0 ** 2, e) of scales 1.. (f_hat of the earlier
+        scales, downsampled), built by the frozen quantizer in full precision even inside the training loop's
+        autocast, as upstream builds them outside its amp context."""
         with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
-            inputs = self.quantizer.teacher_forcing_inputs(self.quantizer.indices_to_scales(tokens))
-        condition = self._condition(labels)
-        x = torch.cat([self._start_tokens(condition), self.word_embed(inputs.to(self.word_embed.weight.dtype))], 1)
+            return self.quantizer.teacher_forcing_inputs(self.quantizer.indices_to_scales(tokens))
+
+    # ---- model ---------------------------------------------------------------------------------------------
+
+    def forward(self, inputs: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+        """Teacher forcing. ``inputs``: token ids (b, l) long (scales concatenated; they are also the default
+        targets), or precomputed next-scale inputs (b, l - p_0 ** 2, e) float (e.g. SAR's student forcing, whose
+        scale k input comes from the previous scale's prediction), which need ``targets`` (b, l) long
+        (``IGNORE_INDEX`` where none). labels (b,) -> loss and logits (b, l, v)."""
+        self.check_labels(labels, allow_null=True)
+        if inputs.is_floating_point():
+            expected = (labels.shape[0], self.layout.length - self.first_l, self.config.code_dim)
+            if tuple(inputs.shape) != expected:
+                raise ValueError(f"expected next-scale inputs of shape {expected}, got {tuple(inputs.shape)}")
+            if targets is None:
+                raise ValueError("precomputed next-scale inputs need targets (b, l) long token ids")
+            scale_inputs = inputs
+        else:
+            self.check_tokens(inputs)
+            scale_inputs = self.teacher_forcing_inputs(inputs)
+            targets = inputs if targets is None else targets
+        targets = self.check_targets(targets, labels.shape[0])
+        condition = self.condition(labels)
+        x = torch.cat([self.start_tokens(condition), self.word_embed(scale_inputs.to(self.word_embed.weight.dtype))],
+                      1)
         mask = block_causal_mask([p * p for p in self.config.patch_nums], device=x.device)
-        logits = self._run(self._embed_positions(x, 0), condition, mask, None)
-        loss = F.cross_entropy(rearrange(logits, "b l v -> (b l) v"), rearrange(tokens, "b l -> (b l)"),
-                               label_smoothing=self.config.label_smoothing)
-        accuracy = (logits.argmax(-1) == tokens).float().mean()
-        return GeneratorOutput(loss=loss, logits=logits, metrics={"accuracy": accuracy.detach()})
+        hidden = self.trunk(self.embed_positions(x, 0), condition, mask=mask)
+        return self.teacher_forcing_output(self.logits(hidden, condition), targets,
+                                           label_smoothing=self.config.label_smoothing)
 
     def new_cache(self, batch_size: int) -> VARCache:
-        return VARCache(len(self.blocks), self.layout.length)
+        return VARCache(len(self.trunk.blocks), self.layout.length)
 
     def codebook(self) -> Tensor:
         """(v, e) code vectors, for samplers that feed soft mixtures of codes (VAR's ``more_smooth``)."""
         return self.quantizer.codebook.weight
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: VARCache) -> Tensor:
+    def step(self, tokens: Tensor | None, labels: Tensor, cache: VARCache, *,
+             output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
         """Feeds the start tokens (``tokens=None``, first call) or the scale just sampled; -> next scale's logits.
 
         ``tokens`` is (b, p_k ** 2) long ids of scale k, or (b, p_k ** 2, e) float code vectors (a soft
-        mixture of codes); the returned logits are (b, p_{k+1} ** 2, v).
+        mixture of codes); the returned logits are (b, p_{k+1} ** 2, v) (``output="hidden"``: the trunk's
+        hidden states (b, p_{k+1} ** 2, c); ``"both"``: a :class:`StepOutput`). ``store=False`` leaves the cache
+        (keys, values, f_hat and the scale counter) unchanged. The labels are checked on the first call only.
         """
         if not isinstance(cache, VARCache):
             raise ValueError("VAR steps need the cache from new_cache()")
-        self.check_labels(labels, allow_null=True)
-        condition = self._condition(labels)
         if tokens is None:
             if cache.length:
                 raise ValueError("step(None, ...) feeds the start tokens and must be the first call on a fresh cache")
-            x = self._start_tokens(condition)
+            self.check_labels(labels, allow_null=True)
+        condition = self.condition(labels)
+        if tokens is None:
+            x = self.start_tokens(condition)
         else:
             if cache.length == 0:
                 raise ValueError("the first step must feed the start tokens: call step(None, labels, cache)")
-            x = self._next_scale_input(tokens, cache)
-        start = cache.length
-        logits = self._run(self._embed_positions(x, start), condition, None, cache)
-        cache.advance(x.shape[1])
-        cache.scale += 1
-        return logits
+            f_hat, x = self._next_scale_input(tokens, cache)
+            if store:
+                cache.f_hat = f_hat
+        hidden = self.trunk(self.embed_positions(x, cache.length), condition, cache=cache, store=store)
+        if store:
+            cache.scale += 1
+        if output == "hidden":
+            return hidden
+        logits = self.logits(hidden, condition)
+        return StepOutput(logits=logits, hidden=hidden) if output == "both" else logits
 
-    def _next_scale_input(self, tokens: Tensor, cache: VARCache) -> Tensor:
-        """Scale ``cache.scale - 1``'s ids or codes -> embedded input of scale ``cache.scale``, updating f_hat."""
+    def _next_scale_input(self, tokens: Tensor, cache: VARCache) -> tuple[Tensor, Tensor]:
+        """Scale ``cache.scale - 1``'s ids or codes -> (the updated f_hat, embedded input of scale ``cache.scale``)."""
         scale = cache.scale - 1
         if scale >= len(self.config.patch_nums) - 1:
             raise ValueError("every scale has been fed; start a new cache for another image")
@@ -289,8 +307,8 @@ class VARGenerator(Generator):
                 raise ValueError(f"expected (batch, {side * side}, {self.config.code_dim}) code vectors of scale "
                                  f"{scale}, got {tuple(tokens.shape)}")
             codes = rearrange(tokens, "b (h w) e -> b e h w", h=side)
-        cache.f_hat, next_input = self.quantizer.next_scale_input(scale, cache.f_hat, codes)
-        return self.word_embed(next_input.to(self.word_embed.weight.dtype))
+        f_hat, next_input = self.quantizer.next_scale_input(scale, cache.f_hat, codes)
+        return f_hat, self.word_embed(next_input.to(self.word_embed.weight.dtype))
 
 
 def _var(depth: int, **overrides) -> VARConfig:

@@ -16,12 +16,17 @@ Submodule names follow upstream so that released checkpoints map one to one.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from arvis.config import Config
 from arvis.nn.attention import NormalizedSelfAttention
 from arvis.nn.kv_cache import KVCache
+from arvis.nn.llama_trunk import check_additions
 from arvis.nn.mlp import GeluMLP
 
 
@@ -81,12 +86,82 @@ class AdaLNBlock(nn.Module):
         return rearrange(self.ada_lin(condition), "b (six c) -> b 1 six c", six=6).unbind(2)
 
     def forward(self, x: Tensor, condition: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
-                layer: int = 0) -> Tensor:
+                layer: int = 0, store: bool = True) -> Tensor:
         """x (b, n, c) -> (b, n, c)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(condition)
-        attended = self.attn(self.ln_wo_grad(x) * (1 + scale1) + shift1, mask=mask, cache=cache, layer=layer)
+        attended = self.attn(self.ln_wo_grad(x) * (1 + scale1) + shift1, mask=mask, cache=cache, layer=layer,
+                             store=store)
         x = x + self.drop_path(attended * gamma1)
         return x + self.drop_path(self.ffn(self.ln_wo_grad(x) * (1 + scale2) + shift2) * gamma2)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdaLNTrunkConfig(Config):
+    """The fields of VAR's AdaLN trunk; :class:`arvis.generators.var.VARConfig` derives from it.
+
+    Attributes:
+        depth, dim, num_heads, mlp_ratio: blocks, width c, heads and MLP width / c.
+        norm_eps: eps of the affine-free LayerNorms.
+        shared_adaln: one :class:`SharedAdaLN` for all blocks (VAR-d36-s) instead of one per block.
+        attn_l2_norm: VAR's L2-normalised attention with a learned temperature.
+        dropout, attn_dropout: dropout after attention / the MLP, and on the attention weights.
+        drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks).
+    """
+
+    depth: int = 16
+    dim: int = 1024
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    shared_adaln: bool = False
+    attn_l2_norm: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path_rate: float = 0.1 * 16 / 24  # build_vae_var: 0.1 * depth / 24
+
+    def __post_init__(self) -> None:
+        if self.depth < 1 or self.dim % self.num_heads:
+            raise ValueError(f"depth must be >= 1 and dim ({self.dim}) divisible by num_heads ({self.num_heads})")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+
+class AdaLNTrunk(nn.Module):
+    """VAR's trunk: AdaLN blocks conditioned on a vector -> hidden states (b, n, c) before the head's norm.
+
+    ``forward(x, condition, ...)`` takes the embedded inputs (positions already added by the generator), the
+    condition (b, d) (VAR: the class embedding), and ``mask``, ``cache``, ``store`` and ``additions`` as
+    :class:`arvis.nn.llama_trunk.LlamaTrunk` does.
+    """
+
+    def __init__(self, config: AdaLNTrunkConfig) -> None:
+        super().__init__()
+        c = config.dim
+        self.shared_ada_lin = SharedAdaLN(c, c) if config.shared_adaln else None
+        # stochastic depth rises linearly over the blocks, from 0 to drop_path_rate (upstream's linspace)
+        rates = [config.drop_path_rate * index / max(1, config.depth - 1) for index in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(c, config.num_heads, c, mlp_ratio=config.mlp_ratio, shared_adaln=config.shared_adaln,
+                       norm_eps=config.norm_eps, attn_l2_norm=config.attn_l2_norm, dropout=config.dropout,
+                       attn_dropout=config.attn_dropout, drop_path=rate)
+            for rate in rates
+        )
+
+    def new_cache(self, max_length: int) -> KVCache:
+        return KVCache(len(self.blocks), max_length)
+
+    def forward(self, x: Tensor, condition: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
+                store: bool = True, additions: Mapping[int, Tensor] | None = None) -> Tensor:
+        """x (b, n, c), condition (b, d) -> (b, n, c)."""
+        check_additions(additions, len(self.blocks))
+        block_condition = self.shared_ada_lin(condition) if self.shared_ada_lin is not None else condition
+        for index, block in enumerate(self.blocks):
+            if additions is not None and index in additions:
+                x = x + additions[index]
+            x = block(x, block_condition, mask=mask, cache=cache, layer=index, store=store)
+        if cache is not None and store:
+            cache.advance(x.shape[1])
+        return x
 
 
 class AdaLNHead(nn.Module):

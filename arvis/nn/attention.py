@@ -57,8 +57,9 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout)
 
     def forward(self, x: Tensor, *, rope: Tensor | None = None, mask: Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        """x (b, n, dim), rope (n, d/2, 2) for the new positions -> (b, n, dim)."""
+                cache: KVCache | None = None, layer: int = 0, store: bool = True) -> Tensor:
+        """x (b, n, dim), rope (n, d/2, 2) for the new positions -> (b, n, dim); with ``cache`` the keys and
+        values of the n positions are appended to it (``store``) or only attended to (``store=False``)."""
         kv_dim = self.num_kv_heads * self.head_dim
         q, k, v = self.wqkv(x).split([x.shape[-1], kv_dim, kv_dim], dim=-1)
         q = rearrange(q, "b n (h d) -> b n h d", d=self.head_dim)
@@ -68,7 +69,7 @@ class SelfAttention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k = rearrange(q, "b n h d -> b h n d"), rearrange(k, "b n h d -> b h n d")
         if cache is not None:
-            k, v = cache.append(layer, k, v)
+            k, v = cache.append(layer, k, v, store=store)
         if self.num_kv_heads != self.num_heads:
             repeats = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
@@ -103,8 +104,9 @@ class NormalizedSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout)
 
     def forward(self, x: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
-                layer: int = 0) -> Tensor:
-        """x (b, n, dim) -> (b, n, dim); keys and values of the n positions are appended to ``cache``."""
+                layer: int = 0, store: bool = True) -> Tensor:
+        """x (b, n, dim) -> (b, n, dim); keys and values of the n positions are appended to ``cache`` (or, with
+        ``store=False``, only attended to)."""
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.mat_qkv.weight, bias)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, d=self.head_dim)
@@ -114,7 +116,7 @@ class NormalizedSelfAttention(nn.Module):
             k = F.normalize(k, dim=-1)
             scale = 1.0
         if cache is not None:
-            k, v = cache.append(layer, k, v)
+            k, v = cache.append(layer, k, v, store=store)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                              dropout_p=self.attn_dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(rearrange(out, "b h n d -> b n (h d)")))

@@ -3,7 +3,8 @@
 Buffers are allocated on the first write of each layer with the dtype and device of
 the keys written, sized ``max_length`` so that decoding never reallocates. A decoding
 step writes its new keys and values for every layer at positions
-``[length, length + n)`` and then calls :meth:`KVCache.advance`.
+``[length, length + n)`` and then calls :meth:`KVCache.advance`; a pass with ``store=False``
+attends to the cache and its own positions without writing anything.
 
 Shapes: b batch, h heads, n new positions, t cached positions, d head dim.
 """
@@ -24,8 +25,18 @@ class KVCache:
         self._keys: list[Tensor | None] = [None] * num_layers
         self._values: list[Tensor | None] = [None] * num_layers
 
-    def append(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Writes (b, h, n, d) keys/values after the filled length; returns all (b, h, length + n, d)."""
+    def append(self, layer: int, keys: Tensor, values: Tensor, *, store: bool = True) -> tuple[Tensor, Tensor]:
+        """Writes (b, h, n, d) keys/values after the filled length; returns all (b, h, length + n, d).
+
+        With ``store=False`` nothing is written: the cached keys/values are returned with the new ones
+        appended (a pass that reads the cache without changing it, e.g. SDAR's denoising steps).
+        """
+        if not store:
+            if self._keys[layer] is None:
+                return keys, values
+            cached_keys, cached_values = self._keys[layer], self._values[layer]
+            return (torch.cat([cached_keys[:, :, :self.length], keys], dim=2),
+                    torch.cat([cached_values[:, :, :self.length], values], dim=2))
         start, end = self.length, self.length + keys.shape[2]
         if end > self.max_length:
             raise ValueError(f"KV cache overflow: {end} positions requested, capacity {self.max_length}")

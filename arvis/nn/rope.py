@@ -14,6 +14,8 @@ them the identity rotation instead.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -64,3 +66,25 @@ def apply_rope(x: Tensor, table: Tensor) -> Tensor:
     first, second = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1)
     return rearrange(rotated, "b n h p two -> b n h (p two)").type_as(x)
+
+
+class RotaryTable:
+    """A RoPE table (t, d/2, 2) float32, built by ``build`` on first use per device and read by position id.
+
+    Never a buffer: ``module.to(dtype)`` must not round the angles (upstream keeps them in fp32), and a model
+    built on the meta device must still get real tables. ``build`` returns the table of every position the
+    model uses (prefix included).
+    """
+
+    def __init__(self, build: Callable[[], Tensor]) -> None:
+        self.build = build
+        self._by_device: dict[torch.device, Tensor] = {}
+
+    def rows(self, positions: Tensor) -> Tensor:
+        """positions (n,) long -> (n, d/2, 2) rows of the table (ids may repeat or come in any order; they are not
+        checked against the table's length here, which would synchronise with the device at every step)."""
+        device = positions.device
+        if device not in self._by_device:
+            with torch.inference_mode(False):  # a table first built while sampling must serve training too
+                self._by_device[device] = self.build().to(device)
+        return self._by_device[device][positions]

@@ -24,7 +24,7 @@ class LlamaBlock(nn.Module):
         self.feed_forward = SwiGLU(dim, hidden_dim, ffn_dropout)
 
     def forward(self, x: Tensor, *, rope: Tensor | None = None, mask: Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                cache: KVCache | None = None, layer: int = 0, store: bool = True) -> Tensor:
         """x (b, n, dim) -> (b, n, dim)."""
-        x = x + self.attention(self.attention_norm(x), rope=rope, mask=mask, cache=cache, layer=layer)
+        x = x + self.attention(self.attention_norm(x), rope=rope, mask=mask, cache=cache, layer=layer, store=store)
         return x + self.feed_forward(self.ffn_norm(x))

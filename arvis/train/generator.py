@@ -14,9 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-
 from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
@@ -27,6 +24,9 @@ from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_imag
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
 from arvis.train.recipe import run_as_script, run_entry_point
+from arvis.train.tokens import encode_dataset, read_tokens
+
+__all__ = ["GeneratorTrainConfig", "build_generator", "encode_dataset", "main", "train_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,41 +49,6 @@ class GeneratorTrainConfig(Config):
     sampling: SamplingConfig = SamplingConfig()
     run: RunConfig = RunConfig()
     encode_batch_size: int = 256
-
-
-@torch.inference_mode()
-def encode_dataset(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, device: torch.device, *,
-                   with_mirrors: bool = False) -> TensorDataset:
-    """Encodes every image once -> TensorDataset(tokens (r, l) long, labels (r,) long) on the CPU.
-
-    ``with_mirrors`` also encodes each image's horizontal mirror (LlamaGen's flip augmentation
-    of extracted codes): rows 0..n-1 are the images in dataset order, rows n..2n-1 their mirrors.
-    """
-    tokens, mirror_tokens, labels = [], [], []
-    for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        pixels = tokenizer.from_unit_range(images.to(device))
-        tokens.append(tokenizer.encode(pixels).cpu())
-        if with_mirrors:
-            mirror_tokens.append(tokenizer.encode(pixels.flip(-1)).cpu())
-        labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
-    labels = torch.cat(labels)
-    if with_mirrors:
-        return TensorDataset(torch.cat(tokens + mirror_tokens), torch.cat([labels, labels]))
-    return TensorDataset(torch.cat(tokens), labels)
-
-
-def read_tokens(path: str, tokenizer: Tokenizer) -> tuple[TensorDataset, int]:
-    """Loads a pre-tokenised file and checks it was made by a tokenizer like ``tokenizer``."""
-    from arvis.train.pretokenize import load_pretokenized
-
-    token_data, metadata = load_pretokenized(path)
-    layout = [list(shape) for shape in tokenizer.layout.shapes]
-    if metadata["vocab_size"] != tokenizer.vocab_size or metadata["token_layout"] != layout:
-        raise ValueError(
-            f"{path} holds tokens of vocabulary {metadata['vocab_size']} and layout {metadata['token_layout']}, but "
-            f"the tokenizer has {tokenizer.vocab_size} and {layout}; pretokenize again with this tokenizer"
-        )
-    return token_data, len(metadata["class_names"])
 
 
 def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int) -> Generator:

@@ -85,7 +85,7 @@ def test_paper_presets_have_the_published_sizes(name, millions):
 def test_initialisation_follows_build_vae_var():
     model = VARGenerator(VARConfig(**{**SMALL, "init_adaln_gamma": 1e-3}))
     dim, std = model.config.dim, (1 / model.config.dim / 3) ** 0.5
-    block = model.blocks[0]
+    block = model.trunk.blocks[0]
     gates, modulation = block.ada_lin[-1].weight[:2 * dim], block.ada_lin[-1].weight[2 * dim:]
     # trunc_normal_(std=s) truncates at +-2 absolute as upstream calls it, so bound by 6 s instead
     assert gates.abs().max() <= 6 * std * 1e-3 and modulation.abs().max() <= 6 * std * 0.5
@@ -165,8 +165,9 @@ def test_weight_decay_groups_follow_upstream():
     optimizer = build_optimizer(model, OptimConfig(weight_decay=0.05, decay_embeddings=True))
     decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in decayed}
-    assert "class_emb.embedding.weight" in names and "blocks.0.attn.mat_qkv.weight" in names
-    assert not names & {"pos_1LC", "pos_start", "lvl_embed.weight", "blocks.0.ada_gss", "blocks.0.attn.scale_mul_1H11"}
+    assert "class_emb.embedding.weight" in names and "trunk.blocks.0.attn.mat_qkv.weight" in names
+    assert not names & {"pos_1LC", "pos_start", "lvl_embed.weight", "trunk.blocks.0.ada_gss",
+                        "trunk.blocks.0.attn.scale_mul_1H11"}
     assert not any(name.startswith("quantizer") for name in names)  # frozen copy: in no group at all
 
 

@@ -66,3 +66,17 @@ def test_distilled_generators_saved_by_0_1_sample_as_before(outputs, teacher, st
     codes = DistilledSampler(SamplingConfig(distilled_steps=steps))(model, outputs[f"{key}/labels"],
                                                                    noise=outputs[f"{key}/noise"])
     exactly(codes, outputs[f"{key}/codes_{steps}_steps"])
+
+
+@pytest.mark.parametrize("name", ["raster", "har", "var"])
+def test_pipelines_saved_before_the_public_trunks_sample_as_before(name):
+    """``pipelines-0.1`` was written by ``make_pipelines.py`` before issue 18 moved the blocks into ``trunk``."""
+    import arvis
+    from arvis.samplers import sampler_for
+
+    folder = Path(__file__).parent / "pipelines-0.1"
+    samples = load_file(folder / "samples.safetensors")
+    pipeline = arvis.load(folder / name)
+    rngs = [torch.Generator().manual_seed(seed) for seed in range(3)]
+    tokens = sampler_for(pipeline.generator, pipeline.sampling)(pipeline.generator, samples[f"{name}/labels"], rng=rngs)
+    assert torch.equal(tokens, samples[f"{name}/tokens"])

@@ -61,11 +61,11 @@ def test_var_distilled_token_sees_earlier_scales_and_itself_only(var_pipeline):
 def test_distilled_raster_starts_from_the_teacher(tiny_pipeline):
     teacher = tiny_pipeline.generator
     model = DistilledRaster.from_teacher(teacher, tiny_pipeline.tokenizer, split=4)
-    assert model.trunk.tok_embeddings is None
+    assert model.teacher.tok_embeddings is None
     assert teacher.config.resid_dropout == 0.1 and teacher.config.class_dropout == 0.1
-    dropouts = {k: v for k, v in model.trunk.config.to_dict().items() if k.endswith("dropout")}
+    dropouts = {k: v for k, v in model.teacher.config.to_dict().items() if k.endswith("dropout")}
     assert dropouts and set(dropouts.values()) == {0.0}  # a deterministic map: no dropout of any kind
-    for name, tensor in model.trunk.state_dict().items():
+    for name, tensor in model.teacher.state_dict().items():
         assert torch.equal(tensor, teacher.state_dict()[name]), name
     assert torch.equal(model.code_vectors, tiny_pipeline.tokenizer.code_vectors())
     # input_proj is the least-squares fit of the teacher's embeddings from the code vectors
@@ -234,14 +234,14 @@ def test_raster_regression_head_is_the_final_layer_on_the_pre_norm_state(tiny_pi
     model = _distilled(tiny_pipeline, split=5)
     assert model.config.regression_head == "final_layer"
     trunk_states = []
-    model.trunk.norm.register_forward_hook(lambda module, args, output: trunk_states.append(args[0]))
+    model.teacher.norm.register_forward_hook(lambda module, args, output: trunk_states.append(args[0]))
     labels = torch.tensor([1, 4])
     noise = torch.randn(2, 16, model.config.code_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         regression = model(noise, torch.zeros(2, 16, dtype=torch.bool), labels).regression
         head = model.regression_head
-        state = trunk_states[0][:, 1:]  # before the trunk's RMSNorm, without the class position
-        condition = model.trunk.cls_embedding(labels)[:, None]
+        state = trunk_states[0]  # the token positions' state before the teacher's RMSNorm
+        condition = model.teacher.cls_embedding(labels)[:, None]
         normed = torch.nn.functional.layer_norm(state, (state.shape[-1],), eps=1e-6)
         expected = head.linear(normed * (1 + head.scale_shift_table[1] + condition)
                                + head.scale_shift_table[0] + condition)

@@ -5,8 +5,9 @@ Liu et al., "Distilled Decoding 1", ICLR 2025, https://arxiv.org/abs/2412.17153 
 
 Shapes: b batch, l tokens, e code dimension (= the noise dimension), v vocabulary, d model width.
 
-A distilled generator wraps a copy of its teacher (``self.trunk``: the teacher's class, built from its
-config, with the teacher's weights), never editing the teacher's code. It adds what DD1 adds:
+A distilled generator wraps a copy of its teacher (``self.teacher``: the teacher's class, built from its
+config, with the teacher's weights), never editing the teacher's code, and drives it only through its public
+seam (its trunk, embeddings and heads). It adds what DD1 adds:
 
 * a continuous input: every position is fed a vector of dimension e, either Gaussian noise ε_i or a code
   vector q_i ("data"), through a linear projection (raster: new, initialised by least squares to
@@ -88,7 +89,7 @@ def teacher_spec(teacher: Generator) -> dict[str, Any]:
 
 
 class DistilledGenerator(Generator):
-    """Base class (not registered) of distilled generators; subclasses define the trunk's pass."""
+    """Base class (not registered) of distilled generators; subclasses define the pass through the teacher."""
 
     unit = "distilled"
     teacher_class: type[Generator]
@@ -98,17 +99,17 @@ class DistilledGenerator(Generator):
         spec = config.teacher
         if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
             raise ValueError(f"{type(self).__name__}: teacher must be {{'type': ..., 'config': {{...}}}}, got {spec!r:.80}")
-        trunk_class = GENERATORS.get_class(spec["type"])
-        if not issubclass(trunk_class, self.teacher_class):
+        teacher_class = GENERATORS.get_class(spec["type"])
+        if not issubclass(teacher_class, self.teacher_class):
             raise ValueError(f"{type(self).__name__} distils a {self.teacher_class.__name__}, not a {spec['type']}")
-        self.trunk = trunk_class(trunk_class.config_class.from_saved(spec["config"]))
+        self.teacher = teacher_class(teacher_class.config_class.from_saved(spec["config"]))
         units = f"{self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'}"
         for name in ("split", "second_step"):
             value = getattr(config, name)
             if value is not None and not 1 <= value < self.num_units:
                 raise ValueError(f"{type(self).__name__}: {name} {value} must lie in [1, {self.num_units - 1}] "
                                  f"({units})")
-        self.register_buffer("code_vectors", torch.zeros(self.trunk.vocab_size, config.code_dim))
+        self.register_buffer("code_vectors", torch.zeros(self.teacher.vocab_size, config.code_dim))
         self.kind_embedding = nn.Embedding(2, self.width)  # 0: noise, 1: data
         self.regression_head = nn.Linear(self.width, config.code_dim)
         nn.init.normal_(self.regression_head.weight, std=0.02)
@@ -118,24 +119,24 @@ class DistilledGenerator(Generator):
 
     @property
     def layout(self) -> TokenLayout:
-        return self.trunk.layout
+        return self.teacher.layout
 
     @property
     def vocab_size(self) -> int:
-        return self.trunk.vocab_size
+        return self.teacher.vocab_size
 
     @property
     def num_classes(self) -> int:
-        return self.trunk.num_classes
+        return self.teacher.num_classes
 
     @property
     def width(self) -> int:
-        return self.trunk.config.dim
+        return self.teacher.config.dim
 
     @property
     def num_units(self) -> int:
         """Timesteps run from 0 to this: tokens (raster) or scales (VAR)."""
-        return self.units_of(self.trunk)
+        return self.units_of(self.teacher)
 
     def boundary(self, timestep: int) -> int:
         """The number of leading data tokens at ``timestep``."""
@@ -167,17 +168,25 @@ class DistilledGenerator(Generator):
         config = cls.config_class(teacher=teacher_spec(teacher), code_dim=codes.shape[1], split=split,
                                   second_step=second_step)
         model = cls(config).to(next(teacher.parameters()).device)
-        result = model.trunk.load_state_dict(teacher.state_dict(), strict=False)  # dropped teacher parts are skipped
+        result = model.teacher.load_state_dict(teacher.state_dict(), strict=False)  # dropped teacher parts are skipped
         if result.missing_keys:
-            raise ValueError(f"the teacher lacks the trunk's tensors {result.missing_keys}")
+            raise ValueError(f"the teacher lacks the copy's tensors {result.missing_keys}")
         model.bind_tokenizer(tokenizer)
         model.init_from_teacher(teacher)
         return model
 
     def no_weight_decay(self) -> set[str]:
-        """The trunk's exemptions (VAR's position tables), under their names here."""
-        exempt = self.trunk.no_weight_decay() if hasattr(self.trunk, "no_weight_decay") else set()
-        return {f"trunk.{name}" for name in exempt}
+        """The teacher copy's exemptions (VAR's position tables), under their names here."""
+        exempt = self.teacher.no_weight_decay() if hasattr(self.teacher, "no_weight_decay") else set()
+        return {f"teacher.{name}" for name in exempt}
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """arvis 0.1 named the teacher copy ``trunk``; it is ``teacher`` now, with the teacher's own renames."""
+        inner = cls.teacher_class.upgrade_state_dict(
+            {key.removeprefix("trunk."): value for key, value in state.items() if key.startswith("trunk.")})
+        outer = {key: value for key, value in state.items() if not key.startswith("trunk.")}
+        return {**outer, **{f"teacher.{key}": value for key, value in inner.items()}}
 
     @classmethod
     def units_of(cls, teacher: Generator) -> int:
@@ -185,7 +194,7 @@ class DistilledGenerator(Generator):
         raise NotImplementedError
 
     def init_from_teacher(self, teacher: Generator) -> None:
-        """Initialises the new parts from the teacher's weights (after the trunk copy)."""
+        """Initialises the new parts from the teacher's weights (after the copy)."""
         nn.init.zeros_(self.kind_embedding.weight)
 
     def bind_tokenizer(self, tokenizer) -> None:
@@ -196,16 +205,16 @@ class DistilledGenerator(Generator):
                              f"{tuple(self.code_vectors.shape)}")
         with torch.no_grad():
             self.code_vectors.copy_(codes)
-        self.trunk.bind_tokenizer(tokenizer)
+        self.teacher.bind_tokenizer(tokenizer)
 
     def check_tokenizer(self, tokenizer) -> None:
-        """Raises ``ValueError`` unless the saved code vectors are ``tokenizer``'s (and the trunk agrees)."""
+        """Raises ``ValueError`` unless the saved code vectors are ``tokenizer``'s (and the teacher copy agrees)."""
         codes = tokenizer.code_vectors().detach()
         if codes.shape != self.code_vectors.shape or not torch.allclose(codes.float().cpu(),
                                                                         self.code_vectors.float().cpu()):
             raise ValueError("the distilled generator's code vectors differ from this tokenizer's; it was distilled "
                              "for another tokenizer")
-        self.trunk.check_tokenizer(tokenizer)
+        self.teacher.check_tokenizer(tokenizer)
 
     # ---- passes --------------------------------------------------------------------------------------------
 

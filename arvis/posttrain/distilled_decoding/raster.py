@@ -5,7 +5,7 @@ Shapes: b batch, l tokens, e code dimension, d width, v vocabulary.
 The teacher's sequence is [class, t_0, ..., t_{l-2}] with position i + 1 predicting t_{i+1}; here position
 i + 1 holds x_i (noise ε_i or the code q_i) and predicts t_i itself, so with causal attention token i
 sees ε_{<=i}, which determines it under the flow-matching sampler. RoPE, blocks, norm and logits head are
-the teacher's. The teacher's token embedding table is dropped (``trunk.tok_embeddings`` is None): inputs
+the teacher's. The teacher's token embedding table is dropped (``remove_token_embeddings``): inputs
 are continuous, through ``input_proj`` (Linear e -> d), initialised by least squares so that a code
 vector's projection matches the teacher's embedding of its id (DD1's ``tok_embeddings`` is a new linear layer
 with N(0, 0.02) weights; the least-squares start is arvis's choice, DD1 never released its training code). The
@@ -21,7 +21,6 @@ import dataclasses
 from typing import Literal
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from arvis.generators.base import GENERATORS
@@ -54,7 +53,7 @@ class DistilledRaster(DistilledGenerator):
 
     def __init__(self, config: DistilledRasterConfig) -> None:
         super().__init__(config)
-        self.trunk.tok_embeddings = None  # inputs are continuous (see the module docstring)
+        self.teacher.remove_token_embeddings()  # inputs are continuous (see the module docstring)
         self.input_proj = nn.Linear(config.code_dim, self.width)
         if config.regression_head == "final_layer":
             self.regression_head = TableModulatedHead(self.width, config.code_dim)
@@ -73,28 +72,24 @@ class DistilledRaster(DistilledGenerator):
         super().init_from_teacher(teacher)
         codes = self.code_vectors.double()
         design = torch.cat([codes, codes.new_ones(codes.shape[0], 1)], dim=1)
-        solution = torch.linalg.lstsq(design.cpu(), teacher.tok_embeddings.weight.detach().double().cpu()).solution
+        table = teacher.embed_tokens(torch.arange(teacher.vocab_size, device=codes.device)).detach()  # (v, d)
+        solution = torch.linalg.lstsq(design.cpu(), table.double().cpu()).solution
         with torch.no_grad():
             self.input_proj.weight.copy_(solution[:-1].T)
             self.input_proj.bias.copy_(solution[-1])
 
     def forward(self, inputs: Tensor, is_data: Tensor, labels: Tensor) -> DistilledOutput:
         self.check_inputs(inputs, is_data, labels)
-        trunk = self.trunk
+        teacher = self.teacher
         x = self.input_proj(inputs.to(self.input_proj.weight.dtype)) + self.kind_embedding(is_data.long())
-        condition = trunk.cls_embedding(labels)
-        x = torch.cat([rearrange(condition + self.prefix_kind(condition), "b d -> b 1 d"), x], dim=1)
-        x = trunk.tok_dropout(x)
-        rope = trunk.rope_table(0, x.shape[1], x.device)
-        mask = causal_mask(x.shape[1], device=x.device)
-        for index, layer in enumerate(trunk.layers):
-            x = layer(x, rope=rope, mask=mask, cache=None, layer=index)
-        hidden = trunk.norm(x)[:, 1:]
+        prefix = teacher.condition_embedding(labels)  # (b, 1, d)
+        x = teacher.trunk(torch.cat([prefix + self.prefix_kind(prefix), x], dim=1),
+                          mask=causal_mask(x.shape[1] + 1, device=x.device))[:, 1:]
         if self.config.regression_head == "final_layer":
-            regression = self.regression_head(x[:, 1:], condition)  # the state before the trunk's RMSNorm
+            regression = self.regression_head(x, prefix[:, 0])  # the state before the teacher's RMSNorm
         else:
-            regression = self.regression_head(hidden)
-        return DistilledOutput(logits=trunk.output(hidden).float(), regression=regression.float())
+            regression = self.regression_head(teacher.normed(x))
+        return DistilledOutput(logits=teacher.logits(x), regression=regression.float())
 
 
 GENERATORS.add_preset(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 from arvis.generators.base import GENERATORS
@@ -55,13 +54,13 @@ class DistilledVAR(DistilledGenerator):
 
     def __init__(self, config: DistilledVARConfig) -> None:
         super().__init__(config)
-        if config.code_dim != self.trunk.config.code_dim:
+        if config.code_dim != self.teacher.config.code_dim:
             raise ValueError(f"DistilledVARConfig.code_dim {config.code_dim} must be the teacher's code_dim "
-                             f"{self.trunk.config.code_dim}")
+                             f"{self.teacher.config.code_dim}")
         c = self.width
-        self.regression_norm = AdaLNHead(c, c, norm_eps=self.trunk.config.norm_eps)
-        self._boundaries = self.trunk.unit_boundaries()
-        self._levels = [scale for scale, count in enumerate(self.trunk.unit_lengths()) for _ in range(count)]
+        self.regression_norm = AdaLNHead(c, c, norm_eps=self.teacher.config.norm_eps)
+        self._boundaries = self.teacher.unit_boundaries()
+        self._levels = [scale for scale, count in enumerate(self.teacher.unit_lengths()) for _ in range(count)]
 
     @classmethod
     def units_of(cls, teacher) -> int:
@@ -76,22 +75,17 @@ class DistilledVAR(DistilledGenerator):
 
     def forward(self, inputs: Tensor, is_data: Tensor, labels: Tensor) -> DistilledOutput:
         self.check_inputs(inputs, is_data, labels)
-        trunk = self.trunk
-        condition = trunk.class_emb(labels)
-        levels = torch.tensor(self._levels, device=inputs.device)
-        start = rearrange(condition, "b c -> b 1 c") + trunk.pos_start[:, :1] + trunk.pos_1LC[:, :1] \
-            + trunk.lvl_embed.weight[0] + self.prefix_kind(condition)
-        tokens = trunk.word_embed(inputs.to(trunk.word_embed.weight.dtype)) + trunk.pos_1LC + trunk.lvl_embed(levels) \
-            + self.kind_embedding(is_data.long())
-        x = torch.cat([start, tokens], dim=1)
-        mask = earlier_scales_plus_self_mask(levels)
-        block_condition = trunk.shared_ada_lin(condition) if trunk.shared_ada_lin is not None else condition
-        for index, block in enumerate(trunk.blocks):
-            x = block(x, block_condition, mask=mask, cache=None, layer=index)
-        hidden = x[:, 1:].float()
-        logits = trunk.head(trunk.head_nm(hidden, condition.float())).float()
-        regression = self.regression_head(self.regression_norm(hidden, condition.float())).float()
-        return DistilledOutput(logits=logits, regression=regression)
+        teacher = self.teacher
+        length, device = self.layout.length, inputs.device
+        condition = teacher.condition(labels)
+        start = teacher.start_tokens(condition)[:, :1] + teacher.position_embeddings(0, 1) \
+            + teacher.level_embeddings(0, 1, device) + self.prefix_kind(condition)
+        tokens = teacher.word_embed(inputs.to(teacher.word_embed.weight.dtype)) + teacher.position_embeddings(0, length) \
+            + teacher.level_embeddings(0, length, device) + self.kind_embedding(is_data.long())
+        mask = earlier_scales_plus_self_mask(torch.tensor(self._levels, device=device))
+        hidden = teacher.trunk(torch.cat([start, tokens], dim=1), condition, mask=mask)[:, 1:]
+        regression = self.regression_head(self.regression_norm(hidden.float(), condition.float())).float()
+        return DistilledOutput(logits=teacher.logits(hidden, condition), regression=regression)
 
 
 GENERATORS.add_preset(
