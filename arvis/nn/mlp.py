@@ -36,13 +36,14 @@ class GeluMLP(nn.Module):
     ``approximate="tanh"`` is VAR's ``FFN``; ``"none"`` (exact erf GELU) is timm's ``Mlp`` (ResTok, LARP).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, approximate: str = "tanh") -> None:
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, approximate: str = "tanh", *,
+                 out_dim: int | None = None) -> None:
         super().__init__()
         if approximate not in ("tanh", "none"):
             raise ValueError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
         self.approximate = approximate
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
