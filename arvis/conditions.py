@@ -106,9 +106,3 @@ def as_condition(condition: Condition | Tensor) -> Condition:
     raise ValueError(f"expected a Condition (or class ids as a (b,) torch.long tensor), got "
                      f"{type(condition).__name__}")
 
-
-def collate_condition(items: Sequence[dict]) -> Condition:
-    """Dataset items (dicts with some of ``labels``, ``prompt`` + ``prompt_mask``, ``control``, ``image``)
-    -> one batched condition of the fields every item carries."""
-    names = [name for name in (*FIELDS, "prompt_mask") if all(name in item for item in items)]
-    return Condition(**{name: torch.stack([torch.as_tensor(item[name]) for item in items]) for name in names})

@@ -3,10 +3,14 @@
 Folder format::
 
     pipeline.json   {"arvis_version", "tokenizer": "tokenizer", "generator": "generator", "sampling": {...},
-                     "text_tokenizer": "text_tokenizer" (text-conditional generators only)}
+                     "text_tokenizer": "text_tokenizer" or "text_encoder": "text_encoder" (text-conditional
+                     generators only)}
     tokenizer/      a component folder (config.json + model.safetensors)
     generator/      a component folder
-    text_tokenizer/ tokenizer.json of the prompt tokenizer (:class:`arvis.text.TextTokenizer`), if any
+    text_tokenizer/ tokenizer.json of the prompt tokenizer (:class:`arvis.text.TextTokenizer`), for a generator
+                    with a learned prompt table
+    text_encoder/   a frozen transformers encoder (:class:`arvis.text.FrozenTextEncoder`), for a generator that
+                    takes prompt features
 
 Construction checks that the two components fit together (same token layout and
 vocabulary), so a mismatched pair fails when it is assembled, not mid-sampling.
@@ -28,27 +32,28 @@ from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
 from arvis.samplers import SamplingConfig, sampler_for
-from arvis.text import TextTokenizer
+from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
 PIPELINE_FILE = "pipeline.json"
 
 
 class Pipeline:
-    """Tokenizer + generator + sampling defaults (+ the prompt tokenizer of a text-conditional generator). Use
-    :func:`arvis.generate` to sample from it.
+    """Tokenizer + generator + sampling defaults (+ the prompt tokenizer or frozen text encoder of a
+    text-conditional generator). Use :func:`arvis.generate` to sample from it.
 
     Both components are put in eval mode: a pipeline is for sampling.
     """
 
     def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig | None = None, *,
-                 text_tokenizer: TextTokenizer | None = None) -> None:
+                 text_tokenizer: TextTokenizer | None = None, text_encoder: FrozenTextEncoder | None = None) -> None:
         check_compatible(tokenizer, generator)
-        check_text_tokenizer(text_tokenizer, generator)
+        check_text_components(generator, text_tokenizer, text_encoder)
         self.tokenizer = tokenizer.eval()  # a pipeline samples: no dropout, no label dropout
         self.generator = generator.eval()
         self.sampling = sampling or SamplingConfig()
         self.text_tokenizer = text_tokenizer
+        self.text_encoder = text_encoder
 
     def condition(self, class_labels: Sequence[int] | torch.Tensor | None = None,
                   prompts: Sequence[str] | None = None) -> Condition:
@@ -67,7 +72,8 @@ class Pipeline:
         if prompts is not None:
             if isinstance(prompts, str) or not len(prompts):
                 raise ValueError("prompts must be a non-empty list of strings")
-            fields["prompt"], fields["prompt_mask"] = self.text_tokenizer.encode(prompts, self.generator.prompt_length)
+            encode = (self.text_encoder or self.text_tokenizer).encode
+            fields["prompt"], fields["prompt_mask"] = encode(prompts, self.generator.prompt_length)
         return self.generator.check_condition(Condition(**fields).to(self.device))
 
     @property
@@ -77,6 +83,8 @@ class Pipeline:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Pipeline:
         self.tokenizer.to(device=device, dtype=dtype)
         self.generator.to(device=device, dtype=dtype)
+        if self.text_encoder is not None:
+            self.text_encoder.model.to(device=device)  # the encoder keeps its own precision
         return self
 
     def sampler(self, **overrides):
@@ -94,12 +102,16 @@ class Pipeline:
                  "sampling": self.sampling.to_dict()}
         if self.text_tokenizer is not None:
             index["text_tokenizer"] = "text_tokenizer"
+        if self.text_encoder is not None:
+            index["text_encoder"] = "text_encoder"
         with replace_folder(path, "pipeline", legacy_pipeline_files) as staging:
             self.tokenizer.save_pretrained(staging / "tokenizer")
             self.generator.save_pretrained(staging / "generator")
             if self.text_tokenizer is not None:
                 (staging / "text_tokenizer").mkdir()
                 self.text_tokenizer.save(staging / "text_tokenizer")
+            if self.text_encoder is not None:
+                self.text_encoder.save(staging / "text_encoder")
             (staging / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
         return path
 
@@ -124,7 +136,10 @@ class Pipeline:
         generator = Generator.from_pretrained(component_folder(path, index, "generator"), device=device, dtype=dtype)
         text_tokenizer = TextTokenizer.load(component_folder(path, index, "text_tokenizer")) \
             if "text_tokenizer" in index else None
-        return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]), text_tokenizer=text_tokenizer)
+        text_encoder = FrozenTextEncoder.load(component_folder(path, index, "text_encoder"), device=device) \
+            if "text_encoder" in index else None
+        return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]), text_tokenizer=text_tokenizer,
+                   text_encoder=text_encoder)
 
 
 def legacy_pipeline_files(folder: Path) -> set[str] | None:
@@ -167,14 +182,27 @@ def component_folder(path: Path, index: dict, entry: str) -> Path:
     return folder
 
 
-def check_text_tokenizer(text_tokenizer: TextTokenizer | None, generator: Generator) -> None:
-    """Raises ``ValueError`` unless a text-conditional generator with a learned prompt table comes with a text
-    tokenizer of its vocabulary, and a generator without one comes without."""
-    vocab = getattr(generator.config, "text_vocab_size", None) if "prompt" in generator.condition_fields else None
+def check_text_components(generator: Generator, text_tokenizer: TextTokenizer | None,
+                          text_encoder: FrozenTextEncoder | None) -> None:
+    """Raises ``ValueError`` unless a generator with a learned prompt table comes with a text tokenizer of its
+    vocabulary, one that takes prompt features with a frozen encoder of their width, and any other with neither."""
+    takes_text = "prompt" in generator.condition_fields
+    vocab = generator.config.text_vocab_size if takes_text else None
+    if text_encoder is not None and (not takes_text or vocab is not None):
+        raise ValueError(f"{type(generator).__name__} takes no prompt features, so the pipeline has no use for a "
+                         "text encoder; leave it out")
+    if text_tokenizer is not None and vocab is None:
+        raise ValueError(f"{type(generator).__name__} takes no prompt tokens, so the pipeline has no use for a "
+                         "text tokenizer; leave it out")
+    if takes_text and vocab is None:
+        if not isinstance(text_encoder, FrozenTextEncoder):
+            raise ValueError("this generator takes prompt features: pass text_encoder=FrozenTextEncoder.load(folder)")
+        if text_encoder.feature_dim != generator.config.text_feature_dim:
+            raise ValueError(f"the text encoder's features are {text_encoder.feature_dim} wide but the generator "
+                             f"takes {generator.config.text_feature_dim} (text_feature_dim); use the encoder it was "
+                             "trained with")
+        return
     if vocab is None:
-        if text_tokenizer is not None:
-            raise ValueError(f"{type(generator).__name__} takes no prompt tokens, so the pipeline has no use for a "
-                             "text tokenizer; leave it out")
         return
     if not isinstance(text_tokenizer, TextTokenizer):
         raise ValueError("a text-conditional generator needs its text tokenizer: pass text_tokenizer=TextTokenizer")

@@ -12,7 +12,8 @@ Folder layout::
     protocol.json        what defines the samples (seed, labels, sampling settings, components,
                          device type and dtype)
     images/000000.png    sample i as images/{i:06d}.png, written atomically
-    samples.npz          arr_0 (n, h, w, 3) uint8 in index order, labels (n,) int64 (collect_npz)
+    samples.npz          arr_0 (n, h, w, 3) uint8 in index order, labels (n,) int64 class ids, or with
+                         prompts prompt_index (n,) int64 into the protocol's prompts (collect_npz)
 
 Process r of k owns the indices i with i % k == r. A PNG that exists is done: a rerun
 skips it, so a killed run resumes where it stopped. This module stays distributed-agnostic;
@@ -124,8 +125,8 @@ def sample_in_memory(
     """The same images as :func:`sample_to_folder` with these arguments, returned instead of written.
 
     Returns:
-        images (n, h, w, 3) uint8, labels (n,) int64 (with prompts: the index of each sample's prompt) and the
-        protocol record.
+        images (n, h, w, 3) uint8, labels (n,) int64 class ids (None with prompts: a prompt is not a class) and
+        the protocol record.
     """
     _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size)
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
@@ -134,7 +135,7 @@ def sample_in_memory(
                                                  sampling_overrides)
     images = [batch for _, batch in _draw(pipeline, sampling, label_policy, seed, range(num_samples), batch_size,
                                           progress)]
-    sample_labels = np.array([label_for(label_policy, index) for index in range(num_samples)], dtype=np.int64)
+    sample_labels = class_labels_of(label_policy, num_samples)
     return np.concatenate(images), sample_labels, protocol
 
 
@@ -213,9 +214,11 @@ def collect_npz(output_dir: str | Path) -> Path:
         if array.shape != (height, width, 3):
             raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}, not the run's {width}x{height}")
         images[index] = array
-    labels = np.array([label_for(protocol["labels"], index) for index in range(num_samples)], dtype=np.int64)
-    return write_file_atomically(output_dir / NPZ_FILE, lambda temporary: save_npz(temporary, arr_0=images,
-                                                                                    labels=labels))
+    policy = protocol["labels"]
+    labels = class_labels_of(policy, num_samples)
+    extra = {"labels": labels} if labels is not None else \
+        {"prompt_index": np.arange(num_samples, dtype=np.int64) % len(policy["values"])}
+    return write_file_atomically(output_dir / NPZ_FILE, lambda temporary: save_npz(temporary, arr_0=images, **extra))
 
 
 def read_protocol(output_dir: str | Path) -> dict[str, Any]:
@@ -242,13 +245,18 @@ def condition_for(pipeline: Pipeline, policy: dict[str, Any], indices: Sequence[
 
 
 def label_for(label_policy: dict[str, Any], index: int) -> int:
-    """The class id of sample ``index`` under a protocol's ``labels`` entry (with prompts: its prompt's index)."""
+    """The class id of sample ``index`` under a protocol's class ``labels`` entry."""
     if label_policy["policy"] == "balanced":
         return index % label_policy["num_classes"]
     values = label_policy["values"]
-    if label_policy["policy"] == "prompts":
-        return index % len(values)
     return values[index % len(values)]
+
+
+def class_labels_of(policy: dict[str, Any], num_samples: int) -> np.ndarray | None:
+    """(n,) int64 class ids of samples 0..n-1, or None under the prompt policy."""
+    if policy["policy"] == "prompts":
+        return None
+    return np.array([label_for(policy, index) for index in range(num_samples)], dtype=np.int64)
 
 
 def generators_for(seed: int, indices: Sequence[int], device: torch.device | str) -> list[torch.Generator]:

@@ -145,3 +145,14 @@ def test_bad_conditions_get_clear_errors():
         text_model(tokens, Condition(prompt=prompt.float(), prompt_mask=mask))
     with pytest.raises(ValueError, match="samples"):
         class_model(tokens, torch.tensor([0, 1, 2]))
+
+
+def test_feature_prompts_run_in_bfloat16():
+    model = tiny("raster-t2i-t5-tiny").to(torch.bfloat16)
+    condition = condition_for(model)  # float32 features, as a frozen encoder gives them
+    tokens = torch.randint(0, model.vocab_size, (3, model.layout.length), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(tokens, condition).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    samples = sampler_for(model, SamplingConfig(cfg_scale=2.0))(model, condition, rng=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, model.layout.length)

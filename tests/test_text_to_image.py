@@ -123,3 +123,44 @@ def test_cli_generate_and_sample_take_prompts(text_pipeline, tmp_path, capsys):
     assert cli_main(["sample", str(tmp_path / "p"), "--num-samples", "3", "--out", str(tmp_path / "t"),
                      "--labels", "1", "--device", "cpu"]) != 0
     assert "text-conditional; pass prompts" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_folder(tmp_path_factory):
+    """A randomly initialised 2-layer T5 encoder and a word-level tokenizer, saved as transformers saves them
+    (built here: nothing is downloaded)."""
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    folder = tmp_path_factory.mktemp("t5") / "tiny-t5"
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2)) \
+        .save_pretrained(folder, safe_serialization=True)
+    words = TextTokenizer.word_level(caption_vocabulary()).tokenizer
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(folder)
+    return folder
+
+
+def test_frozen_text_encoder_pipeline_samples_and_round_trips(tiny_t5_folder, tmp_path):
+    from arvis.text import FrozenTextEncoder
+
+    encoder = FrozenTextEncoder.load(tiny_t5_folder)
+    features, mask = encoder.encode(["a small red ring", "a large blue plus at the top"], 8)
+    assert features.shape == (2, 8, 16) and mask.sum(1).tolist() == [4, 7] and mask[:, -1].all()
+    assert features[~mask].abs().sum() == 0
+    with pytest.raises(ValueError, match="more than the prompt length 3"):
+        encoder.encode(["a small red ring"], 3)
+    torch.manual_seed(0)
+    preset = GENERATORS.preset("raster-t2i-tiny").replace(text_vocab_size=None, text_feature_dim=16, prompt_length=8)
+    generator = randomize_parameters_(GENERATORS.class_for_config(preset)(preset))
+    pipeline = Pipeline(TOKENIZERS.build("vq-tiny"), generator, text_encoder=encoder)
+    prompts = ["a small red ring", "a large blue plus"]
+    images = arvis.generate(pipeline, prompts=prompts, num_samples=2, output_type="np")
+    assert (arvis.generate(pipeline, prompts=prompts, num_samples=2, output_type="np", batch_size=1) == images).all()
+    pipeline.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "text_encoder" / "model.safetensors").is_file()
+    assert (arvis.generate(arvis.load(tmp_path / "p"), prompts=prompts, num_samples=2, output_type="np") == images).all()
+    wide = GENERATORS.class_for_config(preset)(preset.replace(text_feature_dim=32))
+    with pytest.raises(ValueError, match="16 wide but the generator takes 32"):
+        Pipeline(pipeline.tokenizer, wide, text_encoder=encoder)
+    with pytest.raises(FileNotFoundError, match=r"lacks \['config.json', 'model.safetensors'\]"):
+        FrozenTextEncoder.load(tmp_path / "nothing-here")

@@ -237,7 +237,7 @@ def sample_pipeline(pipeline, *, num_samples: int, seed: int = 0, labels: Sequen
     tensor = rearrange(torch.from_numpy(images), "n h w c -> n c h w")
     return ImageSet(UInt8Images(tensor), {"kind": "pipeline", "num_images": num_samples,
                                           "size": list(tensor.shape[-2:]), "sampling_protocol": protocol},
-                    labels=torch.from_numpy(sample_labels))
+                    labels=None if sample_labels is None else torch.from_numpy(sample_labels))
 
 
 def _listed(paths: Sequence[Path]) -> str:

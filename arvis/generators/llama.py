@@ -81,8 +81,9 @@ class TextConditionConfig(Config):
     text_vocab_size: int | None = None
     text_feature_dim: int = 2048
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_text_fields(self) -> None:
+        """Raises ``ValueError`` on a bad text field (the configs that mix this in call it from their
+        ``__post_init__``)."""
         if self.condition not in ("class", "text"):
             raise ValueError(f"condition must be 'class' or 'text', got {self.condition!r}")
         if self.prompt_length < 1 or self.text_feature_dim < 1:
@@ -179,6 +180,14 @@ class LlamaGenerator(Generator):
         if not self.training or condition.prompt_mask is None:
             return condition
         return condition.replace(prompt_mask=self.cls_embedding.drop_prompts(condition.prompt_mask))
+
+    def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
+        """The null class, or the empty prompt (zero (b, p, e) features when the prompt comes as features)."""
+        null = super().null_condition(batch_size, device)
+        if self.takes_text and self.config.text_vocab_size is None:
+            features = torch.zeros(batch_size, self.prompt_length, self.config.text_feature_dim, device=device)
+            null = null.replace(prompt=features)
+        return null
 
     def prefix_attendable(self, condition: Condition) -> Tensor | None:
         """(b, p) bool: the prefix positions other positions may attend to (a prompt's real tokens, or all of an
@@ -304,5 +313,7 @@ class NextTokenLlama(LlamaGenerator):
         hidden = self.trunk(self._inputs(x, start), mask=mask, cache=cache, store=store)
         if output == "hidden":
             return hidden[:, -1:]
-        logits = self.logits(hidden)[:, -1:]  # the head over every fed position, as before the trunk existed
+        if self.takes_text:  # the prompt prefix: only its last position predicts
+            hidden = hidden[:, -1:]
+        logits = self.logits(hidden)[:, -1:]  # class: the head over every fed position, as before the trunk
         return StepOutput(logits=logits, hidden=hidden[:, -1:]) if output == "both" else logits

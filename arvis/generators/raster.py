@@ -43,6 +43,7 @@ class RasterConfig(LlamaGeneratorConfig, RotaryConfig, TextConditionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_text_fields()
         if (self.dim // self.num_heads) % 4:
             raise ValueError(f"head dim dim/num_heads ({self.dim // self.num_heads}) must be divisible by 4 for 2D RoPE")
         if min(self.token_grid) < 1:
@@ -90,6 +91,10 @@ GENERATORS.add_preset("raster-t2i-tiny", RasterConfig(vocab_size=64, token_grid=
                                                       ffn_multiple_of=32, condition="text", prompt_length=6,
                                                       text_vocab_size=32, text_feature_dim=16),
                       "2-layer text-to-image test model for vq-tiny (6 prompt positions, 32 text tokens)")
+GENERATORS.add_preset("raster-t2i-t5-tiny", RasterConfig(vocab_size=64, token_grid=(4, 4), dim=32, num_layers=2,
+                                                         num_heads=2, ffn_multiple_of=32, condition="text",
+                                                         prompt_length=6, text_feature_dim=16),
+                      "2-layer text-to-image test model taking 16-wide frozen-encoder features (6 positions)")
 GENERATORS.add_preset("raster-t2i-demo", RasterConfig(vocab_size=256, token_grid=(8, 8), dim=128, num_layers=4,
                                                       num_heads=4, ffn_multiple_of=64, token_dropout=0.0,
                                                       resid_dropout=0.0, ffn_dropout=0.0, condition="text",

@@ -3,7 +3,7 @@
 Shapes: b batch, p prompt positions (fixed, e.g. 120), e feature width, d model width.
 
 LlamaGen's ``CaptionEmbedder`` projects frozen FLAN-T5 features (b, 120, 2048) with a GELU(tanh) MLP to the
-model width; a dropped caption (probability 0.1 in training) is replaced by a fixed random "uncond" sequence,
+model width (no biases); a dropped caption (probability 0.1 in training) is replaced by a fixed random "uncond" sequence,
 which is also the null branch of guidance. Here the features are either a frozen encoder's or a learned table
 over a text vocabulary (``vocab_size``; id 0 is the padding), and the null prompt is the empty prompt (no real
 token): its features are the fixed random null sequence over all p positions, and every one of them may be
@@ -40,7 +40,7 @@ class PromptEmbedding(nn.Module):
         self.length, self.feature_dim, self.vocab_size, self.dropout = length, feature_dim, vocab_size, dropout
         self.token_features = nn.Embedding(vocab_size, feature_dim) if vocab_size else None
         self.register_buffer("uncond_embedding", torch.empty(length, feature_dim))  # fixed: a buffer upstream too
-        self.cap_proj = GeluMLP(feature_dim, dim, out_dim=dim, approximate="tanh")
+        self.cap_proj = GeluMLP(feature_dim, dim, out_dim=dim, approximate="tanh", bias=False)
         self.reset_null()
 
     def reset_null(self) -> None:
@@ -71,6 +71,7 @@ class PromptEmbedding(nn.Module):
     def forward(self, prompt: Tensor, mask: Tensor) -> Tensor:
         """-> the prefix (b, p, d): the masked features projected, the null sequence for an empty prompt."""
         empty = ~mask.any(dim=1)
-        features = self.features(prompt) * mask[..., None].to(self.uncond_embedding.dtype)
-        features = torch.where(empty[:, None, None], self.uncond_embedding.to(features.dtype), features)
+        dtype = self.cap_proj.fc1.weight.dtype
+        features = self.features(prompt).to(dtype) * mask[..., None].to(dtype)
+        features = torch.where(empty[:, None, None], self.uncond_embedding.to(dtype), features)
         return self.cap_proj(features)

@@ -1,10 +1,11 @@
 """Prompt strings -> (ids (b, p) long, key-padding mask (b, p) bool), padded on the left to a fixed length p.
 
 A :class:`TextTokenizer` wraps a Hugging Face ``tokenizers`` tokenizer, stored as its ``tokenizer.json`` (plain
-JSON: loading it runs no code). :meth:`TextTokenizer.word_level` builds one over a closed vocabulary (the glyph
-captions'), lower-casing and splitting on whitespace and punctuation; id 0 is ``[PAD]`` and id 1 ``[UNK]``. A
-word outside the vocabulary is an error naming it, never silently mapped to ``[UNK]``, and so is a prompt
-longer than p tokens. Left padding (the real tokens next to the image tokens) is LlamaGen t2i's default.
+JSON: loading it runs no code). :meth:`TextTokenizer.word_level` builds one over a closed vocabulary of
+alphanumeric words (the glyph captions'), lower-casing and splitting on whitespace (punctuation becomes a token of
+its own); id 0 is ``[PAD]`` and id 1 ``[UNK]``. A word or punctuation mark outside the vocabulary is an error
+naming it, never silently mapped to ``[UNK]``, and so is a prompt longer than p tokens. A loaded file must be
+such a word-level tokenizer without truncation or padding of its own (either would bypass those errors). Left padding (the real tokens next to the image tokens) is LlamaGen t2i's default.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer) -> None:
         if tokenizer.token_to_id(PAD) != 0 or tokenizer.token_to_id(UNKNOWN) is None:
             raise ValueError(f"a text tokenizer needs {PAD} at id 0 and an {UNKNOWN} token")
+        if not isinstance(tokenizer.model, models.WordLevel) or tokenizer.truncation or tokenizer.padding:
+            raise ValueError("a text tokenizer must be word-level, without truncation or padding of its own "
+                             "(TextTokenizer pads and checks lengths itself)")
         self.tokenizer = tokenizer
 
     @classmethod
     def word_level(cls, vocabulary: Iterable[str]) -> TextTokenizer:
         """A lower-casing word tokenizer over ``vocabulary`` (ids 2.. in order; 0 pads, 1 is unknown)."""
         words = list(dict.fromkeys(word.lower() for word in vocabulary))
-        if not words or any(not word or any(c.isspace() for c in word) for word in words):
-            raise ValueError("the vocabulary must be non-empty single words without spaces")
+        if not words or not all(word.isalnum() for word in words):
+            raise ValueError(f"the vocabulary must be a non-empty list of alphanumeric words, got {words[:10]}")
         table = {PAD: 0, UNKNOWN: 1, **{word: index + 2 for index, word in enumerate(words)}}
         tokenizer = Tokenizer(models.WordLevel(table, unk_token=UNKNOWN))
         tokenizer.normalizer = normalizers.Lowercase()
@@ -84,4 +88,7 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
             raise ValueError(f"corrupt text tokenizer file {path}: {error}") from error
-        return cls(tokenizer)
+        try:
+            return cls(tokenizer)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error

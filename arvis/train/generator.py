@@ -64,6 +64,11 @@ def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_clas
     if config.generator_config:
         fitted = fitted.replace(**config.generator_config)
     if text_tokenizer is not None:
+        asked = config.generator_config.get("text_vocab_size", fitted.text_vocab_size)
+        if "text_vocab_size" in config.generator_config and asked != text_tokenizer.vocab_size:
+            raise ValueError(f"generator_config.text_vocab_size={asked!r}, but training builds the caption tokenizer "
+                             f"of {text_tokenizer.vocab_size} words (frozen-encoder features are not trained here); "
+                             "leave text_vocab_size out")
         fitted = fitted.replace(text_vocab_size=text_tokenizer.vocab_size)
     generator = generator_class(fitted)
     generator.bind_tokenizer(tokenizer)
@@ -118,7 +123,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                                     text_tokenizer=text_tokenizer, prompts=preview_prompts)
             progress.log_image("preview", grid, step)
 
-    preview_prompts = [dataset.caption(index) for index in range(10)] if text else None
+    preview_prompts = [dataset.caption(index) for index in range(min(10, len(dataset)))] if text else None
     fit(accelerator, training, batches, teacher_forcing_loss, run=run, grad_clip=config.optim.grad_clip,
         folders=folders, progress=progress, kind="generator", after_step=preview)
     trained = final_model(accelerator, model, ema)
