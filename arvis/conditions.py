@@ -52,6 +52,10 @@ class Condition:
         given = {name: value for name, value in values.items() if value is not None}
         if not given:
             raise ValueError(f"a condition needs at least one of the fields {list(FIELDS)}")
+        devices = {str(value.device) for value in given.values()}
+        if len(devices) > 1:
+            raise ValueError(f"every condition field must be on one device, got {sorted(devices)}; move them with "
+                             "condition.to(device)")
         sizes = {name: value.shape[0] if value.ndim else None for name, value in given.items()}
         if len(set(sizes.values())) != 1 or None in sizes.values():
             raise ValueError(f"every condition field must hold the same batch of samples along dim 0, got {sizes}")
