@@ -12,6 +12,7 @@ from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 
+from arvis.conditions import Condition
 from arvis.pipeline import Pipeline
 from arvis.samplers.logits import per_sample_generators
 
@@ -25,8 +26,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.d
 
 def generate(
     pipeline: Pipeline | str | Path,
-    class_labels: Sequence[int],
+    class_labels: Sequence[int] | None = None,
     *,
+    prompts: Sequence[str] | None = None,
     num_samples: int = 1,
     seed: int = 0,
     cfg_scale: float | None = None,
@@ -43,15 +45,17 @@ def generate(
     device: str | torch.device | None = None,
     progress: bool = False,
 ):
-    """Samples class-conditional images.
+    """Samples images conditioned on class ids or text prompts (whichever the pipeline's generator takes).
 
     Args:
         pipeline: a :class:`Pipeline` or the path of a saved one.
         class_labels: class ids; ``num_samples`` images are drawn for each, in order
             (labels ``[0, 1]`` with ``num_samples=2`` give classes 0, 0, 1, 1).
-        num_samples: images per class label.
+        prompts: prompt strings of a text-conditional pipeline, used like ``class_labels`` (each is padded to the
+            generator's prompt length; a longer one, or a word outside the text vocabulary, is an error).
+        num_samples: images per class label or prompt.
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
-            (seed, i), so the same seed, labels and settings give identical images
+            (seed, i), so the same seed, conditions and settings give identical images
             whatever the ``batch_size``.
         cfg_scale, cfg_schedule, cfg_start, cfg_interval, top_k, top_p, temperature, more_smooth,
             distilled_steps: override the pipeline's stored sampling settings (``None`` keeps them;
@@ -74,17 +78,20 @@ def generate(
         pipeline = load(pipeline, device=device or "cpu")
     elif device is not None and torch.device(device) != pipeline.device:
         raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
-    labels = _labels_tensor(class_labels, pipeline.generator.num_classes).repeat_interleave(num_samples)
+    condition = pipeline.condition(class_labels, prompts)
+    condition = condition.select(torch.arange(condition.batch_size, device=condition.device)
+                                 .repeat_interleave(num_samples))
     sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_start=cfg_start,
                                cfg_interval=cfg_interval, top_k=top_k, top_p=top_p, temperature=temperature,
                                more_smooth=more_smooth, distilled_steps=distilled_steps)
     device = pipeline.device
     batches = []
-    for start in tqdm(range(0, len(labels), batch_size), total=math.ceil(len(labels) / batch_size),
+    total = condition.batch_size
+    for start in tqdm(range(0, total, batch_size), total=math.ceil(total / batch_size),
                       disable=not progress, desc="sampling"):
-        batch_labels = labels[start:start + batch_size].to(device)
-        rngs = per_sample_generators(seed, start, len(batch_labels), device)
-        batches.append(draw_images(pipeline, sampler, batch_labels, rngs))
+        batch = condition.select(slice(start, start + batch_size))
+        rngs = per_sample_generators(seed, start, batch.batch_size, device)
+        batches.append(draw_images(pipeline, sampler, batch, rngs))
     images = torch.cat(batches)
     if output_type == "pt":
         return images
@@ -96,10 +103,10 @@ def generate(
     return [Image.fromarray(np.ascontiguousarray(image)) for image in array]
 
 
-def draw_images(pipeline: Pipeline, sampler, labels: torch.Tensor, rngs) -> torch.Tensor:
-    """Samples tokens for labels (b,) and decodes them -> (b, 3, h, w) images or (b, 3, t, h, w) clips,
-    float in [0, 1] on the CPU."""
-    tokens = sampler(pipeline.generator, labels, rng=rngs)
+def draw_images(pipeline: Pipeline, sampler, condition: Condition | torch.Tensor, rngs) -> torch.Tensor:
+    """Samples tokens for a condition of b samples (or class ids (b,)) and decodes them -> (b, 3, h, w) images or
+    (b, 3, t, h, w) clips, float in [0, 1] on the CPU."""
+    tokens = sampler(pipeline.generator, condition, rng=rngs)
     with torch.inference_mode():
         if tokens.is_floating_point():  # (b, l, e) code vectors, continuous in part (Distilled Decoding)
             pixels = pipeline.tokenizer.decode_code_vectors(tokens)
@@ -111,13 +118,3 @@ def draw_images(pipeline: Pipeline, sampler, labels: torch.Tensor, rngs) -> torc
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images (n, 3, h, w) or clips (n, 3, t, h, w) in [0, 1] -> (n, h, w, 3) or (n, t, h, w, 3) uint8 (rounded)."""
     return rearrange((images * 255).round().to(torch.uint8), "n c ... -> n ... c").numpy()
-
-
-def _labels_tensor(class_labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    values = list(class_labels) if not isinstance(class_labels, torch.Tensor) else class_labels.tolist()
-    if not values:
-        raise ValueError("class_labels is empty; pass at least one class id")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes]
-    if bad:
-        raise ValueError(f"class ids must be integers in [0, {num_classes - 1}] for this pipeline, got {bad[:5]}")
-    return torch.tensor(values, dtype=torch.long)

@@ -59,17 +59,19 @@ def _generate(args: argparse.Namespace) -> None:
     from arvis.api import to_uint8
     from arvis.visualize import clip_grid, image_grid, save_clip_frames, save_gif
 
-    images = arvis.generate(args.pipeline, class_labels=args.labels, num_samples=args.num_samples, seed=args.seed,
-                            output_type="pt", progress=True, **sampling_overrides(args))
+    rows = args.labels if args.labels is not None else args.prompt
+    images = arvis.generate(args.pipeline, class_labels=args.labels, prompts=args.prompt, num_samples=args.num_samples,
+                            seed=args.seed, output_type="pt", progress=True, **sampling_overrides(args))
     is_video = images.ndim == 5
     out = Path(args.out or ("samples.gif" if is_video else "samples.png"))
     if is_video:
         if out.suffix.lower() != ".gif":
             raise ValueError(f"this pipeline generates clips: --out must be a .gif file, got {out}")
-        save_gif(clip_grid(images, len(args.labels), scale=args.scale), out, fps=args.fps)
+        save_gif(clip_grid(images, len(rows), scale=args.scale), out, fps=args.fps)
     else:
-        image_grid(images, len(args.labels), scale=args.scale).save(out)
-    result = {"grid": str(out), "images": len(images), "labels": args.labels}
+        image_grid(images, len(rows), scale=args.scale).save(out)
+    result = {"grid": str(out), "images": len(images),
+              **({"labels": args.labels} if args.labels is not None else {"prompts": args.prompt})}
     if args.npy:
         np.save(args.npy, to_uint8(images))
         result["npy"] = str(args.npy)
@@ -96,7 +98,7 @@ def _sample(args: argparse.Namespace) -> None:
     device = state.device
     sampling = sampling_overrides(args)
     sample_to_folder(args.pipeline, args.out, num_samples=args.num_samples, seed=args.seed, labels=args.labels,
-                     batch_size=args.batch_size, process_index=state.process_index,
+                     prompts=args.prompt, batch_size=args.batch_size, process_index=state.process_index,
                      num_processes=state.num_processes, progress=state.is_main_process, device=device, **sampling)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -159,10 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                              help="dotted overrides, e.g. tokenizer_path=DIR data.image_size=32")
     pretokenize.set_defaults(handler=_pretokenize)
 
-    gen = commands.add_parser("generate", help="sample a class-conditional grid from a pipeline folder")
+    gen = commands.add_parser("generate", help="sample a grid from a pipeline folder, one row per class or prompt")
     gen.add_argument("pipeline", help="pipeline folder")
-    gen.add_argument("--labels", type=int, nargs="+", required=True, help="class ids, one grid row each")
-    gen.add_argument("--num-samples", type=positive_int, default=8, help="images per class")
+    rows = gen.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--labels", type=int, nargs="+", help="class ids, one grid row each")
+    rows.add_argument("--prompt", action="append", help="a text prompt (repeat for more), one grid row each")
+    gen.add_argument("--num-samples", type=positive_int, default=8, help="images per class or prompt")
     gen.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(gen, "default: the pipeline's setting")
     gen.add_argument("--scale", type=positive_int, default=3, help="pixel repetition factor of the grid (>= 1)")
@@ -180,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--labels", type=int, nargs="+", default=None,
                         help="class ids cycled over the samples (default: all classes, balanced)")
+    sample.add_argument("--prompt", action="append", default=None,
+                        help="text-conditional pipelines: a prompt cycled over the samples (repeat for more)")
     sample.add_argument("--batch-size", type=int, default=64, help="images per forward batch and process")
     add_sampling_arguments(sample, "default: the pipeline's setting")
     sample.add_argument("--device", choices=["cpu", "cuda"], default=None,

@@ -2,9 +2,15 @@
 
 Folder format::
 
-    pipeline.json   {"arvis_version", "tokenizer": "tokenizer", "generator": "generator", "sampling": {...}}
+    pipeline.json   {"arvis_version", "tokenizer": "tokenizer", "generator": "generator", "sampling": {...},
+                     "text_tokenizer": "text_tokenizer" or "text_encoder": "text_encoder" (text-conditional
+                     generators only)}
     tokenizer/      a component folder (config.json + model.safetensors)
     generator/      a component folder
+    text_tokenizer/ tokenizer.json of the prompt tokenizer (:class:`arvis.text.TextTokenizer`), for a generator
+                    with a learned prompt table
+    text_encoder/   a frozen transformers encoder (:class:`arvis.text.FrozenTextEncoder`), for a generator that
+                    takes prompt features
 
 Construction checks that the two components fit together (same token layout and
 vocabulary), so a mismatched pair fails when it is assembled, not mid-sampling.
@@ -13,31 +19,62 @@ vocabulary), so a mismatched pair fails when it is assembled, not mid-sampling.
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
+
+from collections.abc import Sequence
 
 import torch
 
+from arvis.conditions import Condition
 from arvis.config import read_json
 from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
 from arvis.samplers import SamplingConfig, sampler_for
+from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
 PIPELINE_FILE = "pipeline.json"
 
 
 class Pipeline:
-    """Tokenizer + generator + sampling defaults. Use :func:`arvis.generate` to sample from it.
+    """Tokenizer + generator + sampling defaults (+ the prompt tokenizer or frozen text encoder of a
+    text-conditional generator). Use :func:`arvis.generate` to sample from it.
 
     Both components are put in eval mode: a pipeline is for sampling.
     """
 
-    def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig | None = None, *,
+                 text_tokenizer: TextTokenizer | None = None, text_encoder: FrozenTextEncoder | None = None) -> None:
         check_compatible(tokenizer, generator)
+        check_text_components(generator, text_tokenizer, text_encoder)
         self.tokenizer = tokenizer.eval()  # a pipeline samples: no dropout, no label dropout
         self.generator = generator.eval()
         self.sampling = sampling or SamplingConfig()
+        self.text_tokenizer = text_tokenizer
+        self.text_encoder = text_encoder
+
+    def condition(self, class_labels: Sequence[int] | torch.Tensor | None = None,
+                  prompts: Sequence[str] | None = None) -> Condition:
+        """The generator's condition for these class ids and/or prompt strings, on the pipeline's device.
+        Raises ``ValueError`` for a field the generator does not take, a missing one it needs, or a bad value."""
+        given = {name for name, value in (("labels", class_labels), ("prompt", prompts)) if value is not None}
+        takes = self.generator.condition_fields
+        if given != takes:
+            described = {"labels": "class_labels", "prompt": "prompts"}
+            raise ValueError(f"this pipeline's generator is conditioned on "
+                             f"{sorted(described.get(name, name) for name in takes)}, got "
+                             f"{sorted(described[name] for name in given) or 'nothing'}")
+        fields = {}
+        if class_labels is not None:
+            fields["labels"] = class_ids_tensor(class_labels, self.generator.num_classes)
+        if prompts is not None:
+            if isinstance(prompts, str) or not len(prompts):
+                raise ValueError("prompts must be a non-empty list of strings")
+            encode = (self.text_encoder or self.text_tokenizer).encode
+            fields["prompt"], fields["prompt_mask"] = encode(prompts, self.generator.prompt_length)
+        return self.generator.check_condition(Condition(**fields).to(self.device))
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +83,8 @@ class Pipeline:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Pipeline:
         self.tokenizer.to(device=device, dtype=dtype)
         self.generator.to(device=device, dtype=dtype)
+        if self.text_encoder is not None:
+            self.text_encoder.model.to(device=device)  # the encoder keeps its own precision
         return self
 
     def sampler(self, **overrides):
@@ -61,9 +100,18 @@ class Pipeline:
         path = Path(path)
         index = {"arvis_version": __version__, "tokenizer": "tokenizer", "generator": "generator",
                  "sampling": self.sampling.to_dict()}
+        if self.text_tokenizer is not None:
+            index["text_tokenizer"] = "text_tokenizer"
+        if self.text_encoder is not None:
+            index["text_encoder"] = "text_encoder"
         with replace_folder(path, "pipeline", legacy_pipeline_files) as staging:
             self.tokenizer.save_pretrained(staging / "tokenizer")
             self.generator.save_pretrained(staging / "generator")
+            if self.text_tokenizer is not None:
+                (staging / "text_tokenizer").mkdir()
+                self.text_tokenizer.save(staging / "text_tokenizer")
+            if self.text_encoder is not None:
+                self.text_encoder.save(staging / "text_encoder")
             (staging / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
         return path
 
@@ -86,7 +134,12 @@ class Pipeline:
             raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(entries - set(index))}")
         tokenizer = Tokenizer.from_pretrained(component_folder(path, index, "tokenizer"), device=device, dtype=dtype)
         generator = Generator.from_pretrained(component_folder(path, index, "generator"), device=device, dtype=dtype)
-        return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]))
+        text_tokenizer = TextTokenizer.load(component_folder(path, index, "text_tokenizer")) \
+            if "text_tokenizer" in index else None
+        text_encoder = FrozenTextEncoder.load(component_folder(path, index, "text_encoder"), device=device) \
+            if "text_encoder" in index else None
+        return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]), text_tokenizer=text_tokenizer,
+                   text_encoder=text_encoder)
 
 
 def legacy_pipeline_files(folder: Path) -> set[str] | None:
@@ -127,6 +180,46 @@ def component_folder(path: Path, index: dict, entry: str) -> Path:
         raise ValueError(f"{where} names {name!r}, which leads outside the pipeline folder; components are loaded "
                          "only from sub-folders of the pipeline")
     return folder
+
+
+def check_text_components(generator: Generator, text_tokenizer: TextTokenizer | None,
+                          text_encoder: FrozenTextEncoder | None) -> None:
+    """Raises ``ValueError`` unless a generator with a learned prompt table comes with a text tokenizer of its
+    vocabulary, one that takes prompt features with a frozen encoder of their width, and any other with neither."""
+    takes_text = "prompt" in generator.condition_fields
+    vocab = generator.config.text_vocab_size if takes_text else None
+    if text_encoder is not None and (not takes_text or vocab is not None):
+        raise ValueError(f"{type(generator).__name__} takes no prompt features, so the pipeline has no use for a "
+                         "text encoder; leave it out")
+    if text_tokenizer is not None and vocab is None:
+        raise ValueError(f"{type(generator).__name__} takes no prompt tokens, so the pipeline has no use for a "
+                         "text tokenizer; leave it out")
+    if takes_text and vocab is None:
+        if not isinstance(text_encoder, FrozenTextEncoder):
+            raise ValueError("this generator takes prompt features: pass text_encoder=FrozenTextEncoder.load(folder)")
+        if text_encoder.feature_dim != generator.config.text_feature_dim:
+            raise ValueError(f"the text encoder's features are {text_encoder.feature_dim} wide but the generator "
+                             f"takes {generator.config.text_feature_dim} (text_feature_dim); use the encoder it was "
+                             "trained with")
+        return
+    if vocab is None:
+        return
+    if not isinstance(text_tokenizer, TextTokenizer):
+        raise ValueError("a text-conditional generator needs its text tokenizer: pass text_tokenizer=TextTokenizer")
+    if text_tokenizer.vocab_size != vocab:
+        raise ValueError(f"the text tokenizer's vocabulary ({text_tokenizer.vocab_size}) does not match the "
+                         f"generator's text_vocab_size ({vocab}); use the tokenizer the generator was trained with")
+
+
+def class_ids_tensor(class_labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class ids as a (n,) long tensor; ``ValueError`` if empty or outside [0, num_classes)."""
+    values = list(class_labels) if not isinstance(class_labels, torch.Tensor) else class_labels.tolist()
+    if not values:
+        raise ValueError("class_labels is empty; pass at least one class id")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(f"class ids must be integers in [0, {num_classes - 1}] for this pipeline, got {bad[:5]}")
+    return torch.tensor(values, dtype=torch.long)
 
 
 def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:

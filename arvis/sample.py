@@ -12,7 +12,8 @@ Folder layout::
     protocol.json        what defines the samples (seed, labels, sampling settings, components,
                          device type and dtype)
     images/000000.png    sample i as images/{i:06d}.png, written atomically
-    samples.npz          arr_0 (n, h, w, 3) uint8 in index order, labels (n,) int64 (collect_npz)
+    samples.npz          arr_0 (n, h, w, 3) uint8 in index order, labels (n,) int64 class ids, or with
+                         prompts prompt_index (n,) int64 into the protocol's prompts (collect_npz)
 
 Process r of k owns the indices i with i % k == r. A PNG that exists is done: a rerun
 skips it, so a killed run resumes where it stopped. This module stays distributed-agnostic;
@@ -55,6 +56,7 @@ def sample_to_folder(
     num_samples: int,
     seed: int = 0,
     labels: Sequence[int] | None = None,
+    prompts: Sequence[str] | None = None,
     batch_size: int = 64,
     process_index: int = 0,
     num_processes: int = 1,
@@ -71,6 +73,7 @@ def sample_to_folder(
         seed: sample i draws from a ``torch.Generator`` seeded by (seed, i).
         labels: class ids cycled over the indices (sample i has ``labels[i % len(labels)]``);
             ``None`` balances all classes (sample i has class ``i % num_classes``).
+        prompts: for a text-conditional pipeline (required there), prompt strings cycled like ``labels``.
         batch_size: images sampled per forward batch.
         process_index, num_processes: this process owns the indices i with
             ``i % num_processes == process_index``.
@@ -90,7 +93,7 @@ def sample_to_folder(
         raise ValueError(f"process_index must be an integer in [0, {num_processes - 1}], got {process_index!r}")
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
     _require_images(pipeline)
-    sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels,
+    sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels, prompts,
                                                  sampling_overrides)
     output_dir = Path(output_dir)
     images_dir = output_dir / IMAGES_FOLDER
@@ -113,6 +116,7 @@ def sample_in_memory(
     num_samples: int,
     seed: int = 0,
     labels: Sequence[int] | None = None,
+    prompts: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: bool = False,
     device: str | torch.device | None = None,
@@ -121,16 +125,17 @@ def sample_in_memory(
     """The same images as :func:`sample_to_folder` with these arguments, returned instead of written.
 
     Returns:
-        images (n, h, w, 3) uint8, labels (n,) int64 and the protocol record.
+        images (n, h, w, 3) uint8, labels (n,) int64 class ids (None with prompts: a prompt is not a class) and
+        the protocol record.
     """
     _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size)
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
     _require_images(pipeline)
-    sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels,
+    sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels, prompts,
                                                  sampling_overrides)
     images = [batch for _, batch in _draw(pipeline, sampling, label_policy, seed, range(num_samples), batch_size,
                                           progress)]
-    sample_labels = np.array([label_for(label_policy, index) for index in range(num_samples)], dtype=np.int64)
+    sample_labels = class_labels_of(label_policy, num_samples)
     return np.concatenate(images), sample_labels, protocol
 
 
@@ -146,10 +151,11 @@ def _resolve_pipeline(pipeline: Pipeline | str | Path, device) -> tuple[Pipeline
 
 
 def _protocol(pipeline: Pipeline, pipeline_path: str | None, num_samples: int, seed: int,
-              labels: Sequence[int] | None, overrides: dict[str, Any]) -> tuple[SamplingConfig, dict, dict]:
-    """The sampling settings, the label policy and the record of everything that defines the samples."""
+              labels: Sequence[int] | None, prompts: Sequence[str] | None,
+              overrides: dict[str, Any]) -> tuple[SamplingConfig, dict, dict]:
+    """The sampling settings, the condition policy and the record of everything that defines the samples."""
     sampling = _apply_overrides(pipeline.sampling, overrides)
-    label_policy = _label_policy(labels, pipeline.generator.num_classes)
+    label_policy = _condition_policy(pipeline, labels, prompts)
     protocol = {
         "num_samples": int(num_samples),
         "seed": int(seed),
@@ -173,8 +179,8 @@ def _draw(pipeline: Pipeline, sampling: SamplingConfig, label_policy: dict[str, 
     sampler = sampler_for(pipeline.generator, sampling)
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     for batch in tqdm(batches, disable=not progress, desc="sampling"):
-        batch_labels = torch.tensor([label_for(label_policy, index) for index in batch], device=pipeline.device)
-        pixels = draw_images(pipeline, sampler, batch_labels, generators_for(seed, batch, pipeline.device))
+        pixels = draw_images(pipeline, sampler, condition_for(pipeline, label_policy, batch),
+                             generators_for(seed, batch, pipeline.device))
         yield batch, to_uint8(pixels)
 
 
@@ -208,9 +214,11 @@ def collect_npz(output_dir: str | Path) -> Path:
         if array.shape != (height, width, 3):
             raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}, not the run's {width}x{height}")
         images[index] = array
-    labels = np.array([label_for(protocol["labels"], index) for index in range(num_samples)], dtype=np.int64)
-    return write_file_atomically(output_dir / NPZ_FILE, lambda temporary: save_npz(temporary, arr_0=images,
-                                                                                    labels=labels))
+    policy = protocol["labels"]
+    labels = class_labels_of(policy, num_samples)
+    extra = {"labels": labels} if labels is not None else \
+        {"prompt_index": np.arange(num_samples, dtype=np.int64) % len(policy["values"])}
+    return write_file_atomically(output_dir / NPZ_FILE, lambda temporary: save_npz(temporary, arr_0=images, **extra))
 
 
 def read_protocol(output_dir: str | Path) -> dict[str, Any]:
@@ -228,12 +236,27 @@ def read_protocol(output_dir: str | Path) -> dict[str, Any]:
     return protocol
 
 
+def condition_for(pipeline: Pipeline, policy: dict[str, Any], indices: Sequence[int]):
+    """The condition of the samples at ``indices`` under a protocol's ``labels`` entry."""
+    if policy["policy"] == "prompts":
+        values = policy["values"]
+        return pipeline.condition(prompts=[values[index % len(values)] for index in indices])
+    return pipeline.condition(class_labels=[label_for(policy, index) for index in indices])
+
+
 def label_for(label_policy: dict[str, Any], index: int) -> int:
-    """The class id of sample ``index`` under a protocol's ``labels`` entry."""
+    """The class id of sample ``index`` under a protocol's class ``labels`` entry."""
     if label_policy["policy"] == "balanced":
         return index % label_policy["num_classes"]
     values = label_policy["values"]
     return values[index % len(values)]
+
+
+def class_labels_of(policy: dict[str, Any], num_samples: int) -> np.ndarray | None:
+    """(n,) int64 class ids of samples 0..n-1, or None under the prompt policy."""
+    if policy["policy"] == "prompts":
+        return None
+    return np.array([label_for(policy, index) for index in range(num_samples)], dtype=np.int64)
 
 
 def generators_for(seed: int, indices: Sequence[int], device: torch.device | str) -> list[torch.Generator]:
@@ -255,6 +278,22 @@ def _apply_overrides(sampling: SamplingConfig, overrides: dict[str, Any]) -> Sam
         raise ValueError(f"unknown sampling setting(s) {unknown}; valid ones are {sorted(known)}")
     changes = {key: value for key, value in overrides.items() if value is not None}
     return sampling.replace(**changes) if changes else sampling
+
+
+def _condition_policy(pipeline: Pipeline, labels: Sequence[int] | None,
+                      prompts: Sequence[str] | None) -> dict[str, Any]:
+    """The protocol's ``labels`` entry: balanced or cycled class ids, or cycled prompts for a text pipeline."""
+    takes_prompts = "prompt" in pipeline.generator.condition_fields
+    if not takes_prompts:
+        if prompts is not None:
+            raise ValueError("this pipeline's generator is class-conditional; pass labels, not prompts")
+        return _label_policy(labels, pipeline.generator.num_classes)
+    if labels is not None or prompts is None:
+        raise ValueError("this pipeline's generator is text-conditional; pass prompts (a list of strings), not labels")
+    if isinstance(prompts, str) or not prompts or not all(isinstance(prompt, str) for prompt in prompts):
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r:.80}")
+    pipeline.condition(prompts=list(prompts))  # every prompt encodes: unknown words and lengths fail here
+    return {"policy": "prompts", "values": list(prompts)}
 
 
 def _label_policy(labels: Sequence[int] | None, num_classes: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from arvis.generators.base import GENERATORS, Generator
-from arvis.testing import randomize_parameters_
+from arvis.testing import example_condition, randomize_parameters_
 from arvis.samplers import SamplingConfig, sampler_for
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 
@@ -21,12 +21,11 @@ def tiny_generator(name: str) -> Generator:
     return randomize_parameters_(GENERATORS.build(name))
 
 
-def tiny_tokens(model: Generator, batch_size: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def tiny_tokens(model: Generator, batch_size: int = 3, seed: int = 0):
+    """Random tokens and a condition with every field the model takes (the null condition in the last row)."""
     rng = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, model.vocab_size, (batch_size, model.layout.length), generator=rng)
-    labels = torch.arange(batch_size) % (model.num_classes + 1)  # includes the null class when batch > classes
-    labels[-1] = model.null_class
-    return tokens, labels
+    return tokens, example_condition(model, batch_size, seed)
 
 
 def assert_every_parameter_gets_a_gradient(module: torch.nn.Module) -> None:
@@ -44,7 +43,7 @@ def training_loss(model: Generator, tokens: torch.Tensor, labels: torch.Tensor) 
         return output.loss
     noise = torch.randn(*tokens.shape, model.config.code_dim, generator=torch.Generator().manual_seed(1))
     inputs, is_data = model.timestep_inputs(noise, model.code_vectors[tokens], 1)
-    output = model(inputs, is_data, labels.clamp(max=model.num_classes - 1))
+    output = model(inputs, is_data, labels.labels.clamp(max=model.num_classes - 1))
     assert output.logits.shape == (*tokens.shape, model.vocab_size)
     return torch.nn.functional.cross_entropy(output.logits.flatten(0, 1), tokens.flatten()) \
         + output.regression.pow(2).mean()
@@ -77,7 +76,7 @@ def test_cached_steps_equal_teacher_forcing(name):
     tokens = model.from_layout_order(tokens)  # stepping feeds the generator's own order
     with torch.no_grad():
         expected = model(model.to_layout_order(tokens), labels).logits
-        cache = model.new_cache(len(labels))
+        cache = model.new_cache(labels.batch_size)
         stepped, consumed, inputs = [], 0, None
         while consumed < tokens.shape[1]:
             length_before = cache.length
@@ -94,7 +93,7 @@ def test_cached_steps_equal_teacher_forcing(name):
 @pytest.mark.parametrize("name", GENERATOR_PRESETS)
 def test_steps_return_the_hidden_states_their_logits_come_from(name):
     model = tiny_generator(name).eval()
-    labels = torch.tensor([0, 1])
+    labels = example_condition(model, 2)
     with torch.no_grad():
         both = model.step(None, labels, model.new_cache(2), output="both")
         hidden = model.step(None, labels, model.new_cache(2), output="hidden")
@@ -107,7 +106,7 @@ def test_steps_return_the_hidden_states_their_logits_come_from(name):
 @pytest.mark.parametrize("name", GENERATOR_PRESETS)
 def test_same_seed_same_tokens(name):
     model = tiny_generator(name).eval()
-    labels = torch.tensor([0, 1, 2])
+    labels = example_condition(model, 3)
     sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_k=10, top_p=0.9, temperature=1.1))
     first = sampler(model, labels, rng=torch.Generator().manual_seed(7))
     second = sampler(model, labels, rng=torch.Generator().manual_seed(7))

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from arvis.data.control import edge_map
+
 SCALE_RANGE = (0.45, 0.75)
 MAX_ROTATION_DEGREES = 10.0
 _ROTATED_EXTENT = 1.1  # largest half-extent, in local units, of any glyph rotated by up to 10 degrees
@@ -180,7 +182,15 @@ def _check_label(label: int) -> None:
 
 
 def render_glyphs_chw(labels: Sequence[int], size: int, params: Sequence[GlyphParams]) -> np.ndarray:
-    """(n, 3, size, size) float32 images; the one rendering path behind every public function."""
+    """(n, 3, size, size) float32 images."""
+    return render_glyphs_with_coverage(labels, size, params)[0]
+
+
+def render_glyphs_with_coverage(labels: Sequence[int], size: int,
+                                params: Sequence[GlyphParams]) -> tuple[np.ndarray, np.ndarray]:
+    """-> images (n, 3, size, size) and the foreground coverage (n, size, size), float32 in [0, 1] (the
+    renderer's exact foreground mask, soft over the 1-pixel edge); the one rendering path behind every public
+    function."""
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if len(labels) != len(params):
@@ -208,7 +218,7 @@ def render_glyphs_chw(labels: Sequence[int], size: int, params: Sequence[GlyphPa
         pixels_per_unit = (scale[rows] * (size / 2.0))[:, None, None]
         coverage[rows] = np.clip(0.5 - distance * pixels_per_unit, 0.0, 1.0)
     images = background[:, :, None, None] + (foreground - background)[:, :, None, None] * coverage[:, None]
-    return np.clip(images, 0.0, 1.0).astype(np.float32, copy=False)  # clip float rounding
+    return np.clip(images, 0.0, 1.0).astype(np.float32, copy=False), coverage  # clip float rounding
 
 
 def render_glyphs(labels: Sequence[int], size: int, params: Sequence[GlyphParams]) -> np.ndarray:
@@ -224,17 +234,25 @@ def render_glyph(label: int, size: int, params: GlyphParams) -> np.ndarray:
 class GlyphDataset(Dataset):
     """``num_samples`` glyph images with balanced labels ``index % num_classes``.
 
-    Items are (image (3, h, w) float32 in [0, 1], label int). Sample ``index`` depends only
-    on (seed, index), not on ``num_samples`` nor on the order of access.
+    Items are (image (3, h, w) float32 in [0, 1], label int), or with ``items="dicts"`` dicts of the image and
+    every condition a sample has: ``labels`` (int), ``caption`` (str, :func:`arvis.data.captions.caption`),
+    ``mask`` (1, h, w) float32 (the renderer's foreground coverage) and ``edges`` (1, h, w) float32
+    (:func:`arvis.data.control.edge_map` of the image). Sample ``index`` depends only on (seed, index), not on
+    ``num_samples`` nor on the order of access.
 
     Args:
         num_samples: number of images, at least 1.
         image_size: side in pixels, in [8, 256].
         seed: non-negative dataset seed.
         num_classes: uses the first ``num_classes`` of ``GLYPH_CLASSES``, in [2, 10].
+        items: ``"pairs"`` or ``"dicts"`` (see above).
     """
 
-    def __init__(self, num_samples: int, image_size: int = 32, seed: int = 0, num_classes: int = 10) -> None:
+    def __init__(self, num_samples: int, image_size: int = 32, seed: int = 0, num_classes: int = 10,
+                 items: str = "pairs") -> None:
+        if items not in ("pairs", "dicts"):
+            raise ValueError(f"items must be 'pairs' or 'dicts', got {items!r}")
+        self.items = items
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         if not 8 <= image_size <= 256:
@@ -266,10 +284,20 @@ class GlyphDataset(Dataset):
         index = self._check_index(index)
         return sample_glyph_params(index % self.num_classes, np.random.default_rng([self.seed, index]))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def caption(self, index: int) -> str:
+        """The caption of sample ``index`` (class, colour, size and position in words)."""
+        from arvis.data.captions import caption
+
+        return caption(self.label(index), self.params(index))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | dict:
         label = self.label(index)
-        image = render_glyphs_chw([label], self.image_size, [self.params(index)])[0]
-        return torch.from_numpy(image), label
+        images, coverage = render_glyphs_with_coverage([label], self.image_size, [self.params(index)])
+        image = torch.from_numpy(images[0])
+        if self.items == "pairs":
+            return image, label
+        return {"image": image, "labels": label, "caption": self.caption(index),
+                "mask": torch.from_numpy(coverage[:1]), "edges": edge_map(image[None])[0]}
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Renders the whole dataset: images (n, 3, h, w) float32 in [0, 1] and labels (n,) long."""

@@ -64,6 +64,8 @@ def _add_source_options(parser: argparse.ArgumentParser, *, needs_real: bool) ->
     parser.add_argument("--sample-seed", type=int, default=0, help="sampling seed when --fake is a pipeline")
     parser.add_argument("--labels", type=int, nargs="+", default=None, help="class ids cycled over the samples "
                         "(default: all classes, balanced)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text-conditional pipelines: a prompt cycled over the samples (repeat for more)")
     add_sampling_arguments(parser, "sampling override when --fake is a pipeline")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward batch")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -109,7 +111,7 @@ def _fake_images(args: argparse.Namespace):
             raise ValueError("--fake is a pipeline folder: pass --num-samples to say how many images to sample")
         sampling = sampling_overrides(args)
         return sample_pipeline(fake, num_samples=args.num_samples, seed=args.sample_seed, labels=args.labels,
-                               batch_size=args.batch_size, progress=True, device=args.device, **sampling)
+                               prompts=args.prompt, batch_size=args.batch_size, progress=True, device=args.device, **sampling)
     if args.num_samples is not None:
         raise ValueError("--num-samples applies to pipeline folders only; --fake is a set of images")
     return open_images(fake)

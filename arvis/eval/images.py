@@ -222,7 +222,8 @@ def _open_npz(path: Path, max_images: int | None) -> ImageSet:
 
 
 def sample_pipeline(pipeline, *, num_samples: int, seed: int = 0, labels: Sequence[int] | None = None,
-                    batch_size: int = 64, progress: bool = False, **sampling_overrides: Any) -> ImageSet:
+                    prompts: Sequence[str] | None = None, batch_size: int = 64, progress: bool = False,
+                    **sampling_overrides: Any) -> ImageSet:
     """Samples a pipeline (object or folder) into memory, as ``arvis sample`` would into a folder.
 
     The description records the full sampling protocol (seed, label policy, sampler settings).
@@ -230,12 +231,13 @@ def sample_pipeline(pipeline, *, num_samples: int, seed: int = 0, labels: Sequen
     from arvis.sample import sample_in_memory
 
     images, sample_labels, protocol = sample_in_memory(pipeline, num_samples=num_samples, seed=seed, labels=labels,
+                                                       prompts=prompts,
                                                        batch_size=batch_size, progress=progress,
                                                        **sampling_overrides)
     tensor = rearrange(torch.from_numpy(images), "n h w c -> n c h w")
     return ImageSet(UInt8Images(tensor), {"kind": "pipeline", "num_images": num_samples,
                                           "size": list(tensor.shape[-2:]), "sampling_protocol": protocol},
-                    labels=torch.from_numpy(sample_labels))
+                    labels=None if sample_labels is None else torch.from_numpy(sample_labels))
 
 
 def _listed(paths: Sequence[Path]) -> str:

@@ -1,13 +1,18 @@
 """Generator interface: teacher-forced training plus the one primitive samplers drive.
 
 A generator never samples. It exposes
-    ``forward(inputs, labels, targets=None) -> GeneratorOutput``  teacher forcing with the method's own mask
+    ``forward(inputs, condition, targets=None) -> GeneratorOutput``  teacher forcing with the method's own mask
         (targets default to the inputs; ``IGNORE_INDEX`` marks positions without a target), and
-    ``new_cache(batch_size)`` / ``step(tokens, labels, cache)``  incremental decoding,
+    ``new_cache(batch_size)`` / ``step(tokens, condition, cache)``  incremental decoding,
 where one ``step`` consumes the next unit of input (``None`` on the first call: the
 condition prefix) and returns the logits of the next unit, (b, unit_length, vocab), or with
 ``output="hidden"`` / ``"both"`` the trunk's hidden states of those positions (for continuous heads).
 Samplers (``arvis.samplers``) own every decoding policy around these calls.
+
+Conditions: ``condition`` is an :class:`arvis.conditions.Condition` (a bare (b,) long tensor is read as class
+ids). A generator declares the fields it takes (:attr:`Generator.condition_fields`), its one joint null
+condition for guidance (:meth:`Generator.null_condition`) and its prefix length (:attr:`Generator.prefix_length`,
+the positions the condition takes before the first token).
 
 Token order: a generator may emit tokens in its own unit order; :meth:`Generator.to_layout_order` maps a
 sequence in that order to the tokenizer's layout order and :meth:`Generator.from_layout_order` back
@@ -27,6 +32,7 @@ from einops import rearrange
 from torch import Tensor
 
 from arvis.checks import check_token_ids
+from arvis.conditions import Condition, as_condition
 from arvis.modeling import Component
 from arvis.nn.kv_cache import KVCache
 from arvis.registry import Registry
@@ -61,7 +67,7 @@ class StepOutput:
 
 
 class Generator(Component):
-    """Base class of class-conditional token generators."""
+    """Base class of conditional token generators (class-conditional unless a subclass declares other fields)."""
 
     kind: ClassVar[str] = "generator"
     registry = GENERATORS
@@ -147,6 +153,61 @@ class Generator(Component):
              output: str = "logits") -> Tensor | StepOutput:
         raise NotImplementedError
 
+    @property
+    def condition_fields(self) -> frozenset[str]:
+        """The :class:`~arvis.conditions.Condition` fields this generator takes, every one required."""
+        return frozenset({"labels"})
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions the condition takes before the first token (one class token by default)."""
+        return 1
+
+    def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
+        """The joint null condition of guidance for ``batch_size`` samples: the null class for ``labels``, the
+        empty prompt for ``prompt`` (no real token); a generator taking other fields extends it."""
+        fields: dict[str, Tensor] = {}
+        if "labels" in self.condition_fields:
+            fields["labels"] = torch.full((batch_size,), self.null_class, dtype=torch.long, device=device)
+        if "prompt" in self.condition_fields:
+            fields["prompt"] = torch.zeros(batch_size, self.prompt_length, dtype=torch.long, device=device)
+            fields["prompt_mask"] = torch.zeros(batch_size, self.prompt_length, dtype=torch.bool, device=device)
+        unknown = self.condition_fields - {"labels", "prompt"}
+        if unknown:
+            raise NotImplementedError(f"{type(self).__name__} takes {sorted(unknown)} and must give their null")
+        return Condition(**fields)
+
+    @property
+    def prompt_length(self) -> int:
+        """The fixed prompt length p of a text-conditional generator (every prompt is padded to it)."""
+        raise ValueError(f"{type(self).__name__} takes no text prompt")
+
+    def check_condition(self, condition: Condition | Tensor, *, allow_null: bool = True) -> Condition:
+        """Raises ``ValueError`` naming the problem unless ``condition`` carries exactly the fields this generator
+        takes, each well formed; returns it as a :class:`~arvis.conditions.Condition` (class ids given as a
+        tensor are wrapped)."""
+        condition = as_condition(condition)
+        extra, missing = condition.fields - self.condition_fields, self.condition_fields - condition.fields
+        if extra or missing:
+            problems = [f"got {sorted(extra)}, which it does not take" if extra else "",
+                        f"{sorted(missing)} missing" if missing else ""]
+            raise ValueError(f"{type(self).__name__} is conditioned on {sorted(self.condition_fields)}: "
+                             + "; ".join(problem for problem in problems if problem))
+        if condition.labels is not None:
+            self.check_labels(condition.labels, allow_null=allow_null)
+        if condition.prompt is not None:
+            self.check_prompt(condition.prompt, condition.prompt_mask)
+        return condition
+
+    def check_prompt(self, prompt: Tensor, mask: Tensor) -> None:
+        """Raises ``ValueError`` unless ``prompt`` and ``mask`` are (b, p) at this generator's prompt length."""
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(prompt.shape[:2]) or mask.ndim != 2:
+            raise ValueError(f"prompt_mask must be a (b, p) torch.bool tensor matching the prompt, got {mask.dtype} "
+                             f"{tuple(mask.shape)} for a prompt of shape {tuple(prompt.shape)}")
+        if prompt.shape[1] != self.prompt_length:
+            raise ValueError(f"prompts must be padded to this generator's prompt length {self.prompt_length}, got "
+                             f"{prompt.shape[1]} positions (a longer prompt does not fit: shorten it)")
+
     def check_labels(self, labels: Tensor, *, allow_null: bool = False) -> None:
         """Raises ``ValueError`` if ``labels`` are not (b,) long class ids in range."""
         if not isinstance(labels, Tensor) or labels.dtype != torch.long or labels.ndim != 1:
@@ -161,3 +222,9 @@ class Generator(Component):
     def check_tokens(self, tokens: Tensor) -> None:
         """Raises ``ValueError`` naming the problem if ``tokens`` do not fit this component."""
         check_token_ids(tokens, self.layout.length, self.vocab_size)
+
+
+def check_batch(tokens: Tensor, condition: Condition) -> None:
+    """Raises ``ValueError`` unless ``tokens`` hold as many samples as ``condition``."""
+    if tokens.shape[0] != condition.batch_size:
+        raise ValueError(f"tokens hold {tokens.shape[0]} samples but the condition {condition.batch_size}")

@@ -38,7 +38,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput
+from arvis.conditions import Condition, as_condition
+from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput, check_batch
 from arvis.generators.llama import LlamaGenerator, LlamaGeneratorConfig, RotaryConfig
 from arvis.nn.attention import block_causal_mask
 from arvis.nn.kv_cache import KVCache
@@ -149,17 +150,17 @@ class HARGenerator(LlamaGenerator):
         return dataclasses.replace(config, level_sizes=tuple(shape[0] for shape in shapes),
                                    vocab_size=tokenizer.vocab_size, num_classes=num_classes)
 
-    def _embed(self, plan: tuple[tuple[str, int], ...], labels: Tensor, token_ids: Tensor | None) -> Tensor:
+    def _embed(self, plan: tuple[tuple[str, int], ...], condition: Condition, token_ids: Tensor | None) -> Tensor:
         """Input embeddings (b, n, d) of ``plan``'s entries; ``token_ids`` (b, #token entries) in plan order."""
         counts = {kind: sum(entry == kind for entry, _ in plan) for kind in (CLASS, TOKEN, PLACEHOLDER)}
         rows = []  # class row, then token rows, then placeholder rows; reordered into plan order below
         if counts[CLASS]:
-            rows.append(self.condition_embedding(labels))
+            rows.append(self.condition_embedding(condition))
         if counts[TOKEN]:
             rows.append(self.embed_tokens(token_ids))
         if counts[PLACEHOLDER]:
-            ids = torch.tensor([index for kind, index in plan if kind == PLACEHOLDER], device=labels.device)
-            rows.append(self.placeholder_embeddings(ids).expand(labels.shape[0], -1, -1))
+            ids = torch.tensor([index for kind, index in plan if kind == PLACEHOLDER], device=condition.device)
+            rows.append(self.placeholder_embeddings(ids).expand(condition.batch_size, -1, -1))
         offsets = {CLASS: 0, TOKEN: counts[CLASS], PLACEHOLDER: counts[CLASS] + counts[TOKEN]}
         order, seen = [], dict.fromkeys(offsets, 0)
         for kind, _ in plan:
@@ -170,17 +171,16 @@ class HARGenerator(LlamaGenerator):
             return x
         return x[:, torch.tensor(order, device=x.device)]
 
-    def forward(self, tokens: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
-        """Teacher forcing. tokens (b, l) long inputs, labels (b,) long (null class allowed), targets (b, l) long
-        (default ``tokens``; ``IGNORE_INDEX`` where none) -> loss and logits (b, l, v)."""
+    def forward(self, tokens: Tensor, condition: Condition | Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long inputs, condition (class ids (b,) long, null class allowed), targets
+        (b, l) long (default ``tokens``; ``IGNORE_INDEX`` where none) -> loss and logits (b, l, v)."""
         self.check_tokens(tokens)
-        self.check_labels(labels, allow_null=True)
-        if tokens.shape[0] != labels.shape[0]:
-            raise ValueError(f"tokens hold {tokens.shape[0]} samples but labels {labels.shape[0]}")
+        condition = self.check_condition(condition)
+        check_batch(tokens, condition)
         targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
         tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
         fed = [index for kind, index in self.plan if kind == TOKEN]
-        x = self._embed(self.plan, labels, tokens[:, fed])
+        x = self._embed(self.plan, condition, tokens[:, fed])
         mask = block_causal_mask(self.units, device=x.device)
         hidden = self.trunk(self.tok_dropout(x), mask=mask)
         return self.teacher_forcing_output(self.logits(hidden), targets)
@@ -188,12 +188,13 @@ class HARGenerator(LlamaGenerator):
     def new_cache(self, batch_size: int) -> KVCache:
         return self.trunk.new_cache(self.layout.length)
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache, *,
+    def step(self, tokens: Tensor | None, condition: Condition | Tensor, cache: KVCache, *,
              output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
         """Feeds the class token (``tokens=None``, first call) or the (b, m) ids of the unit just sampled;
         returns the next unit's logits (b, n, v) (n = 1 during the first ``ar_token_num`` steps, then the
         next level's length), or its hidden states (``output="hidden"``, ``"both"``). ``store=False`` leaves
-        the cache unchanged. The labels are checked on the first call only."""
+        the cache unchanged. The condition is checked on the first call only."""
+        condition = as_condition(condition)
         start = cache.length
         if start not in self.unit_starts[:-1]:
             raise ValueError(f"the cache holds {start} positions, which is not the start of a HAR unit "
@@ -203,18 +204,18 @@ class HARGenerator(LlamaGenerator):
         if tokens is None:
             if start:
                 raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
-            self.check_labels(labels, allow_null=True)
+            self.check_condition(condition)
         else:
             if start == 0:
-                raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
+                raise ValueError("the first step must feed the class prefix: call step(None, condition, cache)")
             expected = sum(kind == TOKEN for kind, _ in plan)
             if (not isinstance(tokens, Tensor) or tokens.dtype != torch.long
-                    or tuple(tokens.shape) != (labels.shape[0], expected)):
-                raise ValueError(f"expected ({labels.shape[0]}, {expected}) long ids of the unit just sampled, got "
+                    or tuple(tokens.shape) != (condition.batch_size, expected)):
+                raise ValueError(f"expected ({condition.batch_size}, {expected}) long ids of the unit just sampled, got "
                                  f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
             if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size - 1}]")
-        x = self._embed(plan, labels, tokens)
+        x = self._embed(plan, condition, tokens)
         return self.step_output(self.trunk(self.tok_dropout(x), cache=cache, store=store), output)
 
 

@@ -4,7 +4,9 @@ Shapes: b batch, n positions, d model width, v vocabulary.
 
 A generator here is embedding + trunk + head:
 
-* embeddings: the class token (``cls_embedding``, LlamaGen's label dropout teaches the null class), the token
+* embeddings: the condition prefix (``cls_embedding``: one class token, LlamaGen's label dropout teaching the null
+  class; or, for a text-conditional generator, the p prompt positions of :class:`arvis.nn.prompt.PromptEmbedding`,
+  named as LlamaGen t2i's ``CaptionEmbedder``), the token
   table (``tok_embeddings``) and the input dropout (``tok_dropout``); subclasses add what their layout needs
   (learned positions, placeholder embeddings);
 * ``trunk``: :class:`arvis.nn.llama_trunk.LlamaTrunk`, with the RoPE table the subclass lays out;
@@ -25,13 +27,15 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from arvis.conditions import Condition, as_condition
 from arvis.config import Config
-from arvis.generators.base import Generator, GeneratorOutput, StepOutput
-from arvis.nn.attention import causal_mask
+from arvis.generators.base import Generator, GeneratorOutput, StepOutput, check_batch
+from arvis.nn.attention import causal_mask, with_key_padding
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.llama_trunk import LlamaTrunk, LlamaTrunkConfig
 from arvis.nn.norms import RMSNorm
+from arvis.nn.prompt import PromptEmbedding
 from arvis.nn.rope import RotaryTable
 
 
@@ -60,6 +64,40 @@ class LlamaGeneratorConfig(LlamaTrunkConfig):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConditionConfig(Config):
+    """What a generator that can take text prompts adds to its config (mixed into the raster generator's).
+
+    Attributes:
+        condition: ``"class"`` (one class token) or ``"text"`` (a prompt of ``prompt_length`` positions;
+            ``class_dropout`` is then the prompt dropout, as upstream's ``class_dropout_prob``).
+        prompt_length: p, the fixed prompt length (LlamaGen t2i: 120).
+        text_vocab_size: the text vocabulary of a learned prompt table (id 0 pads), or None when prompts come as
+            features of a frozen text encoder (LlamaGen t2i: FLAN-T5-XL).
+        text_feature_dim: e, the prompt feature width (the encoder's, 2048 for FLAN-T5-XL; or the table's).
+    """
+
+    condition: Literal["class", "text"] = "class"
+    prompt_length: int = 120
+    text_vocab_size: int | None = None
+    text_feature_dim: int = 2048
+
+    def check_text_fields(self) -> None:
+        """Raises ``ValueError`` on a bad text field (the configs that mix this in call it from their
+        ``__post_init__``)."""
+        if self.condition not in ("class", "text"):
+            raise ValueError(f"condition must be 'class' or 'text', got {self.condition!r}")
+        if self.prompt_length < 1 or self.text_feature_dim < 1:
+            raise ValueError(f"prompt_length and text_feature_dim must be positive, got {self.prompt_length}, "
+                             f"{self.text_feature_dim}")
+        if self.text_vocab_size is not None and self.text_vocab_size < 2:
+            raise ValueError(f"text_vocab_size must be >= 2 (id 0 pads) or None, got {self.text_vocab_size}")
+
+    @property
+    def takes_text(self) -> bool:
+        return self.condition == "text"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RotaryConfig(Config):
     """The RoPE base of generators with rotary positions (mixed into their configs)."""
 
@@ -67,11 +105,15 @@ class RotaryConfig(Config):
 
 
 class LlamaGenerator(Generator):
-    """Base class (not registered): class-token prefix, token embeddings, Llama trunk, RMSNorm + linear head."""
+    """Base class (not registered): condition prefix, token embeddings, Llama trunk, RMSNorm + linear head."""
 
     def __init__(self, config: LlamaGeneratorConfig, rope: RotaryTable | None = None) -> None:
         super().__init__(config)
-        self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
+        if self.takes_text:
+            self.cls_embedding = PromptEmbedding(config.prompt_length, config.text_feature_dim, config.dim,
+                                                 vocab_size=config.text_vocab_size, dropout=config.class_dropout)
+        else:
+            self.cls_embedding = ClassEmbedding(config.num_classes, config.dim, config.class_dropout)
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.tok_dropout = nn.Dropout(config.token_dropout)
         self.trunk = LlamaTrunk(config, rope)
@@ -97,9 +139,60 @@ class LlamaGenerator(Generator):
     # ---- the public seam ----------------------------------------------------------------------------------
 
     @property
+    def takes_text(self) -> bool:
+        """Whether the condition is a text prompt (a :class:`TextConditionConfig` with ``condition="text"``)."""
+        return isinstance(self.config, TextConditionConfig) and self.config.takes_text
+
+    @property
+    def condition_fields(self) -> frozenset[str]:
+        return frozenset({"prompt"}) if self.takes_text else frozenset({"labels"})
+
+    @property
     def prefix_length(self) -> int:
-        """Positions before the first token: one class token."""
-        return 1
+        """Positions before the first token: one class token, or the prompt's p positions."""
+        return self.config.prompt_length if self.takes_text else 1
+
+    @property
+    def prompt_length(self) -> int:
+        if not self.takes_text:
+            return super().prompt_length
+        return self.config.prompt_length
+
+    def check_prompt(self, prompt: Tensor, mask: Tensor) -> None:
+        super().check_prompt(prompt, mask)
+        vocab = self.config.text_vocab_size
+        if vocab is None:
+            if not prompt.is_floating_point() or prompt.ndim != 3 or prompt.shape[2] != self.config.text_feature_dim:
+                raise ValueError(f"this generator takes prompts as (b, {self.prompt_length}, "
+                                 f"{self.config.text_feature_dim}) float features of its frozen text encoder, got "
+                                 f"{prompt.dtype} {tuple(prompt.shape)}")
+        elif prompt.dtype != torch.long or prompt.ndim != 2:
+            raise ValueError(f"this generator takes prompts as (b, {self.prompt_length}) torch.long text-token ids, "
+                             f"got {prompt.dtype} {tuple(prompt.shape)}")
+        elif prompt.numel() and (prompt.min() < 0 or prompt.max() >= vocab):
+            raise ValueError(f"prompt token ids must lie in [0, {vocab - 1}] (the generator's text vocabulary), got "
+                             f"[{prompt.min().item()}, {prompt.max().item()}]; encode prompts with the pipeline's "
+                             "text tokenizer")
+
+    def drop_condition(self, condition: Condition) -> Condition:
+        """The training-time condition dropout that happens outside the embeddings: prompts emptied with
+        probability ``class_dropout`` (class labels are dropped inside ``cls_embedding``, as upstream)."""
+        if not self.training or condition.prompt_mask is None:
+            return condition
+        return condition.replace(prompt_mask=self.cls_embedding.drop_prompts(condition.prompt_mask))
+
+    def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
+        """The null class, or the empty prompt (zero (b, p, e) features when the prompt comes as features)."""
+        null = super().null_condition(batch_size, device)
+        if self.takes_text and self.config.text_vocab_size is None:
+            features = torch.zeros(batch_size, self.prompt_length, self.config.text_feature_dim, device=device)
+            null = null.replace(prompt=features)
+        return null
+
+    def prefix_attendable(self, condition: Condition) -> Tensor | None:
+        """(b, p) bool: the prefix positions other positions may attend to (a prompt's real tokens, or all of an
+        empty prompt), or None when every prefix position may be (a class token)."""
+        return None if condition.prompt_mask is None else PromptEmbedding.attendable(condition.prompt_mask)
 
     def rope_table(self, start: int, count: int, device: torch.device) -> Tensor | None:
         """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count), or None without RoPE."""
@@ -107,9 +200,13 @@ class LlamaGenerator(Generator):
             return None
         return self.trunk.rope.rows(torch.arange(start, start + count, device=device))
 
-    def condition_embedding(self, labels: Tensor) -> Tensor:
-        """labels (b,) long (null class allowed; label dropout in training) -> the prefix (b, 1, d)."""
-        return rearrange(self.cls_embedding(labels), "b d -> b 1 d")
+    def condition_embedding(self, condition: Condition | Tensor) -> Tensor:
+        """condition (class ids (b,) long, null class allowed, label dropout in training; or a prompt) -> the
+        prefix (b, prefix_length, d)."""
+        condition = as_condition(condition)
+        if self.takes_text:
+            return self.cls_embedding(condition.prompt, condition.prompt_mask)
+        return rearrange(self.cls_embedding(condition.labels), "b d -> b 1 d")
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """tokens (b, n) long -> (b, n, d) input embeddings."""
@@ -141,7 +238,8 @@ class LlamaGenerator(Generator):
 
 class NextTokenLlama(LlamaGenerator):
     """Base class (not registered) of one-token-per-step generators over the sequence
-    [class token, t_0, ..., t_{l-2}], position i predicting t_i (LlamaGen's raster order, LARP's 1D order).
+    [condition prefix, t_0, ..., t_{l-2}], the last prefix position and then each t_{i-1} predicting t_i
+    (LlamaGen's raster order, LARP's 1D order). A prompt prefix hides its padding keys from every position.
 
     Subclasses give the layout and the positions: RoPE through the trunk's table and/or absolute
     embeddings added to the inputs through :meth:`absolute_positions`.
@@ -162,43 +260,60 @@ class NextTokenLlama(LlamaGenerator):
         any) added, then token dropout. Subclasses may order the two otherwise (LARP's AR)."""
         return self.tok_dropout(self._inputs(embeddings, 0))
 
-    def forward(self, tokens: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
-        """Teacher forcing. tokens (b, l) long inputs, labels (b,) long (null class allowed), targets (b, l) long
-        (default ``tokens``; ``IGNORE_INDEX`` where a position has none) -> loss and logits (b, l, v)."""
+    def forward(self, tokens: Tensor, condition: Condition | Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+        """Teacher forcing. tokens (b, l) long inputs, condition (class ids (b,) long, null class allowed, or
+        the fields the generator takes), targets (b, l) long (default ``tokens``; ``IGNORE_INDEX`` where a
+        position has none) -> loss and logits (b, l, v)."""
         self.check_tokens(tokens)
-        self.check_labels(labels, allow_null=True)
+        condition = self.check_condition(condition)
+        check_batch(tokens, condition)
         targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
         tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
-        x = torch.cat([self.condition_embedding(labels), self.embed_tokens(tokens[:, :-1])], dim=1)
+        condition = self.drop_condition(condition)
+        x = torch.cat([self.condition_embedding(condition), self.embed_tokens(tokens[:, :-1])], dim=1)
         x = self.teacher_forcing_inputs(x)
-        hidden = self.trunk(x, mask=causal_mask(x.shape[1], device=x.device))
-        return self.teacher_forcing_output(self.logits(hidden), targets)
+        hidden = self.trunk(x, mask=self.attention_mask(condition, 0, x.shape[1], x.device))
+        return self.teacher_forcing_output(self.logits(hidden[:, self.prefix_length - 1:]), targets)
+
+    def attention_mask(self, condition: Condition, start: int, count: int, device: torch.device) -> Tensor | None:
+        """The mask of ``count`` positions fed after ``start`` cached ones: causal, with a prompt's padding keys
+        hidden; None for one class-conditioned position (it sees everything before it)."""
+        mask = causal_mask(count, start + count, device=device) if count > 1 else None
+        attendable = self.prefix_attendable(condition)
+        if attendable is None:
+            return mask
+        return with_key_padding(mask, attendable, count, start + count)
 
     def new_cache(self, batch_size: int) -> KVCache:
         return self.trunk.new_cache(self.prefix_length + self.layout.length)
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: KVCache, *,
+    def step(self, tokens: Tensor | None, condition: Condition | Tensor, cache: KVCache, *,
              output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
-        """Feeds the class token (``tokens=None``, first call) or the next (b, n) tokens; -> the logits (b, 1, v)
+        """Feeds the condition prefix (``tokens=None``, first call) or the next (b, n) tokens; -> the logits (b, 1, v)
         of the token that follows the fed positions (``output="hidden"``: its trunk hidden state (b, 1, d);
         ``"both"``: a :class:`StepOutput`). ``store=False`` attends to the cache without writing to it (the same
         positions can be fed again).
 
-        The labels are checked on the first call only (a per-step check would synchronise with the device).
+        The condition is checked on the first call only (a per-step check would synchronise with the device);
+        every call must pass the same condition. Decoding steps never drop the condition.
         """
+        condition = as_condition(condition)
         if tokens is None:
             if cache.length:
-                raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
-            self.check_labels(labels, allow_null=True)
-            x = self.condition_embedding(labels)
+                raise ValueError("step(None, ...) feeds the condition prefix and must be the first call on a fresh "
+                                 "cache")
+            self.check_condition(condition)
+            x = self.condition_embedding(condition)
         else:
             if cache.length == 0:
-                raise ValueError("the first step must feed the class prefix: call step(None, labels, cache)")
+                raise ValueError("the first step must feed the condition prefix: call step(None, condition, cache)")
             x = self.embed_tokens(tokens)
         start, count = cache.length, x.shape[1]
-        mask = causal_mask(count, start + count, device=x.device) if count > 1 else None
+        mask = self.attention_mask(condition, start, count, x.device)
         hidden = self.trunk(self._inputs(x, start), mask=mask, cache=cache, store=store)
         if output == "hidden":
             return hidden[:, -1:]
-        logits = self.logits(hidden)[:, -1:]  # the head over every fed position, as before the trunk existed
+        if self.takes_text:  # the prompt prefix: only its last position predicts
+            hidden = hidden[:, -1:]
+        logits = self.logits(hidden)[:, -1:]  # class: the head over every fed position, as before the trunk
         return StepOutput(logits=logits, hidden=hidden[:, -1:]) if output == "both" else logits

@@ -30,6 +30,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from arvis.conditions import Condition, as_condition
 from arvis.generators.base import GENERATORS, Generator, GeneratorOutput, StepOutput
 from arvis.nn.adaln import AdaLNHead, AdaLNTrunk, AdaLNTrunkConfig
 from arvis.nn.attention import block_causal_mask
@@ -194,9 +195,10 @@ class VARGenerator(Generator):
 
     # ---- the public seam (trunk, word_embed, head_nm and these) ------------------------------------------
 
-    def condition(self, labels: Tensor) -> Tensor:
-        """labels (b,) -> the class embedding (b, c): the start tokens' content and every block's condition."""
-        return self.class_emb(labels)
+    def condition_embedding(self, condition: Condition | Tensor) -> Tensor:
+        """condition (class ids (b,) long) -> the class embedding (b, c): the start tokens' content and every
+        block's AdaLN condition."""
+        return self.class_emb(as_condition(condition).labels)
 
     def start_tokens(self, condition: Tensor) -> Tensor:
         """(b, p_0 ** 2, c): class embedding + pos_start (before position and level embeddings)."""
@@ -227,14 +229,14 @@ class VARGenerator(Generator):
 
     # ---- model ---------------------------------------------------------------------------------------------
 
-    def forward(self, inputs: Tensor, labels: Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+    def forward(self, inputs: Tensor, condition: Condition | Tensor, targets: Tensor | None = None) -> GeneratorOutput:
         """Teacher forcing. ``inputs``: token ids (b, l) long (scales concatenated; they are also the default
         targets), or precomputed next-scale inputs (b, l - p_0 ** 2, e) float (e.g. SAR's student forcing, whose
         scale k input comes from the previous scale's prediction), which need ``targets`` (b, l) long
-        (``IGNORE_INDEX`` where none). labels (b,) -> loss and logits (b, l, v)."""
-        self.check_labels(labels, allow_null=True)
+        (``IGNORE_INDEX`` where none). condition: class ids (b,) long -> loss and logits (b, l, v)."""
+        condition = self.check_condition(condition)
         if inputs.is_floating_point():
-            expected = (labels.shape[0], self.layout.length - self.first_l, self.config.code_dim)
+            expected = (condition.batch_size, self.layout.length - self.first_l, self.config.code_dim)
             if tuple(inputs.shape) != expected:
                 raise ValueError(f"expected next-scale inputs of shape {expected}, got {tuple(inputs.shape)}")
             if targets is None:
@@ -244,13 +246,13 @@ class VARGenerator(Generator):
             self.check_tokens(inputs)
             scale_inputs = self.teacher_forcing_inputs(inputs)
             targets = inputs if targets is None else targets
-        targets = self.check_targets(targets, labels.shape[0])
-        condition = self.condition(labels)
-        x = torch.cat([self.start_tokens(condition), self.word_embed(scale_inputs.to(self.word_embed.weight.dtype))],
+        targets = self.check_targets(targets, condition.batch_size)
+        embedding = self.condition_embedding(condition)
+        x = torch.cat([self.start_tokens(embedding), self.word_embed(scale_inputs.to(self.word_embed.weight.dtype))],
                       1)
         mask = block_causal_mask([p * p for p in self.config.patch_nums], device=x.device)
-        hidden = self.trunk(self.embed_positions(x, 0), condition, mask=mask)
-        return self.teacher_forcing_output(self.logits(hidden, condition), targets,
+        hidden = self.trunk(self.embed_positions(x, 0), embedding, mask=mask)
+        return self.teacher_forcing_output(self.logits(hidden, embedding), targets,
                                            label_smoothing=self.config.label_smoothing)
 
     def new_cache(self, batch_size: int) -> VARCache:
@@ -260,36 +262,37 @@ class VARGenerator(Generator):
         """(v, e) code vectors, for samplers that feed soft mixtures of codes (VAR's ``more_smooth``)."""
         return self.quantizer.codebook.weight
 
-    def step(self, tokens: Tensor | None, labels: Tensor, cache: VARCache, *,
+    def step(self, tokens: Tensor | None, condition: Condition | Tensor, cache: VARCache, *,
              output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
         """Feeds the start tokens (``tokens=None``, first call) or the scale just sampled; -> next scale's logits.
 
         ``tokens`` is (b, p_k ** 2) long ids of scale k, or (b, p_k ** 2, e) float code vectors (a soft
         mixture of codes); the returned logits are (b, p_{k+1} ** 2, v) (``output="hidden"``: the trunk's
         hidden states (b, p_{k+1} ** 2, c); ``"both"``: a :class:`StepOutput`). ``store=False`` leaves the cache
-        (keys, values, f_hat and the scale counter) unchanged. The labels are checked on the first call only.
+        (keys, values, f_hat and the scale counter) unchanged. The condition is checked on the first call only.
         """
+        condition = as_condition(condition)
         if not isinstance(cache, VARCache):
             raise ValueError("VAR steps need the cache from new_cache()")
         if tokens is None:
             if cache.length:
                 raise ValueError("step(None, ...) feeds the start tokens and must be the first call on a fresh cache")
-            self.check_labels(labels, allow_null=True)
-        condition = self.condition(labels)
+            self.check_condition(condition)
+        embedding = self.condition_embedding(condition)
         if tokens is None:
-            x = self.start_tokens(condition)
+            x = self.start_tokens(embedding)
         else:
             if cache.length == 0:
-                raise ValueError("the first step must feed the start tokens: call step(None, labels, cache)")
+                raise ValueError("the first step must feed the start tokens: call step(None, condition, cache)")
             f_hat, x = self._next_scale_input(tokens, cache)
             if store:
                 cache.f_hat = f_hat
-        hidden = self.trunk(self.embed_positions(x, cache.length), condition, cache=cache, store=store)
+        hidden = self.trunk(self.embed_positions(x, cache.length), embedding, cache=cache, store=store)
         if store:
             cache.scale += 1
         if output == "hidden":
             return hidden
-        logits = self.logits(hidden, condition)
+        logits = self.logits(hidden, embedding)
         return StepOutput(logits=logits, hidden=hidden) if output == "both" else logits
 
     def _next_scale_input(self, tokens: Tensor, cache: VARCache) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,19 @@ def block_causal_mask(unit_lengths: Sequence[int], *, device: torch.device | str
     return units[None, :] <= units[:, None]
 
 
+def with_key_padding(mask: Tensor | None, attendable: Tensor, num_queries: int, num_keys: int) -> Tensor:
+    """Hides padding keys: mask (n, t) bool (None: every query sees every key) and ``attendable`` (b, k) bool over
+    the first k keys (a prompt's positions; later keys are all kept) -> (b, 1, n, t). Every query still sees its
+    own position (the last n of the t keys), so a padding query never has an empty softmax (LlamaGen t2i adds
+    the identity to its mask the same way)."""
+    batch, given = attendable.shape
+    keys = torch.cat([attendable, attendable.new_ones(batch, num_keys - given)], dim=1)
+    allowed = keys[:, None, :] if mask is None else mask[None] & keys[:, None, :]
+    own = torch.arange(num_keys, device=attendable.device)[None, :] == \
+        torch.arange(num_queries, device=attendable.device)[:, None] + (num_keys - num_queries)
+    return (allowed | own)[:, None]
+
+
 class SelfAttention(nn.Module):
     """Fused-qkv attention with optional grouped KV heads, RoPE and a KV cache (LlamaGen layout)."""
 

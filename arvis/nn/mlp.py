@@ -31,18 +31,19 @@ class SwiGLU(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """fc2(gelu(fc1 x)) with biases; names fc1/fc2 as upstream.
+    """fc2(gelu(fc1 x)), with biases unless ``bias=False`` (LlamaGen t2i's caption MLP); names fc1/fc2 as upstream.
 
     ``approximate="tanh"`` is VAR's ``FFN``; ``"none"`` (exact erf GELU) is timm's ``Mlp`` (ResTok, LARP).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, approximate: str = "tanh") -> None:
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, approximate: str = "tanh", *,
+                 out_dim: int | None = None, bias: bool = True) -> None:
         super().__init__()
         if approximate not in ("tanh", "none"):
             raise ValueError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
         self.approximate = approximate
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """Classifier-free guidance around a generator call: batch doubling and per-step mixing.
 
-With guidance (``cfg_scale != 1``) the batch is run as [conditional; null class]; each step's
+With guidance (``cfg_scale != 1``) the batch is run as [conditional; the generator's joint null condition (null
+class, empty prompt, ...)]; each step's
 logits are split in halves and mixed with the scale the schedule gives that step. Both
 halves are then fed the same sampled tokens (:func:`feed_both`).
 """
@@ -10,15 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from arvis.conditions import Condition
 from arvis.samplers.config import SamplingConfig
 from arvis.samplers.logits import cfg_mix, cfg_scale_at
 
 
-def guidance_conditions(labels: Tensor, null_class: int, config: SamplingConfig) -> Tensor:
-    """labels (b,) -> the labels to run: (2b,) [labels; null class] with guidance, else labels."""
+def guidance_conditions(condition: Condition, model, config: SamplingConfig) -> Condition:
+    """A condition of b samples -> the one to run: 2b samples [condition; ``model.null_condition(b)``] with
+    guidance, else ``condition``."""
     if config.cfg_scale == 1.0:
-        return labels
-    return torch.cat([labels, torch.full_like(labels, null_class)])
+        return condition
+    return Condition.cat([condition, model.null_condition(condition.batch_size, condition.device)])
 
 
 def guide(logits: Tensor, config: SamplingConfig, step: int, num_steps: int) -> Tensor:

@@ -160,17 +160,17 @@ def categorical_draw(rng: RandomSource = None) -> Draw:
     return lambda logits, start: sample_categorical(logits, rng)
 
 
-def check_prefix(prefix: Tensor | None, boundaries: Sequence[int], length: int | None, labels: Tensor,
+def check_prefix(prefix: Tensor | None, boundaries: Sequence[int], length: int | None, condition,
                  vocab_size: int) -> tuple[int, int]:
     """Checks a sampler's ``prefix`` (b, k) and ``length`` against the unit ``boundaries`` (cumulative token
-    counts, 0 first) -> (k, length)."""
+    counts, 0 first) for the batch of ``condition`` (an :class:`arvis.conditions.Condition`) -> (k, length)."""
     total = boundaries[-1]
     if prefix is not None:
-        if prefix.ndim != 2 or prefix.shape[0] != labels.shape[0] or prefix.dtype != torch.long:
-            raise ValueError(f"prefix must be (batch, k) long token ids for a batch of {labels.shape[0]}, got "
+        if prefix.ndim != 2 or prefix.shape[0] != condition.batch_size or prefix.dtype != torch.long:
+            raise ValueError(f"prefix must be (batch, k) long token ids for a batch of {condition.batch_size}, got "
                              f"{tuple(prefix.shape)} {prefix.dtype}")
-        if prefix.device != labels.device:
-            raise ValueError(f"prefix is on {prefix.device} but the labels are on {labels.device}")
+        if prefix.device != condition.device:
+            raise ValueError(f"prefix is on {prefix.device} but the condition is on {condition.device}")
         if prefix.numel() and (prefix.min() < 0 or prefix.max() >= vocab_size):
             raise ValueError(f"prefix token ids must lie in [0, {vocab_size - 1}]")
     given = 0 if prefix is None else prefix.shape[1]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from arvis.conditions import Condition
 from arvis.generators.base import Generator
 from arvis.samplers.config import SamplingConfig, check_drivable
 from arvis.samplers.guidance import feed_both, guidance_conditions, guide
@@ -37,9 +38,9 @@ class NextScaleSampler:
         self.config = config or SamplingConfig()
 
     @torch.inference_mode()
-    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
+    def __call__(self, model: Generator, condition: Condition | Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
                  length: int | None = None, draw: Draw | None = None) -> Tensor:
-        """labels (b,) long -> tokens (b, length) long, scales concatenated (all l tokens by default).
+        """condition of b samples (or class ids (b,) long) -> tokens (b, length) long, scales concatenated (all l tokens by default).
 
         Args:
             rng: one generator or one per sample (the default draw's and ``more_smooth``'s randomness).
@@ -48,13 +49,13 @@ class NextScaleSampler:
             draw: replaces the categorical draw (e.g. :class:`arvis.samplers.flow_matching.FlowMatchingDraw`).
         """
         check_drivable(model, self.units)
-        model.check_labels(labels, allow_null=True)
+        condition = model.check_condition(condition)
         boundaries = model.unit_boundaries()
-        start, length = check_prefix(prefix, boundaries, length, labels, model.vocab_size)
+        start, length = check_prefix(prefix, boundaries, length, condition, model.vocab_size)
         draw = draw or categorical_draw(rng)
         config = self.config
-        conditions = guidance_conditions(labels, model.null_class, config)
-        cache = model.new_cache(conditions.shape[0])
+        conditions = guidance_conditions(condition, model, config)
+        cache = model.new_cache(conditions.batch_size)
         num_scales = len(boundaries) - 1
         if config.more_smooth and not hasattr(model, "codebook"):
             raise ValueError(f"more_smooth feeds code vectors, which {type(model).__name__} does not take")
@@ -74,7 +75,7 @@ class NextScaleSampler:
             fed = self._smooth_codes(model, logits, scale, num_scales, rng) if config.more_smooth else tokens
             inputs = feed_both(fed, config)
         if not scales:
-            return labels.new_empty(labels.shape[0], 0)
+            return torch.empty(condition.batch_size, 0, dtype=torch.long, device=condition.device)
         return torch.cat(scales, dim=1)
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Next-token sampling for raster generators (LlamaGen's decode loop, policy kept out of the model).
 
 Shapes: b batch, l tokens, v vocabulary. With guidance the batch is doubled as
-[conditional; null class], both halves share the KV cache layout, the logits are
+[conditional; null condition], both halves share the KV cache layout, the logits are
 mixed per step under the CFG schedule, and the sampled token is fed to both halves.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from arvis.conditions import Condition
 from arvis.generators.base import Generator
 from arvis.samplers.config import SamplingConfig, check_drivable
 from arvis.samplers.guidance import feed_both, guidance_conditions, guide
@@ -27,9 +28,9 @@ class NextTokenSampler:
             raise ValueError("more_smooth is VAR's next-scale mode; raster sampling has no soft inputs")
 
     @torch.inference_mode()
-    def __call__(self, model: Generator, labels: Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
+    def __call__(self, model: Generator, condition: Condition | Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
                  length: int | None = None, draw: Draw | None = None) -> Tensor:
-        """labels (b,) long -> tokens (b, length) long (all l tokens by default).
+        """condition of b samples (or class ids (b,) long) -> tokens (b, length) long (all l tokens by default).
 
         Args:
             rng: one generator, or one per sample (the default draw's randomness).
@@ -38,17 +39,17 @@ class NextTokenSampler:
             draw: replaces the categorical draw (e.g. :class:`arvis.samplers.flow_matching.FlowMatchingDraw`).
         """
         check_drivable(model, self.units)
-        model.check_labels(labels, allow_null=True)
+        condition = model.check_condition(condition)
         num_steps = model.layout.length
-        start, length = check_prefix(prefix, range(num_steps + 1), length, labels, model.vocab_size)
+        start, length = check_prefix(prefix, range(num_steps + 1), length, condition, model.vocab_size)
         draw = draw or categorical_draw(rng)
         config = self.config
-        conditions = guidance_conditions(labels, model.null_class, config)
-        cache = model.new_cache(conditions.shape[0])
-        tokens = torch.empty(labels.shape[0], length, dtype=torch.long, device=labels.device)
+        conditions = guidance_conditions(condition, model, config)
+        cache = model.new_cache(conditions.batch_size)
+        tokens = torch.empty(condition.batch_size, length, dtype=torch.long, device=condition.device)
         inputs = None
         if start:
-            model.step(None, conditions, cache)  # the class prefix; the prefix tokens follow in one step
+            model.step(None, conditions, cache)  # the condition prefix; the prefix tokens follow in one step
             tokens[:, :start] = prefix
             inputs = feed_both(prefix, config)
         for step in range(start, length):

@@ -4,6 +4,10 @@
 (also under ``accelerate launch -m``). The images are encoded once with the frozen
 tokenizer (in memory), the generator is trained with teacher forcing, and
 ``run.output_dir`` receives a pipeline folder (tokenizer + generator + sampling).
+
+A text-conditional generator (``generator_config.condition=text``) trains on the glyph captions
+(:mod:`arvis.data.captions`): a word-level text tokenizer over the caption vocabulary is built, saved in the
+pipeline, and every caption padded to the generator's prompt length.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers.config import SamplingConfig
+from arvis.text import TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_image_size, dataset_num_classes,
                               final_model, finish_run, fit, make_accelerator, prepare_training, step_batches)
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
 from arvis.train.recipe import run_as_script, run_entry_point
-from arvis.train.tokens import encode_dataset, read_tokens
+from arvis.train.tokens import ConditionedTokens, encode_dataset, read_tokens
 
 __all__ = ["GeneratorTrainConfig", "build_generator", "encode_dataset", "main", "train_generator"]
 
@@ -51,12 +56,20 @@ class GeneratorTrainConfig(Config):
     encode_batch_size: int = 256
 
 
-def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int) -> Generator:
+def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int,
+                    text_tokenizer: TextTokenizer | None = None) -> Generator:
     preset = GENERATORS.preset(config.generator)
     generator_class = GENERATORS.class_for_config(preset)
     fitted = generator_class.fit_config(preset, tokenizer=tokenizer, num_classes=num_classes)
     if config.generator_config:
         fitted = fitted.replace(**config.generator_config)
+    if text_tokenizer is not None:
+        asked = config.generator_config.get("text_vocab_size", fitted.text_vocab_size)
+        if "text_vocab_size" in config.generator_config and asked != text_tokenizer.vocab_size:
+            raise ValueError(f"generator_config.text_vocab_size={asked!r}, but training builds the caption tokenizer "
+                             f"of {text_tokenizer.vocab_size} words (frozen-encoder features are not trained here); "
+                             "leave text_vocab_size out")
+        fitted = fitted.replace(text_vocab_size=text_tokenizer.vocab_size)
     generator = generator_class(fitted)
     generator.bind_tokenizer(tokenizer)
     return generator
@@ -70,19 +83,27 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     folders = RunFolders(run, "pipeline")
     accelerator = make_accelerator(run, folders)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
+    preset = GENERATORS.preset(config.generator)
+    text = config.generator_config.get("condition", getattr(preset, "condition", "class")) == "text"
+    if text and (config.tokens_path is not None or config.data.name != "glyphs" or config.data.random_flip):
+        raise ValueError("text-conditional training encodes the glyph data with their captions here: use "
+                         "data.name=glyphs, data.random_flip=false (a mirror would swap the caption's left and "
+                         "right) and no tokens_path")
+    text_tokenizer = caption_tokenizer() if text else None
     if config.tokens_path is not None:
         token_data, num_classes = read_tokens(config.tokens_path, tokenizer)
     else:
         check_image_size(tokenizer, config.data)
         dataset = build_dataset(config.data.replace(random_flip=False, crop="center"))
         num_classes = dataset_num_classes(dataset)
-    generator = build_generator(config, tokenizer, num_classes)
+    generator = build_generator(config, tokenizer, num_classes, text_tokenizer)
     check_compatible(tokenizer, generator)  # before any training time is spent
     if config.tokens_path is None:
         logger.info("encoding %d images with the tokenizer%s", len(dataset),
                     " (and their mirrors)" if config.data.random_flip else "")
         token_data = encode_dataset(tokenizer, dataset, config.encode_batch_size, accelerator.device,
                                     with_mirrors=config.data.random_flip)
+    token_data = with_conditions(token_data, generator, text_tokenizer, dataset if text else None)
     logger.info("training %s (%.2fM parameters) on %d token sequences of length %d", config.generator,
                 generator.num_parameters() / 1e6, len(token_data), generator.layout.length)
     training = prepare_training(accelerator, generator, config.optim, run, folders)
@@ -91,22 +112,44 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     progress = ProgressLog(accelerator, run, "generator", training.start, recipe=config)
 
     def teacher_forcing_loss(model, batch):
-        output = model(*batch)
+        output = model(*ConditionedTokens.split(batch))
         return output.loss, output.metrics
 
     def preview(step: int) -> None:
         if run.preview_every and step % run.preview_every == 0 and accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
-                grid = save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step}.png")
+                grid = save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step}.png",
+                                    text_tokenizer=text_tokenizer, prompts=preview_prompts)
             progress.log_image("preview", grid, step)
 
+    preview_prompts = [dataset.caption(index) for index in range(min(10, len(dataset)))] if text else None
     fit(accelerator, training, batches, teacher_forcing_loss, run=run, grad_clip=config.optim.grad_clip,
         folders=folders, progress=progress, kind="generator", after_step=preview)
     trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export,
-                            lambda path: Pipeline(tokenizer.eval(), trained, config.sampling).save_pretrained(path))
+                            lambda path: Pipeline(tokenizer.eval(), trained, config.sampling,
+                                                  text_tokenizer=text_tokenizer).save_pretrained(path))
     return output_dir, progress.history
+
+
+def caption_tokenizer() -> TextTokenizer:
+    """The word-level tokenizer over the glyph caption vocabulary."""
+    from arvis.data.captions import caption_vocabulary
+
+    return TextTokenizer.word_level(caption_vocabulary())
+
+
+def with_conditions(token_data, generator: Generator, text_tokenizer: TextTokenizer | None,
+                    dataset) -> ConditionedTokens:
+    """TensorDataset(tokens, labels) -> :class:`ConditionedTokens` with the fields the generator takes (the
+    dataset's captions, encoded and padded, for a text-conditional one)."""
+    tokens, labels = token_data.tensors
+    if "prompt" not in generator.condition_fields:
+        return ConditionedTokens(tokens, labels=labels)
+    captions = [dataset.caption(index) for index in range(len(dataset))]
+    prompt, mask = text_tokenizer.encode(captions, generator.prompt_length)
+    return ConditionedTokens(tokens, prompt=prompt, prompt_mask=mask)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -307,7 +307,7 @@ def fit(accelerator: Accelerator, training: Training, batches: Iterator,
         after_step: Callable[[int], None] | None = None) -> None:
     """The optimisation loop of generator training and post-training, from optimiser step ``training.start``.
 
-    Each step runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples of tensors,
+    Each step runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples or dicts of tensors,
     moved to the device) through ``compute_loss(model, batch) -> (loss, metrics)`` under autocast, then
     clips, steps the optimiser and the schedule, updates the EMA, logs, checkpoints every
     ``run.checkpoint_every`` steps (metadata ``{"kind": kind}``) and calls ``after_step(step)``.
@@ -318,7 +318,7 @@ def fit(accelerator: Accelerator, training: Training, batches: Iterator,
     model.train()
     for step in range(training.start, run.max_steps):
         for micro in range(accumulation):
-            batch = [tensor.to(accelerator.device) for tensor in next(batches)]
+            batch = send_to_device(next(batches), accelerator.device)
             with sync_unless_last(accelerator, model, micro, accumulation):
                 with accelerator.autocast():
                     loss, metrics = compute_loss(model, batch)

@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from arvis.conditions import Condition
 from arvis.folders import write_file_atomically
 from arvis.tokenizers.base import Tokenizer
 
@@ -37,6 +38,35 @@ _INTEGER_KEYS = ("vocab_size", "num_images")
 _REQUIRED_KEYS = ("format", "tokenizer_path", "tokenizer_type", *_JSON_KEYS, *_INTEGER_KEYS, "with_mirrors",
                   "token_dtype", "arvis_version")
 
+
+
+class ConditionedTokens(Dataset):
+    """Token rows with the condition fields of each: items ``{"tokens": (l,) long, <field>: ...}``, which the
+    default collate stacks into a batch dict; :meth:`split` turns it into (tokens, Condition).
+
+    Args:
+        tokens: (r, l) long.
+        **fields: :class:`arvis.conditions.Condition` fields with r rows each (``labels`` (r,), ``prompt`` and
+            ``prompt_mask`` (r, p), ...).
+    """
+
+    def __init__(self, tokens: torch.Tensor, **fields: torch.Tensor) -> None:
+        rows = {name: len(value) for name, value in fields.items()}
+        if not fields or set(rows.values()) != {len(tokens)}:
+            raise ValueError(f"every condition field needs one row per token row ({len(tokens)}), got {rows}")
+        self.tokens, self.fields = tokens, fields
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"tokens": self.tokens[index], **{name: value[index] for name, value in self.fields.items()}}
+
+    @staticmethod
+    def split(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Condition]:
+        """A collated batch -> tokens (b, l) and its condition."""
+        fields = dict(batch)
+        return fields.pop("tokens"), Condition(**fields)
 
 
 @torch.inference_mode()

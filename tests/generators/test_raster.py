@@ -33,7 +33,7 @@ def test_prefix_rope_flag_changes_only_what_it_should(zero_prefix_rope):
 def test_step_protocol_errors():
     model = GENERATORS.build("raster-tiny").eval()
     cache = model.new_cache(1)
-    with pytest.raises(ValueError, match="first step must feed the class prefix"):
+    with pytest.raises(ValueError, match="first step must feed the condition prefix"):
         model.step(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]), cache)
     model.step(None, torch.tensor([0]), cache)
     with pytest.raises(ValueError, match="first call"):

@@ -103,6 +103,9 @@ class DistilledGenerator(Generator):
         if not issubclass(teacher_class, self.teacher_class):
             raise ValueError(f"{type(self).__name__} distils a {self.teacher_class.__name__}, not a {spec['type']}")
         self.teacher = teacher_class(teacher_class.config_class.from_saved(spec["config"]))
+        if self.teacher.condition_fields != {"labels"}:
+            raise ValueError(f"{type(self).__name__} distils class-conditional generators; this teacher is "
+                             f"conditioned on {sorted(self.teacher.condition_fields)}")
         units = f"{self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'}"
         for name in ("split", "second_step"):
             value = getattr(config, name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from arvis.conditions import Condition
 from arvis.generators.base import Generator
 from arvis.posttrain.distilled_decoding.model import DistilledGenerator, DistilledOutput
 from arvis.samplers import register_sampler
@@ -37,11 +38,11 @@ class DistilledSampler:
         self.config = config or SamplingConfig()
 
     @torch.inference_mode()
-    def __call__(self, model: DistilledGenerator, labels: Tensor, *, rng: RandomSource = None,
+    def __call__(self, model: DistilledGenerator, condition: Condition | Tensor, *, rng: RandomSource = None,
                  noise: Tensor | None = None) -> Tensor:
-        """labels (b,) -> codes (b, l, e). ``noise`` (b, l, e) replaces drawing it from ``rng``."""
+        """condition (class ids (b,)) -> codes (b, l, e). ``noise`` (b, l, e) replaces drawing it from ``rng``."""
         check_drivable(model, self.units)
-        model.check_labels(labels)
+        labels = model.check_condition(condition, allow_null=False).labels
         noise = self._noise(model, labels, rng, noise)
         first = model.assemble(self._first_pass(model, labels, noise))
         if self.config.distilled_steps == 1:
@@ -49,13 +50,14 @@ class DistilledSampler:
         return self._finish(model, labels, noise, first)
 
     @torch.inference_mode()
-    def teacher_involved(self, model: DistilledGenerator, teacher: Generator, teacher_sampler, labels: Tensor, *,
+    def teacher_involved(self, model: DistilledGenerator, teacher: Generator, teacher_sampler,
+                         condition: Condition | Tensor, *,
                          teacher_start: int, rng: RandomSource = None, noise: Tensor | None = None) -> Tensor:
-        """labels (b,) -> codes (b, l, e): one distilled pass, the teacher (``teacher_sampler``, e.g. the teacher
+        """condition (class ids (b,)) -> codes (b, l, e): one distilled pass, the teacher (``teacher_sampler``, e.g. the teacher
         pipeline's sampler) from timestep ``teacher_start`` to ``model.second_step``, then one distilled pass from
         there."""
         check_drivable(model, self.units)
-        model.check_labels(labels)
+        labels = model.check_condition(condition, allow_null=False).labels
         if teacher.layout != model.layout or teacher.vocab_size != model.vocab_size:
             raise ValueError(f"the teacher's tokens (layout {teacher.layout.shapes}, vocabulary {teacher.vocab_size}) "
                              f"are not the distilled model's ({model.layout.shapes}, {model.vocab_size}); pass the "

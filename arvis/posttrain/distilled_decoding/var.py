@@ -77,7 +77,7 @@ class DistilledVAR(DistilledGenerator):
         self.check_inputs(inputs, is_data, labels)
         teacher = self.teacher
         length, device = self.layout.length, inputs.device
-        condition = teacher.condition(labels)
+        condition = teacher.condition_embedding(labels)
         start = teacher.start_tokens(condition)[:, :1] + teacher.position_embeddings(0, 1) \
             + teacher.level_embeddings(0, 1, device) + self.prefix_kind(condition)
         tokens = teacher.word_embed(inputs.to(teacher.word_embed.weight.dtype)) + teacher.position_embeddings(0, length) \
