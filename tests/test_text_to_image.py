@@ -1,8 +1,11 @@
-"""Text prompts end to end: the text tokenizer, glyph captions and control maps, pipelines, generate, training."""
+"""Text prompts end to end: the text tokenizer and frozen encoder, glyph captions and control maps, pipelines,
+generate, sampling and the CLI (training: tests/train/test_training.py)."""
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
 
 import pytest
 import torch
@@ -164,3 +167,26 @@ def test_frozen_text_encoder_pipeline_samples_and_round_trips(tiny_t5_folder, tm
         Pipeline(pipeline.tokenizer, wide, text_encoder=encoder)
     with pytest.raises(FileNotFoundError, match=r"lacks \['config.json', 'model.safetensors'\]"):
         FrozenTextEncoder.load(tmp_path / "nothing-here")
+
+
+def test_text_config_is_checked_and_the_caption_mlp_is_upstreams():
+    from arvis.generators.raster import RasterConfig
+
+    for bad in ({"condition": "Text"}, {"prompt_length": 0}, {"text_vocab_size": 1}):
+        with pytest.raises(ValueError):
+            RasterConfig(**bad)
+    generator = GENERATORS.build("raster-t2i-tiny")
+    projection = generator.cls_embedding.cap_proj
+    assert projection.fc1.bias is None and projection.fc2.bias is None  # LlamaGen's caption MLP has no biases
+    assert "cls_embedding.uncond_embedding" in generator.state_dict()  # a buffer, as upstream: never trained
+    assert not any(name.endswith("uncond_embedding") for name, _ in generator.named_parameters())
+
+
+def test_prompt_samples_carry_no_class_labels(text_pipeline, tmp_path):
+    from arvis.sample import collect_npz, sample_in_memory, sample_to_folder
+
+    images, labels, protocol = sample_in_memory(text_pipeline, num_samples=3, prompts=["a small red ring"])
+    assert images.shape == (3, 16, 16, 3) and labels is None and protocol["labels"]["policy"] == "prompts"
+    sample_to_folder(text_pipeline, tmp_path / "s", num_samples=3, prompts=["a small red ring", "a large plus"])
+    with np.load(collect_npz(tmp_path / "s")) as arrays:
+        assert "labels" not in arrays and arrays["prompt_index"].tolist() == [0, 1, 0]

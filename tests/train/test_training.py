@@ -52,6 +52,25 @@ def test_generator_training_reduces_loss_and_saves_a_pipeline(trained_tokenizer,
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
 
 
+def test_text_to_image_training_learns_the_captions_and_saves_their_tokenizer(trained_tokenizer, tmp_path):
+    from arvis.data import GlyphDataset
+
+    tokenizer_path, _ = trained_tokenizer
+    common = TINY_DATA + [f"tokenizer_path={tokenizer_path}", "generator=raster-t2i-tiny", "run.batch_size=32",
+                          "run.max_steps=60", "run.log_every=10", "run.progress=false", "optim.learning_rate=3e-3",
+                          "generator_config.prompt_length=12"]
+    config = load_recipe(GeneratorTrainConfig, None, common + [f"run.output_dir={tmp_path / 't2i'}"])
+    path, history = train_generator(config)
+    assert history[-1]["loss"] < history[0]["loss"] - 0.3
+    pipeline = arvis.load(path)
+    assert pipeline.text_tokenizer is not None and "prompt" in pipeline.generator.condition_fields
+    captions = [GlyphDataset(2, image_size=16).caption(index) for index in range(2)]
+    assert arvis.generate(pipeline, prompts=captions, output_type="pt").shape == (2, 3, 16, 16)
+    for bad in ("data.random_flip=true", "generator_config.text_vocab_size=8"):
+        with pytest.raises(ValueError, match="random_flip|text_vocab_size"):
+            train_generator(load_recipe(GeneratorTrainConfig, None, common + [bad, f"run.output_dir={tmp_path / 'x'}"]))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_after_an_fp32_run_in_the_same_process(trained_tokenizer, tmp_path, precision):
     tokenizer_path, _ = trained_tokenizer  # trained in fp32 earlier in this process
