@@ -12,6 +12,7 @@ from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 
+from arvis.checks import check_counts
 from arvis.conditions import Condition
 from arvis.pipeline import Pipeline
 from arvis.samplers.logits import per_sample_generators
@@ -71,9 +72,7 @@ def generate(
     """
     if output_type not in ("pil", "pt", "np"):
         raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "seed" else 1):
-            raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")
+    check_counts(num_samples=num_samples, batch_size=batch_size, seed=seed)
     if not isinstance(pipeline, Pipeline):
         pipeline = load(pipeline, device=device or "cpu")
     elif device is not None and torch.device(device) != pipeline.device:

@@ -19,13 +19,13 @@ vocabulary), so a mismatched pair fails when it is assembled, not mid-sampling.
 from __future__ import annotations
 
 import json
-import numbers
 from pathlib import Path
 
 from collections.abc import Sequence
 
 import torch
 
+from arvis.checks import check_class_ids
 from arvis.conditions import Condition
 from arvis.config import read_json
 from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
@@ -68,7 +68,7 @@ class Pipeline:
                              f"{sorted(described[name] for name in given) or 'nothing'}")
         fields = {}
         if class_labels is not None:
-            fields["labels"] = class_ids_tensor(class_labels, self.generator.num_classes)
+            fields["labels"] = torch.tensor(check_class_ids(class_labels, self.generator.num_classes), dtype=torch.long)
         if prompts is not None:
             if isinstance(prompts, str) or not len(prompts):
                 raise ValueError("prompts must be a non-empty list of strings")
@@ -209,17 +209,6 @@ def check_text_components(generator: Generator, text_tokenizer: TextTokenizer | 
     if text_tokenizer.vocab_size != vocab:
         raise ValueError(f"the text tokenizer's vocabulary ({text_tokenizer.vocab_size}) does not match the "
                          f"generator's text_vocab_size ({vocab}); use the tokenizer the generator was trained with")
-
-
-def class_ids_tensor(class_labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class ids as a (n,) long tensor; ``ValueError`` if empty or outside [0, num_classes)."""
-    values = list(class_labels) if not isinstance(class_labels, torch.Tensor) else class_labels.tolist()
-    if not values:
-        raise ValueError("class_labels is empty; pass at least one class id")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < num_classes]
-    if bad:
-        raise ValueError(f"class ids must be integers in [0, {num_classes - 1}] for this pipeline, got {bad[:5]}")
-    return torch.tensor(values, dtype=torch.long)
 
 
 def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from arvis.api import draw_images, to_uint8
+from arvis.checks import check_class_ids, check_counts
 from arvis.data.transforms import as_rgb
 from arvis.folders import PARTIAL_MARKER, write_file_atomically
 from arvis.pipeline import Pipeline
@@ -88,7 +89,7 @@ def sample_to_folder(
     Raises:
         ValueError: on bad arguments, or if ``output_dir`` holds samples of other settings.
     """
-    _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size, num_processes=num_processes)
+    check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size, num_processes=num_processes)
     if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
         raise ValueError(f"process_index must be an integer in [0, {num_processes - 1}], got {process_index!r}")
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
@@ -128,7 +129,7 @@ def sample_in_memory(
         images (n, h, w, 3) uint8, labels (n,) int64 class ids (None with prompts: a prompt is not a class) and
         the protocol record.
     """
-    _check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size)
+    check_counts(num_samples=num_samples, seed=seed, batch_size=batch_size)
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
     _require_images(pipeline)
     sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels, prompts,
@@ -264,13 +265,6 @@ def generators_for(seed: int, indices: Sequence[int], device: torch.device | str
     return [per_sample_generators(seed, index, 1, device)[0] for index in indices]
 
 
-def _check_counts(**values: int) -> None:
-    for name, value in values.items():
-        minimum = 0 if name == "seed" else 1
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def _apply_overrides(sampling: SamplingConfig, overrides: dict[str, Any]) -> SamplingConfig:
     known = {field.name for field in dataclasses.fields(SamplingConfig)}
     unknown = sorted(set(overrides) - known)
@@ -299,13 +293,7 @@ def _condition_policy(pipeline: Pipeline, labels: Sequence[int] | None,
 def _label_policy(labels: Sequence[int] | None, num_classes: int) -> dict[str, Any]:
     if labels is None:
         return {"policy": "balanced", "num_classes": num_classes}
-    values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
-    if not values:
-        raise ValueError("labels is empty; pass at least one class id, or None for balanced classes")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes]
-    if bad:
-        raise ValueError(f"labels must be class ids in [0, {num_classes - 1}] for this pipeline, got {bad[:5]}")
-    return {"policy": "cycle", "values": [int(v) for v in values]}
+    return {"policy": "cycle", "values": check_class_ids(labels, num_classes, "labels")}
 
 
 def _component_summary(component) -> dict[str, Any]:

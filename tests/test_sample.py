@@ -161,3 +161,16 @@ def test_a_folder_sampled_by_an_earlier_version_resumes(tiny_pipeline, tmp_path)
     (tmp_path / "images" / "000002.png").unlink()
     sample_to_folder(tiny_pipeline, tmp_path, num_samples=3, seed=0)  # resumes instead of refusing
     assert (tmp_path / "images" / "000002.png").is_file()
+
+
+def test_generate_and_sample_share_one_count_and_class_validator(tiny_pipeline, tmp_path):
+    """The same bad value gets the same message from arvis.generate and from arvis.sample (one validator)."""
+    for generate_arguments, sample_arguments in (({"class_labels": [10]}, {"labels": [10]}),
+                                                 ({"class_labels": [0], "num_samples": 0}, {"num_samples": 0}),
+                                                 ({"class_labels": [0], "seed": -1}, {"num_samples": 2, "seed": -1})):
+        with pytest.raises(ValueError) as from_generate:
+            arvis.generate(tiny_pipeline, **generate_arguments)
+        with pytest.raises(ValueError) as from_sample:
+            sample_to_folder(tiny_pipeline, tmp_path, **{"num_samples": 2, **sample_arguments})
+        strip = lambda text: text.replace("class_labels", "labels")  # noqa: E731  the argument names differ
+        assert strip(str(from_generate.value)) == strip(str(from_sample.value))
