@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,6 +33,9 @@ def check_counts(**values: object) -> None:
 
 def check_class_ids(values: Sequence[int] | Tensor, num_classes: int, name: str = "class_labels") -> list[int]:
     """Class ids as a non-empty list of ints in [0, num_classes); ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(values, (Tensor, np.ndarray)) and values.ndim != 1 \
+            or not isinstance(values, (Tensor, np.ndarray, Sequence)) or isinstance(values, str):
+        raise ValueError(f"{name} must be a list (or 1-D tensor) of class ids, got {values!r:.80}")
     values = values.tolist() if isinstance(values, Tensor) else list(values)
     if not values:
         raise ValueError(f"{name} is empty; pass at least one class id")

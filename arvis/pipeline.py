@@ -70,8 +70,8 @@ class Pipeline:
         if class_labels is not None:
             fields["labels"] = torch.tensor(check_class_ids(class_labels, self.generator.num_classes), dtype=torch.long)
         if prompts is not None:
-            if isinstance(prompts, str) or not len(prompts):
-                raise ValueError("prompts must be a non-empty list of strings")
+            if not isinstance(prompts, (list, tuple)) or not prompts:
+                raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r:.80}")
             encode = (self.text_encoder or self.text_tokenizer).encode
             fields["prompt"], fields["prompt_mask"] = encode(prompts, self.generator.prompt_length)
         return self.generator.check_condition(Condition(**fields).to(self.device))

@@ -165,7 +165,7 @@ def test_frozen_text_encoder_pipeline_samples_and_round_trips(tiny_t5_folder, tm
     wide = GENERATORS.class_for_config(preset)(preset.replace(text_feature_dim=32))
     with pytest.raises(ValueError, match="16 wide but the generator takes 32"):
         Pipeline(pipeline.tokenizer, wide, text_encoder=encoder)
-    with pytest.raises(FileNotFoundError, match=r"lacks \['config.json', 'model.safetensors'\]"):
+    with pytest.raises(FileNotFoundError, match=r"lacks \['config.json', 'model.safetensors', 'tokenizer.json'\]"):
         FrozenTextEncoder.load(tmp_path / "nothing-here")
 
 
@@ -190,3 +190,45 @@ def test_prompt_samples_carry_no_class_labels(text_pipeline, tmp_path):
     sample_to_folder(text_pipeline, tmp_path / "s", num_samples=3, prompts=["a small red ring", "a large plus"])
     with np.load(collect_npz(tmp_path / "s")) as arrays:
         assert "labels" not in arrays and arrays["prompt_index"].tolist() == [0, 1, 0]
+
+
+def test_a_text_encoder_folder_that_could_run_code_is_refused(tiny_t5_folder, tmp_path):
+    import shutil
+
+    from arvis.text import FrozenTextEncoder
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(tiny_t5_folder, crafted)
+    (crafted / "evil_tok.py").write_text("raise SystemExit('ran code from the folder')\n")
+    with pytest.raises(ValueError, match=r"holds \['evil_tok.py'\], which could run code"):
+        FrozenTextEncoder.load(crafted)
+    (crafted / "evil_tok.py").unlink()
+    header = json.loads((crafted / "config.json").read_text())
+    (crafted / "config.json").write_text(json.dumps({**header, "auto_map": {"AutoModel": "evil.Model"}}))
+    with pytest.raises(ValueError, match="plain T5 config"):
+        FrozenTextEncoder.load(crafted)
+    (crafted / "config.json").write_text(json.dumps({**header, "model_type": "evil"}))
+    with pytest.raises(ValueError, match="plain T5 config"):
+        FrozenTextEncoder.load(crafted)
+
+
+def test_empty_prompts_and_bad_condition_values_get_clear_errors(tiny_t5_folder, text_pipeline):
+    from arvis.text import FrozenTextEncoder
+
+    encoder = FrozenTextEncoder.load(tiny_t5_folder)
+    features, mask = encoder.encode(["", ""], 4)  # every prompt empty: the null prompt
+    assert features.shape == (2, 4, 16) and not mask.any() and features.abs().sum() == 0
+    for bad in ([], "a ring"):
+        with pytest.raises(ValueError, match="non-empty list of strings"):
+            encoder.encode(bad, 4)
+    with pytest.raises(ValueError, match="list of strings"):
+        text_pipeline.condition(prompts=iter(["a ring"]))
+    plain = Pipeline(text_pipeline.tokenizer, randomize_parameters_(GENERATORS.build("raster-tiny")))
+    for bad in (3, torch.tensor(3), "12"):
+        with pytest.raises(ValueError, match=r"list \(or 1-D tensor\) of class ids"):
+            plain.condition(class_labels=bad)
+    assert plain.condition(class_labels=np.array([1, 2])).labels.tolist() == [1, 2]
+    words = TextTokenizer.word_level(["ring"]).tokenizer
+    words.model.unk_token = "[PAD]"
+    with pytest.raises(ValueError, match=r"\[UNK\] as its unknown token"):
+        TextTokenizer(words)

@@ -3,8 +3,11 @@
 Prompt strings -> features (b, p, e) float32 and the key-padding mask (b, p) bool, padded on the left to the
 generator's prompt length p as LlamaGen t2i pads its T5 features (the real tokens next to the image tokens),
 the padding positions zeroed. The folder holds what ``transformers`` saves: ``config.json``, the weights as
-``model.safetensors`` (only safetensors are read: ``use_safetensors=True``, nothing is downloaded, no remote
-code) and the tokenizer files (``tokenizer.json`` ...).
+``model.safetensors`` and the fast tokenizer's ``tokenizer.json`` (+ ``tokenizer_config.json``). Nothing in it can
+run code: the config must be a plain T5 config (``model_type`` "t5", no ``auto_map``), it is parsed here and
+handed to the model, only safetensors weights are read, the tokenizer is built from ``tokenizer.json`` alone
+(never a tokenizer class the folder names), nothing is downloaded, and a folder holding Python files, pickled
+weights or a PEFT adapter is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-REQUIRED_FILES = ("config.json", "model.safetensors")
+from arvis.config import read_json
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+REFUSED_PATTERNS = ("*.py", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "adapter_config.json")
 
 
 class FrozenTextEncoder:
@@ -29,16 +35,31 @@ class FrozenTextEncoder:
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> FrozenTextEncoder:
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
         folder = Path(folder)
         missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"text encoder folder {folder} lacks {missing}: put a T5 encoder saved by "
                                     "transformers (save_pretrained(..., safe_serialization=True), e.g. "
-                                    "google/flan-t5-xl) and its tokenizer there")
-        model = T5EncoderModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+                                    "google/flan-t5-xl) and its fast tokenizer there")
+        refused = sorted(path.name for pattern in REFUSED_PATTERNS for path in folder.glob(pattern))
+        if refused:
+            raise ValueError(f"text encoder folder {folder} holds {refused}, which could run code when loaded; "
+                             "keep only config.json, model.safetensors and the tokenizer's JSON files")
+        header = read_json(folder / "config.json")
+        if not isinstance(header, dict) or header.get("model_type") != "t5" or "auto_map" in header:
+            raise ValueError(f"{folder / 'config.json'} must be a plain T5 config (model_type 't5', no auto_map)")
+        config = T5Config.from_dict(header)
+        model = T5EncoderModel.from_pretrained(folder, config=config, use_safetensors=True, local_files_only=True,
+                                               trust_remote_code=False)
+        settings = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+        pad = settings.get("pad_token", "<pad>") if isinstance(settings, dict) else "<pad>"
+        if not isinstance(pad, str):
+            raise ValueError(f"{folder / 'tokenizer_config.json'}: pad_token must be a string, got {pad!r}")
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), pad_token=pad)
+        if tokenizer.pad_token_id is None or tokenizer.convert_tokens_to_ids(pad) is None:
+            raise ValueError(f"the tokenizer in {folder} has no padding token {pad!r}")
         return cls(model.to(device), tokenizer)
 
     @property
@@ -57,9 +78,12 @@ class FrozenTextEncoder:
     def encode(self, prompts: Sequence[str], length: int) -> tuple[Tensor, Tensor]:
         """prompts (b strings) -> features (b, length, e) float32 and mask (b, length) bool, left-padded.
         Raises ``ValueError`` for a prompt of more than ``length`` tokens (upstream truncates silently)."""
-        if isinstance(prompts, str) or not all(isinstance(prompt, str) for prompt in prompts):
-            raise ValueError(f"prompts must be a list of strings, got {prompts!r:.80}")
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r:.80}")
         batch = self.tokenizer(list(prompts), padding="longest", return_tensors="pt")
+        if batch["input_ids"].shape[1] == 0:  # every prompt empty: the null prompt, nothing to encode
+            return (torch.zeros(len(prompts), length, self.feature_dim, device=self.device),
+                    torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device))
         counts = batch["attention_mask"].sum(1)
         too_long = [(prompt, int(count)) for prompt, count in zip(prompts, counts, strict=True) if count > length]
         if too_long:

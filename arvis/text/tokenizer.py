@@ -27,9 +27,10 @@ class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer) -> None:
         if tokenizer.token_to_id(PAD) != 0 or tokenizer.token_to_id(UNKNOWN) is None:
             raise ValueError(f"a text tokenizer needs {PAD} at id 0 and an {UNKNOWN} token")
-        if not isinstance(tokenizer.model, models.WordLevel) or tokenizer.truncation or tokenizer.padding:
-            raise ValueError("a text tokenizer must be word-level, without truncation or padding of its own "
-                             "(TextTokenizer pads and checks lengths itself)")
+        if not isinstance(tokenizer.model, models.WordLevel) or tokenizer.model.unk_token != UNKNOWN \
+                or tokenizer.truncation or tokenizer.padding:
+            raise ValueError(f"a text tokenizer must be word-level with {UNKNOWN} as its unknown token, without "
+                             "truncation or padding of its own (TextTokenizer pads and checks lengths itself)")
         self.tokenizer = tokenizer
 
     @classmethod
@@ -53,7 +54,7 @@ class TextTokenizer:
 
         Raises ``ValueError`` for a word outside the vocabulary or a prompt longer than ``length`` tokens.
         """
-        if isinstance(prompts, str) or not all(isinstance(prompt, str) for prompt in prompts):
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(prompt, str) for prompt in prompts):
             raise ValueError(f"prompts must be a list of strings, got {prompts!r:.80}")
         ids = torch.zeros(len(prompts), length, dtype=torch.long)
         mask = torch.zeros(len(prompts), length, dtype=torch.bool)

@@ -64,11 +64,11 @@ def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_clas
     if config.generator_config:
         fitted = fitted.replace(**config.generator_config)
     if text_tokenizer is not None:
-        asked = config.generator_config.get("text_vocab_size", fitted.text_vocab_size)
-        if "text_vocab_size" in config.generator_config and asked != text_tokenizer.vocab_size:
-            raise ValueError(f"generator_config.text_vocab_size={asked!r}, but training builds the caption tokenizer "
-                             f"of {text_tokenizer.vocab_size} words (frozen-encoder features are not trained here); "
-                             "leave text_vocab_size out")
+        asked = fitted.text_vocab_size
+        if asked is None or ("text_vocab_size" in config.generator_config and asked != text_tokenizer.vocab_size):
+            raise ValueError(f"text_vocab_size is {asked!r}, but training learns a prompt table over the caption "
+                             f"tokenizer's {text_tokenizer.vocab_size} words (frozen-encoder features are not trained "
+                             "here): use a preset with a word table (raster-t2i-demo) and leave text_vocab_size out")
         fitted = fitted.replace(text_vocab_size=text_tokenizer.vocab_size)
     generator = generator_class(fitted)
     generator.bind_tokenizer(tokenizer)

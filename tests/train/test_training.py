@@ -66,7 +66,7 @@ def test_text_to_image_training_learns_the_captions_and_saves_their_tokenizer(tr
     assert pipeline.text_tokenizer is not None and "prompt" in pipeline.generator.condition_fields
     captions = [GlyphDataset(2, image_size=16).caption(index) for index in range(2)]
     assert arvis.generate(pipeline, prompts=captions, output_type="pt").shape == (2, 3, 16, 16)
-    for bad in ("data.random_flip=true", "generator_config.text_vocab_size=8"):
+    for bad in ("data.random_flip=true", "generator_config.text_vocab_size=8", "generator=raster-t2i-t5-tiny"):
         with pytest.raises(ValueError, match="random_flip|text_vocab_size"):
             train_generator(load_recipe(GeneratorTrainConfig, None, common + [bad, f"run.output_dir={tmp_path / 'x'}"]))
 
