@@ -19,9 +19,6 @@ def tiny(name: str) -> Generator:
     return randomize_parameters_(GENERATORS.build(name)).eval()
 
 
-condition_for = example_condition
-
-
 def test_condition_record_checks_its_fields():
     with pytest.raises(ValueError, match="prompt_mask"):
         Condition(prompt=torch.zeros(2, 3, dtype=torch.long))
@@ -44,7 +41,7 @@ def test_condition_record_checks_its_fields():
 def test_batch_results_equal_one_by_one(name):
     """Rows with different prompt lengths (or classes) in one batch give what each gives alone."""
     model = tiny(name)
-    condition = condition_for(model)
+    condition = example_condition(model)
     tokens = torch.randint(0, model.vocab_size, (3, model.layout.length), generator=torch.Generator().manual_seed(2))
     sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_k=10))
     with torch.no_grad():
@@ -61,7 +58,7 @@ def test_batch_results_equal_one_by_one(name):
 @pytest.mark.parametrize("name", STEPPED)
 def test_same_seed_same_samples_for_every_condition_field(name):
     model = tiny(name)
-    condition = condition_for(model)
+    condition = example_condition(model)
     sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_p=0.9))
     first = sampler(model, condition, rng=torch.Generator().manual_seed(3))
     second = sampler(model, condition, rng=torch.Generator().manual_seed(3))
@@ -71,7 +68,7 @@ def test_same_seed_same_samples_for_every_condition_field(name):
 @pytest.mark.parametrize("name", STEPPED)
 def test_guidance_runs_the_joint_null_condition(name, monkeypatch):
     model = tiny(name)
-    condition = condition_for(model, batch_size=2)
+    condition = example_condition(model, batch_size=2)
     seen = []
     original = model.step
 
@@ -100,7 +97,7 @@ def test_null_condition_is_the_null_class_or_the_empty_prompt():
 
 def test_text_generator_uses_the_prompt_and_hides_its_padding():
     model = tiny("raster-t2i-tiny")
-    condition = condition_for(model)
+    condition = example_condition(model)
     tokens = torch.randint(0, model.vocab_size, (3, model.layout.length), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         logits = model(tokens, condition).logits
@@ -133,7 +130,7 @@ def test_bad_conditions_get_clear_errors():
 
 def test_feature_prompts_run_in_bfloat16():
     model = tiny("raster-t2i-t5-tiny").to(torch.bfloat16)
-    condition = condition_for(model)  # float32 features, as a frozen encoder gives them
+    condition = example_condition(model)  # float32 features, as a frozen encoder gives them
     tokens = torch.randint(0, model.vocab_size, (3, model.layout.length), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         logits = model(tokens, condition).logits

@@ -164,18 +164,12 @@ class Generator(Component):
         return 1
 
     def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
-        """The joint null condition of guidance for ``batch_size`` samples: the null class for ``labels``, the
-        empty prompt for ``prompt`` (no real token); a generator taking other fields extends it."""
-        fields: dict[str, Tensor] = {}
-        if "labels" in self.condition_fields:
-            fields["labels"] = torch.full((batch_size,), self.null_class, dtype=torch.long, device=device)
-        if "prompt" in self.condition_fields:
-            fields["prompt"] = torch.zeros(batch_size, self.prompt_length, dtype=torch.long, device=device)
-            fields["prompt_mask"] = torch.zeros(batch_size, self.prompt_length, dtype=torch.bool, device=device)
-        unknown = self.condition_fields - {"labels", "prompt"}
+        """The joint null condition of guidance for ``batch_size`` samples: the null class for ``labels``; a
+        generator taking other fields (the empty prompt, a zero control map) overrides it."""
+        unknown = self.condition_fields - {"labels"}
         if unknown:
             raise NotImplementedError(f"{type(self).__name__} takes {sorted(unknown)} and must give their null")
-        return Condition(**fields)
+        return Condition(labels=torch.full((batch_size,), self.null_class, dtype=torch.long, device=device))
 
     @property
     def prompt_length(self) -> int:

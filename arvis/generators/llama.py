@@ -182,12 +182,13 @@ class LlamaGenerator(Generator):
         return condition.replace(prompt_mask=self.cls_embedding.drop_prompts(condition.prompt_mask))
 
     def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
-        """The null class, or the empty prompt (zero (b, p, e) features when the prompt comes as features)."""
-        null = super().null_condition(batch_size, device)
-        if self.takes_text and self.config.text_vocab_size is None:
-            features = torch.zeros(batch_size, self.prompt_length, self.config.text_feature_dim, device=device)
-            null = null.replace(prompt=features)
-        return null
+        """The null class, or the empty prompt: no real token, as (b, p) ids or (b, p, e) zero features."""
+        if not self.takes_text:
+            return super().null_condition(batch_size, device)
+        shape = (batch_size, self.prompt_length)
+        prompt = torch.zeros(*shape, dtype=torch.long, device=device) if self.config.text_vocab_size is not None \
+            else torch.zeros(*shape, self.config.text_feature_dim, device=device)
+        return Condition(prompt=prompt, prompt_mask=torch.zeros(*shape, dtype=torch.bool, device=device))
 
     def prefix_attendable(self, condition: Condition) -> Tensor | None:
         """(b, p) bool: the prefix positions other positions may attend to (a prompt's real tokens, or all of an
