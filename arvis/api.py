@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -32,19 +32,12 @@ def generate(
     prompts: Sequence[str] | None = None,
     num_samples: int = 1,
     seed: int = 0,
-    cfg_scale: float | None = None,
-    cfg_schedule: str | None = None,
-    cfg_start: float | None = None,
-    cfg_interval: int | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    temperature: float | None = None,
-    more_smooth: bool | None = None,
-    distilled_steps: int | None = None,
+    sampler: str | None = None,
     batch_size: int = 64,
     output_type: OutputType = "pil",
     device: str | torch.device | None = None,
     progress: bool = False,
+    **sampling: Any,
 ):
     """Samples images conditioned on class ids or text prompts (whichever the pipeline's generator takes).
 
@@ -58,10 +51,12 @@ def generate(
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
             (seed, i), so the same seed, conditions and settings give identical images
             whatever the ``batch_size``.
-        cfg_scale, cfg_schedule, cfg_start, cfg_interval, top_k, top_p, temperature, more_smooth,
-            distilled_steps: override the pipeline's stored sampling settings (``None`` keeps them;
-            ``cfg_interval`` is LlamaGen's, ``more_smooth`` is VAR's visualisation mode, ``distilled_steps``
-            the passes of a Distilled Decoding pipeline).
+        sampler: another of the generator's samplers (``pipeline.generator.samplers``) than the stored one; it
+            starts from its own defaults.
+        **sampling: override the sampler's settings by field name (``cfg_scale=4.0``, ``top_k=100``,
+            ``more_smooth=True`` for VAR's next-scale sampler, ``distilled_steps=2`` for a Distilled Decoding
+            pipeline, ...); ``None`` keeps the stored value. A name the sampler does not have is an error
+            listing the ones it has (:mod:`arvis.samplers.settings`).
         batch_size: images sampled per forward batch.
         device: where to load ``pipeline`` when it is a path (default CPU); a loaded
             :class:`Pipeline` is used where it is.
@@ -80,9 +75,7 @@ def generate(
     condition = pipeline.condition(class_labels, prompts)
     condition = condition.select(torch.arange(condition.batch_size, device=condition.device)
                                  .repeat_interleave(num_samples))
-    sampler = pipeline.sampler(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_start=cfg_start,
-                               cfg_interval=cfg_interval, top_k=top_k, top_p=top_p, temperature=temperature,
-                               more_smooth=more_smooth, distilled_steps=distilled_steps)
+    sampler = pipeline.sampler(sampler, **sampling)
     device = pipeline.device
     batches = []
     total = condition.batch_size

@@ -124,6 +124,17 @@ def parameters_on_meta() -> Iterator[None]:
         handle.remove()
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Runs the block with ``module`` in eval mode and puts it back in the mode it was in (also on error)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def legacy_component_rule(kind: str) -> Callable[[Path], set[str] | None]:
     """Recognises a ``kind`` ("tokenizer", "generator") folder saved before manifests existed: its files
     (``config.json`` with arvis's header of that kind, and ``model.safetensors``), or None if it is not one."""

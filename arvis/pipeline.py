@@ -1,10 +1,13 @@
-"""Pipeline: a tokenizer, a generator and default sampling settings, saved as one folder.
+"""Pipeline: a tokenizer, a generator and its sampler's default settings, saved as one folder.
 
 Folder format::
 
-    pipeline.json   {"arvis_version", "tokenizer": "tokenizer", "generator": "generator", "sampling": {...},
+    pipeline.json   {"arvis_version", "tokenizer": "tokenizer", "generator": "generator",
+                     "sampler": {"name": "next-token", "settings": {...}},
                      "text_tokenizer": "text_tokenizer" or "text_encoder": "text_encoder" (text-conditional
                      generators only)}
+                    (arvis 0.1 and the first releases after it wrote ``"sampling": {...}``, one settings dict for
+                    every sampler; such files still load, for the generator's default sampler)
     tokenizer/      a component folder (config.json + model.safetensors)
     generator/      a component folder
     text_tokenizer/ tokenizer.json of the prompt tokenizer (:class:`arvis.text.TextTokenizer`), for a generator
@@ -31,7 +34,8 @@ from arvis.config import read_json
 from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
-from arvis.samplers import SamplingConfig, sampler_for
+from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
+from arvis.samplers.base import settings_from_legacy, settings_from_saved
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
@@ -39,19 +43,25 @@ PIPELINE_FILE = "pipeline.json"
 
 
 class Pipeline:
-    """Tokenizer + generator + sampling defaults (+ the prompt tokenizer or frozen text encoder of a
-    text-conditional generator). Use :func:`arvis.generate` to sample from it.
+    """Tokenizer + generator + its sampler's default settings (+ the prompt tokenizer or frozen text encoder of
+    a text-conditional generator). Use :func:`arvis.generate` to sample from it.
 
+    ``sampling`` is the settings of one of the samplers the generator names (their type names the sampler, e.g.
+    :class:`~arvis.samplers.NextTokenSettings`); None takes the generator's default sampler with its defaults.
     Both components are put in eval mode: a pipeline is for sampling.
     """
 
-    def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplingConfig | None = None, *,
+    def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplerSettings | None = None, *,
                  text_tokenizer: TextTokenizer | None = None, text_encoder: FrozenTextEncoder | None = None) -> None:
         check_compatible(tokenizer, generator)
         check_text_components(generator, text_tokenizer, text_encoder)
+        if sampling is not None and not isinstance(sampling, SamplerSettings):
+            raise ValueError(f"sampling must be a sampler's settings (e.g. NextTokenSettings(cfg_scale=2.0)), got "
+                             f"{type(sampling).__name__}")
         self.tokenizer = tokenizer.eval()  # a pipeline samples: no dropout, no label dropout
         self.generator = generator.eval()
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling if sampling is not None else settings_for(generator)
+        self.sampler_name = sampler_for(generator, settings=self.sampling).name  # one that drives the generator
         self.text_tokenizer = text_tokenizer
         self.text_encoder = text_encoder
 
@@ -87,10 +97,17 @@ class Pipeline:
             self.text_encoder.model.to(device=device)  # the encoder keeps its own precision
         return self
 
-    def sampler(self, **overrides):
-        """The generator's sampler with the stored settings, ``overrides`` applied (None values ignored)."""
-        changes = {key: value for key, value in overrides.items() if value is not None}
-        return sampler_for(self.generator, self.sampling.replace(**changes) if changes else self.sampling)
+    def settings(self, sampler: str | None = None, **overrides) -> SamplerSettings:
+        """The settings of ``sampler`` (None: the stored one, with its stored settings; another of the generator's
+        samplers starts from its defaults) with ``overrides`` applied (None values ignored). Raises
+        ``ValueError`` for a sampler that does not drive the generator, or a setting it does not have."""
+        name = self.sampler_name if sampler is None else sampler
+        base = self.sampling if name == self.sampler_name else None
+        return settings_for(self.generator, name, overrides, base=base)
+
+    def sampler(self, sampler: str | None = None, **overrides) -> Sampler:
+        """The sampler named ``sampler`` (None: the stored one) with :meth:`settings`."""
+        return sampler_for(self.generator, settings=self.settings(sampler, **overrides))
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Writes the pipeline folder atomically (an existing arvis pipeline at ``path`` is replaced; a folder
@@ -99,7 +116,7 @@ class Pipeline:
 
         path = Path(path)
         index = {"arvis_version": __version__, "tokenizer": "tokenizer", "generator": "generator",
-                 "sampling": self.sampling.to_dict()}
+                 "sampler": {"name": self.sampler_name, "settings": self.sampling.to_dict()}}
         if self.text_tokenizer is not None:
             index["text_tokenizer"] = "text_tokenizer"
         if self.text_encoder is not None:
@@ -126,20 +143,28 @@ class Pipeline:
                 f"{path} is not an arvis pipeline: {PIPELINE_FILE} is missing (save one with Pipeline.save_pretrained)"
             )
         index = read_json(path / PIPELINE_FILE)
-        entries = {"tokenizer", "generator", "sampling"}
+        entries = {"tokenizer", "generator", "sampler"}
         if not isinstance(index, dict):
             raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(entries)}: it holds a "
                              f"{type(index).__name__}, not a JSON object")
-        if entries - set(index):
-            raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(entries - set(index))}")
+        missing = entries - set(index) - ({"sampler"} if "sampling" in index else set())
+        if missing:
+            raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(missing)}")
         tokenizer = Tokenizer.from_pretrained(component_folder(path, index, "tokenizer"), device=device, dtype=dtype)
         generator = Generator.from_pretrained(component_folder(path, index, "generator"), device=device, dtype=dtype)
         text_tokenizer = TextTokenizer.load(component_folder(path, index, "text_tokenizer")) \
             if "text_tokenizer" in index else None
         text_encoder = FrozenTextEncoder.load(component_folder(path, index, "text_encoder"), device=device) \
             if "text_encoder" in index else None
-        return cls(tokenizer, generator, SamplingConfig.from_dict(index["sampling"]), text_tokenizer=text_tokenizer,
-                   text_encoder=text_encoder)
+        return cls(tokenizer, generator, stored_settings(generator, index, path / PIPELINE_FILE),
+                   text_tokenizer=text_tokenizer, text_encoder=text_encoder)
+
+
+def stored_settings(generator: Generator, index: dict, where: Path) -> SamplerSettings:
+    """The sampler settings ``pipeline.json`` stores: its ``sampler`` entry, or an older file's ``sampling``."""
+    if "sampler" in index:
+        return settings_from_saved(generator, index["sampler"], f"{where}: the 'sampler' entry")
+    return settings_from_legacy(generator, index["sampling"], f"{where}: the 'sampling' entry")
 
 
 def legacy_pipeline_files(folder: Path) -> set[str] | None:

@@ -17,7 +17,6 @@ import torch
 
 from arvis.api import generate, load
 from arvis.data import GLYPH_CLASSES, GlyphDataset
-from arvis.samplers.config import SamplingConfig
 from arvis.tokenizers.losses import TokenizerLossConfig
 from arvis.train.generator import GeneratorTrainConfig, train_generator
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
@@ -42,7 +41,7 @@ QUICKSTART_GENERATOR = GeneratorTrainConfig(
     data=QUICKSTART_DATA,
     optim=OptimConfig(learning_rate=2e-3, weight_decay=0.05, warmup_steps=50, schedule="cosine",
                       min_lr_ratio=0.05),
-    sampling=SamplingConfig(cfg_scale=2.0, top_k=0, top_p=0.9, temperature=1.0),
+    sampling={"temperature": 1.0, "top_k": 0, "top_p": 0.9, "cfg_scale": 2.0, "cfg_schedule": "constant"},
     run=RunConfig(output_dir=".", batch_size=64, max_steps=1200, log_every=100),
 )
 
@@ -81,6 +80,7 @@ def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_ste
         "generator_seconds": round(generator_seconds, 1),
         "tokenizer_final": tokenizer_history[-1] if tokenizer_history else {},
         "generator_final": generator_history[-1] if generator_history else {},
+        "sampler": pipeline.sampler_name,
         "sampling": pipeline.sampling.to_dict(),
         "reconstruction_mse": _reconstruction_error(pipeline),
         "glyph_metrics": _glyph_metrics(images, num_classes),

@@ -1,7 +1,8 @@
-"""Named presets per component kind.
+"""The one registry mechanism: named classes and presets per kind.
 
-A :class:`Registry` maps class names to component classes and preset names to
-config instances. Presets are data: ``TOKENIZERS.add_preset("vq-f16", VQConfig(...))``
+A :class:`Registry` maps names to classes (components, samplers, post-training methods) and preset names to
+config instances. Components are named by their class name; samplers and post-training methods by their
+``name`` attribute (``Registry("sampler", key="name")``). Presets are data: ``TOKENIZERS.add_preset("vq-f16", VQConfig(...))``
 registers a ready configuration whose component class is found from the config's
 type. Each component package registers its presets when it is imported; the
 :func:`ensure_registered` helper imports them all, explicitly (no discovery magic).
@@ -18,27 +19,41 @@ from arvis.config import Config
 
 T = TypeVar("T")
 
-_COMPONENT_PACKAGES = ("arvis.tokenizers", "arvis.generators", "arvis.posttrain")
+_COMPONENT_PACKAGES = ("arvis.tokenizers", "arvis.generators", "arvis.samplers", "arvis.posttrain")
 
 
 class Registry(Generic[T]):
-    """Component classes and their named presets for one kind (``"tokenizer"``, ``"generator"``)."""
+    """Classes and their named presets for one kind (``"tokenizer"``, ``"generator"``, ``"sampler"``, ...).
 
-    def __init__(self, kind: str) -> None:
+    Every registered class declares its ``config_class``; no two classes share one, so a config (a preset, the
+    settings stored in a pipeline) names its class. ``key`` is ``"class"`` (the class name) or ``"name"`` (the
+    class's ``name`` attribute).
+    """
+
+    def __init__(self, kind: str, *, key: str = "class") -> None:
+        if key not in ("class", "name"):
+            raise ValueError(f"key must be 'class' or 'name', got {key!r}")
         self.kind = kind
+        self.key = key
         self._classes: dict[str, type[T]] = {}
         self._class_by_config: dict[type[Config], type[T]] = {}
         self._presets: dict[str, Config] = {}
         self._descriptions: dict[str, str] = {}
 
     def register(self, cls: type[T]) -> type[T]:
-        """Class decorator: registers a component class under its class name."""
-        name = cls.__name__
+        """Class decorator: registers a class under its class name (or its ``name``, see ``key``)."""
+        name = cls.__name__ if self.key == "class" else vars(cls).get("name")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{cls.__name__} must declare its {self.kind} name as a class attribute `name`")
         if name in self._classes:
-            raise ValueError(f"{self.kind} class {name!r} is registered twice")
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
         config_class = getattr(cls, "config_class", None)
         if config_class is None:
-            raise TypeError(f"{name} must declare a config_class")
+            raise TypeError(f"{cls.__name__} must declare a config_class")
+        if config_class in self._class_by_config:
+            raise ValueError(f"{cls.__name__} declares {config_class.__name__}, which "
+                             f"{self._class_by_config[config_class].__name__} already declares; give each "
+                             f"{self.kind} its own config class")
         self._classes[name] = cls
         self._class_by_config[config_class] = cls
         return cls
@@ -60,8 +75,21 @@ class Registry(Generic[T]):
     def get_class(self, name: str) -> type[T]:
         ensure_registered()
         if name not in self._classes:
-            raise ValueError(f"unknown {self.kind} class {name!r}; known: {sorted(self._classes)}")
+            what = f"{self.kind} class" if self.key == "class" else self.kind
+            raise ValueError(f"unknown {what} {name!r}; known: {sorted(self._classes)}")
         return self._classes[name]
+
+    def name_of(self, cls: type) -> str:
+        """The name ``cls`` is registered under."""
+        for name, registered in self._classes.items():
+            if registered is cls:
+                return name
+        raise ValueError(f"{cls.__name__} is not a registered {self.kind}")
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        ensure_registered()
+        return sorted(self._classes)
 
     def preset(self, name: str) -> Config:
         ensure_registered()

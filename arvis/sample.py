@@ -9,7 +9,7 @@ run was interrupted.
 
 Folder layout::
 
-    protocol.json        what defines the samples (seed, labels, sampling settings, components,
+    protocol.json        what defines the samples (seed, labels, sampler and its settings, components,
                          device type and dtype)
     images/000000.png    sample i as images/{i:06d}.png, written atomically
     samples.npz          arr_0 (n, h, w, 3) uint8 in index order, labels (n,) int64 class ids, or with
@@ -22,7 +22,6 @@ the ``arvis sample`` command reads the process index and count from accelerate.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -38,7 +37,8 @@ from arvis.checks import check_class_ids, check_counts
 from arvis.data.transforms import as_rgb
 from arvis.folders import PARTIAL_MARKER, write_file_atomically
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig, sampler_for
+from arvis.samplers import SamplerSettings, sampler_for
+from arvis.samplers.base import settings_from_legacy, settings_from_saved
 from arvis.samplers.logits import per_sample_generators
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ PROTOCOL_FILE = "protocol.json"
 IMAGES_FOLDER = "images"
 NPZ_FILE = "samples.npz"
 _INFORMATIONAL_KEYS = ("arvis_version",)  # recorded but not required to match on resume
-_REQUIRED_KEYS = frozenset({"num_samples", "seed", "labels", "sampling", "image_size"})
+_REQUIRED_KEYS = frozenset({"num_samples", "seed", "labels", "sampling", "image_size"})  # and "sampler" since 0.3
 
 
 def sample_to_folder(
@@ -63,6 +63,7 @@ def sample_to_folder(
     num_processes: int = 1,
     progress: bool = False,
     device: str | torch.device | None = None,
+    sampler: str | None = None,
     **sampling_overrides: Any,
 ) -> Path:
     """Samples this process's share of ``num_samples`` images into ``output_dir/images``.
@@ -80,8 +81,9 @@ def sample_to_folder(
             ``i % num_processes == process_index``.
         progress: show a progress bar over batches.
         device: where to load ``pipeline`` when it is a path (default CPU).
-        **sampling_overrides: ``cfg_scale``, ``cfg_schedule``, ``top_k``, ``top_p``,
-            ``temperature``; ``None`` keeps the pipeline's stored value.
+        sampler: another of the generator's samplers than the stored one (from its own defaults).
+        **sampling_overrides: the sampler's settings by field name (``cfg_scale``, ``top_k``, ...); ``None``
+            keeps the pipeline's stored value; a name the sampler does not have is an error.
 
     Returns:
         ``output_dir``.
@@ -95,7 +97,7 @@ def sample_to_folder(
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
     _require_images(pipeline)
     sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels, prompts,
-                                                 sampling_overrides)
+                                                 sampler, sampling_overrides)
     output_dir = Path(output_dir)
     images_dir = output_dir / IMAGES_FOLDER
     _claim_folder(output_dir, protocol)
@@ -121,6 +123,7 @@ def sample_in_memory(
     batch_size: int = 64,
     progress: bool = False,
     device: str | torch.device | None = None,
+    sampler: str | None = None,
     **sampling_overrides: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The same images as :func:`sample_to_folder` with these arguments, returned instead of written.
@@ -133,7 +136,7 @@ def sample_in_memory(
     pipeline, pipeline_path = _resolve_pipeline(pipeline, device)
     _require_images(pipeline)
     sampling, label_policy, protocol = _protocol(pipeline, pipeline_path, num_samples, seed, labels, prompts,
-                                                 sampling_overrides)
+                                                 sampler, sampling_overrides)
     images = [batch for _, batch in _draw(pipeline, sampling, label_policy, seed, range(num_samples), batch_size,
                                           progress)]
     sample_labels = class_labels_of(label_policy, num_samples)
@@ -152,15 +155,16 @@ def _resolve_pipeline(pipeline: Pipeline | str | Path, device) -> tuple[Pipeline
 
 
 def _protocol(pipeline: Pipeline, pipeline_path: str | None, num_samples: int, seed: int,
-              labels: Sequence[int] | None, prompts: Sequence[str] | None,
-              overrides: dict[str, Any]) -> tuple[SamplingConfig, dict, dict]:
-    """The sampling settings, the condition policy and the record of everything that defines the samples."""
-    sampling = _apply_overrides(pipeline.sampling, overrides)
+              labels: Sequence[int] | None, prompts: Sequence[str] | None, sampler: str | None,
+              overrides: dict[str, Any]) -> tuple[SamplerSettings, dict, dict]:
+    """The sampler settings, the condition policy and the record of everything that defines the samples."""
+    sampling = pipeline.settings(sampler, **overrides)
     label_policy = _condition_policy(pipeline, labels, prompts)
     protocol = {
         "num_samples": int(num_samples),
         "seed": int(seed),
         "labels": label_policy,
+        "sampler": sampler_for(pipeline.generator, settings=sampling).name,
         "sampling": sampling.to_dict(),
         "pipeline": pipeline_path,
         "tokenizer": _component_summary(pipeline.tokenizer),
@@ -174,10 +178,10 @@ def _protocol(pipeline: Pipeline, pipeline_path: str | None, num_samples: int, s
     return sampling, label_policy, protocol
 
 
-def _draw(pipeline: Pipeline, sampling: SamplingConfig, label_policy: dict[str, Any], seed: int,
+def _draw(pipeline: Pipeline, sampling: SamplerSettings, label_policy: dict[str, Any], seed: int,
           indices: Sequence[int], batch_size: int, progress: bool):
     """Yields (indices, images (b, h, w, 3) uint8) for ``indices`` in batches of ``batch_size``."""
-    sampler = sampler_for(pipeline.generator, sampling)
+    sampler = sampler_for(pipeline.generator, settings=sampling)
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     for batch in tqdm(batches, disable=not progress, desc="sampling"):
         pixels = draw_images(pipeline, sampler, condition_for(pipeline, label_policy, batch),
@@ -265,15 +269,6 @@ def generators_for(seed: int, indices: Sequence[int], device: torch.device | str
     return [per_sample_generators(seed, index, 1, device)[0] for index in indices]
 
 
-def _apply_overrides(sampling: SamplingConfig, overrides: dict[str, Any]) -> SamplingConfig:
-    known = {field.name for field in dataclasses.fields(SamplingConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown sampling setting(s) {unknown}; valid ones are {sorted(known)}")
-    changes = {key: value for key, value in overrides.items() if value is not None}
-    return sampling.replace(**changes) if changes else sampling
-
-
 def _condition_policy(pipeline: Pipeline, labels: Sequence[int] | None,
                       prompts: Sequence[str] | None) -> dict[str, Any]:
     """The protocol's ``labels`` entry: balanced or cycled class ids, or cycled prompts for a text pipeline."""
@@ -308,11 +303,18 @@ def _with_current_fields(protocol: dict[str, Any]) -> dict[str, Any]:
 
     upgraded = dict(protocol)
     try:
-        upgraded["sampling"] = SamplingConfig.from_saved(protocol["sampling"]).to_dict()
         for key, registry in (("tokenizer", TOKENIZERS), ("generator", GENERATORS)):
             summary = protocol[key]
             config = registry.get_class(summary["type"]).config_class.from_saved(summary["config"])
             upgraded[key] = {**summary, "config": config.to_dict()}
+        generator_class = GENERATORS.get_class(protocol["generator"]["type"])
+        if "sampler" in protocol:
+            settings = settings_from_saved(generator_class, {"name": protocol["sampler"],
+                                                             "settings": protocol["sampling"]}, PROTOCOL_FILE)
+        else:  # written before samplers had their own settings: the generator's default sampler's
+            settings = settings_from_legacy(generator_class, protocol["sampling"], PROTOCOL_FILE)
+        upgraded["sampler"] = sampler_for(generator_class, settings=settings).name
+        upgraded["sampling"] = settings.to_dict()
     except (KeyError, TypeError, ValueError):
         return protocol  # not readable as this version's configs: compared as recorded (and so refused)
     return upgraded

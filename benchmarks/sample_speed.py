@@ -31,7 +31,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model: bool, repeats: int) -> dict:
     """Builds the pipeline, samples ``repeats`` batches after a warm-up; returns the timings of one row."""
     from arvis.generators.base import GENERATORS
-    from arvis.samplers import SamplingConfig, sampler_for
+    from arvis.samplers import sampler_for
     from arvis.tokenizers.base import TOKENIZERS
 
     tokenizer_name, generator_name, sampling = MODELS[model]
@@ -46,7 +46,7 @@ def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model:
     if compile_model:
         generator.forward = torch.compile(generator.forward)
         tokenizer.decode = torch.compile(tokenizer.decode)
-    sampler = sampler_for(generator, SamplingConfig(**sampling))
+    sampler = sampler_for(generator, **sampling)
     labels = torch.arange(batch_size, device=device) % 1000
 
     def sample_once() -> tuple[float, float]:

@@ -8,7 +8,7 @@ import torch
 
 from arvis.conditions import Condition, as_condition
 from arvis.generators.base import GENERATORS, Generator
-from arvis.samplers import SamplingConfig, sampler_for
+from arvis.samplers import sampler_for
 from arvis.testing import example_condition, randomize_parameters_
 
 STEPPED = [name for name in GENERATORS.presets("*-tiny") if GENERATORS.build(name).unit != "distilled"]
@@ -43,7 +43,7 @@ def test_batch_results_equal_one_by_one(name):
     model = tiny(name)
     condition = example_condition(model)
     tokens = torch.randint(0, model.vocab_size, (3, model.layout.length), generator=torch.Generator().manual_seed(2))
-    sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_k=10))
+    sampler = sampler_for(model, cfg_scale=2.0, top_k=10)
     with torch.no_grad():
         batched = model(tokens, condition).logits
         alone = torch.cat([model(tokens[i:i + 1], condition.select(slice(i, i + 1))).logits for i in range(3)])
@@ -59,7 +59,7 @@ def test_batch_results_equal_one_by_one(name):
 def test_same_seed_same_samples_for_every_condition_field(name):
     model = tiny(name)
     condition = example_condition(model)
-    sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_p=0.9))
+    sampler = sampler_for(model, cfg_scale=2.0, top_p=0.9)
     first = sampler(model, condition, rng=torch.Generator().manual_seed(3))
     second = sampler(model, condition, rng=torch.Generator().manual_seed(3))
     assert torch.equal(first, second)
@@ -77,7 +77,7 @@ def test_guidance_runs_the_joint_null_condition(name, monkeypatch):
         return original(tokens, condition, cache, **options)
 
     monkeypatch.setattr(model, "step", recording_step)
-    sampler_for(model, SamplingConfig(cfg_scale=3.0))(model, condition, rng=torch.Generator().manual_seed(0))
+    sampler_for(model, cfg_scale=3.0)(model, condition, rng=torch.Generator().manual_seed(0))
     null = model.null_condition(2)
     for ran in seen:
         assert ran.batch_size == 4 and ran.fields == condition.fields
@@ -135,5 +135,5 @@ def test_feature_prompts_run_in_bfloat16():
     with torch.no_grad():
         logits = model(tokens, condition).logits
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    samples = sampler_for(model, SamplingConfig(cfg_scale=2.0))(model, condition, rng=torch.Generator().manual_seed(0))
+    samples = sampler_for(model, cfg_scale=2.0)(model, condition, rng=torch.Generator().manual_seed(0))
     assert samples.shape == (3, model.layout.length)

@@ -5,7 +5,7 @@ import pytest
 
 from arvis.config import Config, read_json
 from arvis.generators.raster import RasterConfig
-from arvis.samplers.config import SamplingConfig
+from arvis.samplers import NextTokenSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,7 +55,7 @@ def test_component_configs_validate_values():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         RasterConfig(dim=30, num_heads=4)
     with pytest.raises(ValueError, match="top_p"):
-        SamplingConfig(top_p=0.0)
+        NextTokenSettings(top_p=0.0)
 
 
 def test_corrupt_json_names_the_file(tmp_path):
@@ -70,10 +70,10 @@ def test_corrupt_json_names_the_file(tmp_path):
 def test_non_finite_floats_are_refused_wherever_configs_are_made(value):
     with pytest.raises(ValueError, match=r"Inner.ratio: expected a finite number"):
         Inner.from_dict({"ratio": value})
-    with pytest.raises(ValueError, match=r"SamplingConfig.cfg_scale: expected a finite number"):
-        SamplingConfig().replace(cfg_scale=value)
-    with pytest.raises(ValueError, match=r"SamplingConfig.temperature: expected a finite number"):
-        SamplingConfig.from_dict({"temperature": value})
+    with pytest.raises(ValueError, match=r"NextTokenSettings.cfg_scale: expected a finite number"):
+        NextTokenSettings().replace(cfg_scale=value)
+    with pytest.raises(ValueError, match=r"NextTokenSettings.temperature: expected a finite number"):
+        NextTokenSettings.from_dict({"temperature": value})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

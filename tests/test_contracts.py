@@ -7,7 +7,7 @@ import torch
 
 from arvis.generators.base import GENERATORS, Generator
 from arvis.testing import example_condition, randomize_parameters_
-from arvis.samplers import SamplingConfig, sampler_for
+from arvis.samplers import sampler_for
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 
 ALL_GENERATOR_PRESETS = GENERATORS.presets("*-tiny")
@@ -107,7 +107,7 @@ def test_steps_return_the_hidden_states_their_logits_come_from(name):
 def test_same_seed_same_tokens(name):
     model = tiny_generator(name).eval()
     labels = example_condition(model, 3)
-    sampler = sampler_for(model, SamplingConfig(cfg_scale=2.0, top_k=10, top_p=0.9, temperature=1.1))
+    sampler = sampler_for(model, cfg_scale=2.0, top_k=10, top_p=0.9, temperature=1.1)
     first = sampler(model, labels, rng=torch.Generator().manual_seed(7))
     second = sampler(model, labels, rng=torch.Generator().manual_seed(7))
     other = sampler(model, labels, rng=torch.Generator().manual_seed(8))

@@ -159,7 +159,7 @@ def test_non_finite_settings_in_pipeline_json_are_refused(tiny_pipeline, tmp_pat
     path = tiny_pipeline.save_pretrained(tmp_path / "p")
     text = (path / "pipeline.json").read_text().replace('"cfg_scale": 2.0', f'"cfg_scale": {value}')
     (path / "pipeline.json").write_text(text)
-    with pytest.raises(ValueError, match="SamplingConfig.cfg_scale: expected a finite number"):
+    with pytest.raises(ValueError, match="NextTokenSettings.cfg_scale: expected a finite number"):
         arvis.load(path)
 
 

@@ -118,7 +118,7 @@ def test_collect_npz_names_missing_indices(tiny_pipeline, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     ({"num_samples": 0}, "num_samples"), ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"),
     ({"process_index": 2, "num_processes": 2}, "process_index"), ({"labels": [10]}, "class ids in"),
-    ({"labels": []}, "labels is empty"), ({"top_q": 0.5}, "unknown sampling setting"),
+    ({"labels": []}, "labels is empty"), ({"top_q": 0.5}, r"\['top_q'\] is not a setting of the next-token sampler"),
 ])
 def test_bad_arguments(tiny_pipeline, tmp_path, arguments, message):
     with pytest.raises(ValueError, match=message):

@@ -13,7 +13,7 @@ import arvis
 from arvis.cli import main
 from arvis.generators import GENERATORS
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig
+from arvis.samplers import NextTokenSettings
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers import TOKENIZERS
 
@@ -24,7 +24,7 @@ def video_pipeline() -> Pipeline:
     tokenizer = TOKENIZERS.build("larp-tiny", prior=False).eval()
     randomize_parameters_(tokenizer.output_proj)  # zero-initialised: give the clips some content
     generator = randomize_parameters_(GENERATORS.build("sequence-tiny")).eval()
-    return Pipeline(tokenizer, generator, SamplingConfig(cfg_scale=2.0, top_k=8))
+    return Pipeline(tokenizer, generator, NextTokenSettings(cfg_scale=2.0, top_k=8))
 
 
 def test_generate_returns_clips_in_every_output_type(video_pipeline):

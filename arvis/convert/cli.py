@@ -53,4 +53,4 @@ def _convert(args: argparse.Namespace) -> None:
     print(json.dumps({"pipeline": str(folder), "tokenizer": type(pipeline.tokenizer).__name__,
                       "generator": type(pipeline.generator).__name__, "layout": pipeline.generator.layout.shapes,
                       "generator_parameters": pipeline.generator.num_parameters(),
-                      "sampling": pipeline.sampling.to_dict()}))
+                      "sampler": pipeline.sampler_name, "sampling": pipeline.sampling.to_dict()}))

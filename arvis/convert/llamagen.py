@@ -25,7 +25,7 @@ classes (class-table rows - 1, the last row being the null class), SwiGLU width,
 counts are not in the shapes: they come from LlamaGen's table by width (B 768/12, L 1024/16,
 XL 1280/20, XXL 1536/24, XXXL 2560/40, 3B 3200/32) or from ``gpt_preset`` / ``num_heads``.
 
-Sampling defaults: ``SamplingConfig(cfg_scale=2.0)`` with temperature 1, top-k 0 and top-p 1,
+Sampling defaults: ``NextTokenSettings(cfg_scale=2.0)`` with temperature 1, top-k 0 and top-p 1,
 LlamaGen's FID settings (``sample_c2i_ddp.py``). Upstream's recommended CFG per model is 2.0 for
 GPT-B and GPT-L, 1.75 for GPT-XL and GPT-XXL, 1.65 for GPT-3B; its demo script uses cfg 4.0 and
 top-k 2000. Pass ``cfg_scale=...`` to :func:`arvis.generate` to change it per call.
@@ -47,7 +47,7 @@ from arvis.generators.base import GENERATORS
 from arvis.generators.raster import RasterConfig, RasterGenerator
 from arvis.nn.mlp import llama_hidden_dim
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig
+from arvis.samplers import NextTokenSettings
 from arvis.tokenizers.vq import VQConfig, VQTokenizer
 
 __all__ = ["convert_llamagen", "convert_llamagen_vq", "convert_llamagen_gpt", "LLAMAGEN_HEADS"]
@@ -269,4 +269,4 @@ def convert_llamagen(vq_path: str | Path, gpt_path: str | Path, out_dir: str | P
                                     name=str(vq_path))
     generator = convert_llamagen_gpt(load_llamagen_state(gpt_path), tokenizer=tokenizer, preset=gpt_preset,
                                      num_heads=num_heads, num_classes=num_classes, name=str(gpt_path))
-    return Pipeline(tokenizer, generator, SamplingConfig(cfg_scale=DEFAULT_CFG_SCALE)).save_pretrained(out_dir)
+    return Pipeline(tokenizer, generator, NextTokenSettings(cfg_scale=DEFAULT_CFG_SCALE)).save_pretrained(out_dir)

@@ -63,7 +63,7 @@ from arvis.convert.common import (
 from arvis.generators.var import PATCH_NUMS_512, VARConfig, VARGenerator
 from arvis.modeling import load_state_strict
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig
+from arvis.samplers import NextScaleSettings
 from arvis.tokenizers.var import VARTokenizer, VARTokenizerConfig
 
 __all__ = [
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-VAR_FID_SAMPLING = SamplingConfig(cfg_scale=2.5, cfg_schedule="linear", top_k=900, top_p=0.96)
+VAR_FID_SAMPLING = NextScaleSettings(cfg_scale=2.5, cfg_schedule="linear", top_k=900, top_p=0.96)
 
 VAE_IGNORED = (r"quantize\.ema_vocab_hit_SV",)
 VAR_IGNORED = (r"lvl_1L", r"attn_bias_for_masking", r"blocks\.\d+\.attn\.zero_k_bias")

@@ -7,7 +7,8 @@ A generator never samples. It exposes
 where one ``step`` consumes the next unit of input (``None`` on the first call: the
 condition prefix) and returns the logits of the next unit, (b, unit_length, vocab), or with
 ``output="hidden"`` / ``"both"`` the trunk's hidden states of those positions (for continuous heads).
-Samplers (``arvis.samplers``) own every decoding policy around these calls.
+Samplers (``arvis.samplers``) own every decoding policy around these calls; a generator names the ones that
+can drive it (:attr:`Generator.samplers`, its default first).
 
 Conditions: ``condition`` is an :class:`arvis.conditions.Condition` (a bare (b,) long tensor is read as class
 ids). A generator declares the fields it takes (:attr:`Generator.condition_fields`), its one joint null
@@ -72,6 +73,8 @@ class Generator(Component):
     kind: ClassVar[str] = "generator"
     registry = GENERATORS
     unit: ClassVar[str] = "token"  # what one decoding step emits: "token" | "scale" | "level" | "block"
+    # the registered samplers (arvis.samplers.SAMPLERS) that can drive this generator; the first is its default
+    samplers: ClassVar[tuple[str, ...]] = ("next-token",)
 
     @property
     def layout(self) -> TokenLayout:

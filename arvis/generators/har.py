@@ -122,6 +122,7 @@ class HARGenerator(LlamaGenerator):
 
     config_class = HARConfig
     unit = "level"
+    samplers = ("next-unit",)
 
     def __init__(self, config: HARConfig) -> None:
         length = sum(config.level_sizes)  # 1D RoPE over sequence positions 0..l-1 (the class token: identity)

@@ -94,6 +94,7 @@ class VARGenerator(Generator):
 
     config_class = VARConfig
     unit = "scale"
+    samplers = ("next-scale",)
 
     def __init__(self, config: VARConfig) -> None:
         super().__init__(config)

@@ -4,7 +4,7 @@ Each method is registered in :data:`METHODS` and run by ``accelerate launch -m a
 --method <name> --pipeline DIR``; see :mod:`arvis.posttrain.base` for the interface.
 """
 
-from arvis.posttrain.base import METHODS, PostTrainingMethod
+from arvis.posttrain.base import METHODS, PostTrainingMethod, TeacherAdapters, TrainingContext
 from arvis.posttrain import distilled_decoding  # noqa: F401  (registers its generators, sampler and method)
 
-__all__ = ["METHODS", "PostTrainingMethod"]
+__all__ = ["METHODS", "PostTrainingMethod", "TeacherAdapters", "TrainingContext"]

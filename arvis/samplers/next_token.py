@@ -12,25 +12,28 @@ from torch import Tensor
 
 from arvis.conditions import Condition
 from arvis.generators.base import Generator
-from arvis.samplers.config import SamplingConfig, check_drivable
+from arvis.samplers.base import SAMPLERS, Sampler
 from arvis.samplers.guidance import feed_both, guidance_conditions, guide
 from arvis.samplers.logits import Draw, RandomSource, categorical_draw, check_prefix, filter_logits
+from arvis.samplers.settings import NextTokenSettings
 
 
-class NextTokenSampler:
+@SAMPLERS.register
+class NextTokenSampler(Sampler):
     """Samples one token per step with a KV cache: l steps for an l-token grid."""
 
-    units = frozenset({"token"})
-
-    def __init__(self, config: SamplingConfig | None = None) -> None:
-        self.config = config or SamplingConfig()
-        if self.config.more_smooth:
-            raise ValueError("more_smooth is VAR's next-scale mode; raster sampling has no soft inputs")
+    name = "next-token"
+    config_class = NextTokenSettings
+    description = "one token per step with a KV cache (LlamaGen's decode loop)"
 
     @torch.inference_mode()
     def __call__(self, model: Generator, condition: Condition | Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
                  length: int | None = None, draw: Draw | None = None) -> Tensor:
         """condition of b samples (or class ids (b,) long) -> tokens (b, length) long (all l tokens by default).
+
+        All l tokens come back in the tokenizer's layout order (:meth:`Generator.to_layout_order`); a ``prefix``
+        and a shorter ``length`` are in the generator's own emission order (the same for every generator that
+        emits in layout order).
 
         Args:
             rng: one generator, or one per sample (the default draw's randomness).
@@ -38,12 +41,12 @@ class NextTokenSampler:
             length: stop after this many tokens (Distilled Decoding's teacher-involved sampling).
             draw: replaces the categorical draw (e.g. :class:`arvis.samplers.flow_matching.FlowMatchingDraw`).
         """
-        check_drivable(model, self.units)
+        self.check_drivable(model)
         condition = model.check_condition(condition)
         num_steps = model.layout.length
         start, length = check_prefix(prefix, range(num_steps + 1), length, condition, model.vocab_size)
         draw = draw or categorical_draw(rng)
-        config = self.config
+        config = self.settings
         conditions = guidance_conditions(condition, model, config)
         cache = model.new_cache(conditions.batch_size)
         tokens = torch.empty(condition.batch_size, length, dtype=torch.long, device=condition.device)
@@ -57,4 +60,4 @@ class NextTokenSampler:
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
             tokens[:, step] = draw(logits[:, None], step)[:, 0]
             inputs = feed_both(tokens[:, step:step + 1], config)
-        return tokens
+        return model.to_layout_order(tokens) if length == num_steps else tokens

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
-from arvis.samplers.config import SamplingConfig
+from arvis.samplers import SamplerSettings, settings_for
 from arvis.text import TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_image_size, dataset_num_classes,
@@ -42,7 +42,9 @@ class GeneratorTrainConfig(Config):
 
     The generator's token layout, vocabulary and number of classes are taken from the
     tokenizer and the data; ``generator_config`` overrides other fields of the preset.
-    ``sampling`` is stored in the saved pipeline as its default decoding policy.
+    ``sampler`` (None: the generator's default) with the settings ``sampling`` is stored in the saved pipeline
+    as its default decoding policy; ``sampling`` is checked against that sampler's settings when the recipe is
+    read.
     """
 
     tokenizer_path: str | None = None
@@ -51,9 +53,18 @@ class GeneratorTrainConfig(Config):
     generator_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, weight_decay=0.05)
-    sampling: SamplingConfig = SamplingConfig()
+    sampler: str | None = None
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     run: RunConfig = RunConfig()
     encode_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        self.sampler_settings()  # a typo or a bad value in the sampling section fails before any work
+
+    def sampler_settings(self) -> SamplerSettings:
+        """The settings of the sampler the pipeline will store (``sampling`` over its defaults)."""
+        generator_class = GENERATORS.class_for_config(GENERATORS.preset(self.generator))
+        return settings_for(generator_class, self.sampler, self.sampling)
 
 
 def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int,
@@ -119,7 +130,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         if run.preview_every and step % run.preview_every == 0 and accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
-                grid = save_preview(tokenizer, unwrapped, config.sampling, folders.root / "previews" / f"step-{step}.png",
+                grid = save_preview(tokenizer, unwrapped, config.sampler_settings(), folders.root / "previews" / f"step-{step}.png",
                                     text_tokenizer=text_tokenizer, prompts=preview_prompts)
             progress.log_image("preview", grid, step)
 
@@ -128,7 +139,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         folders=folders, progress=progress, kind="generator", after_step=preview)
     trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export,
-                            lambda path: Pipeline(tokenizer.eval(), trained, config.sampling,
+                            lambda path: Pipeline(tokenizer.eval(), trained, config.sampler_settings(),
                                                   text_tokenizer=text_tokenizer).save_pretrained(path))
     return output_dir, progress.history
 

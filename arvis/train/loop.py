@@ -304,10 +304,10 @@ def final_model(accelerator: Accelerator, model: nn.Module, ema: EMA | None) -> 
 def fit(accelerator: Accelerator, training: Training, batches: Iterator,
         compute_loss: Callable[[nn.Module, list[torch.Tensor]], tuple[torch.Tensor, dict[str, Any]]], *,
         run: RunConfig, grad_clip: float, folders: RunFolders, progress: ProgressLog, kind: str,
-        after_step: Callable[[int], None] | None = None) -> None:
+        before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None) -> None:
     """The optimisation loop of generator training and post-training, from optimiser step ``training.start``.
 
-    Each step runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples or dicts of tensors,
+    Each step calls ``before_step(step)`` (0-based), runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples or dicts of tensors,
     moved to the device) through ``compute_loss(model, batch) -> (loss, metrics)`` under autocast, then
     clips, steps the optimiser and the schedule, updates the EMA, logs, checkpoints every
     ``run.checkpoint_every`` steps (metadata ``{"kind": kind}``) and calls ``after_step(step)``.
@@ -317,6 +317,8 @@ def fit(accelerator: Accelerator, training: Training, batches: Iterator,
     update = OptimizerUpdate(training.optimizer, list(model.parameters()), grad_clip, training.scheduler)
     model.train()
     for step in range(training.start, run.max_steps):
+        if before_step is not None:
+            before_step(step)
         for micro in range(accumulation):
             batch = send_to_device(next(batches), accelerator.device)
             with sync_unless_last(accelerator, model, micro, accumulation):

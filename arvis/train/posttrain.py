@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from arvis.config import Config
 from arvis.pipeline import Pipeline
-from arvis.posttrain import METHODS
+from arvis.posttrain import METHODS, TrainingContext
 from arvis.train.loop import (ProgressLog, RunFolders, final_model, finish_run, fit, make_accelerator,
                               prepare_training, step_batches)
 from arvis.train.options import OptimConfig, RunConfig
@@ -43,7 +43,7 @@ def post_train(config: PostTrainConfig) -> tuple[Path, list[dict[str, float]]]:
         raise ValueError(f"name the method with --method (known: {METHODS.names()})")
     if config.pipeline is None:
         raise ValueError("name the trained pipeline to start from with --pipeline DIR")
-    method_class = METHODS.get(config.method)
+    method_class = METHODS.get_class(config.method)
     method_config = method_class.config_class.from_dict(config.method_config)
     run = config.run
     folders = RunFolders(run, "pipeline")
@@ -53,6 +53,7 @@ def post_train(config: PostTrainConfig) -> tuple[Path, list[dict[str, float]]]:
     accelerator = make_accelerator(run, folders)
     pipeline = Pipeline.from_pretrained(config.pipeline, device=accelerator.device)
     method = method_class(method_config, pipeline, pipeline_path=str(config.pipeline), output_dir=folders.root)
+    method.setup(accelerator)
     data = method.prepare_data(accelerator)
     module = method.build_model()
     logger.info("%s: training %s (%.2fM parameters) on %d examples", config.method, type(module).__name__,
@@ -60,8 +61,11 @@ def post_train(config: PostTrainConfig) -> tuple[Path, list[dict[str, float]]]:
     training = prepare_training(accelerator, module, config.optim, run, folders)
     batches = step_batches(data, run, accelerator, training.start * run.gradient_accumulation_steps)
     progress = ProgressLog(accelerator, run, config.method, training.start, recipe=config)
-    fit(accelerator, training, batches, method.loss, run=run, grad_clip=config.optim.grad_clip, folders=folders,
-        progress=progress, kind=f"posttrain:{config.method}")
+    context = TrainingContext(model=training.model, unwrapped=accelerator.unwrap_model(training.model),
+                              device=accelerator.device)
+    fit(accelerator, training, batches, lambda model, batch: method.loss(context, batch), run=run,
+        grad_clip=config.optim.grad_clip, folders=folders, progress=progress, kind=f"posttrain:{config.method}",
+        before_step=method.before_step)
     trained = final_model(accelerator, training.model, training.ema)
     output_dir = finish_run(accelerator, progress, folders.export,
                             lambda path: method.export(trained).save_pretrained(path))

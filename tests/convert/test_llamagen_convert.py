@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from arvis.convert.llamagen import _image_size_from_name, convert_llamagen, infer_gpt_config, load_llamagen_state
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig, sampler_for
+from arvis.samplers import sampler_for
 
 GOLDENS = Path(__file__).parent / "goldens"
 VQ_FILE = GOLDENS / "llamagen_vq_tiny.safetensors"
@@ -60,7 +60,7 @@ def test_gpt_logits_match_upstream(pipeline, outputs):
 
 
 def test_greedy_cfg_tokens_match_upstream(pipeline, outputs):
-    sampler = sampler_for(pipeline.generator, SamplingConfig(cfg_scale=2.0, top_k=1))
+    sampler = sampler_for(pipeline.generator, cfg_scale=2.0, top_k=1)
     tokens = sampler(pipeline.generator, outputs["greedy_labels"])
     assert torch.equal(tokens, outputs["greedy_tokens"])
 

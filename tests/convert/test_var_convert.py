@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from arvis.convert.common import load_checkpoint
 from arvis.convert.var import VAR_FID_SAMPLING, convert_var
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig
+from arvis.samplers import NextScaleSettings
 from arvis.samplers.next_scale import NextScaleSampler
 
 GOLDENS = Path(__file__).parent / "goldens"
@@ -73,7 +73,7 @@ def test_teacher_forced_logits_match_upstream(pipeline, outputs):
 
 def test_greedy_sampling_matches_upstream(pipeline, outputs):
     # upstream autoregressive_infer_cfg(cfg=1.5, top_k=1) == arvis linear schedule with cfg_scale 1 + 1.5
-    sampler = NextScaleSampler(SamplingConfig(cfg_scale=2.5, cfg_schedule="linear", top_k=1))
+    sampler = NextScaleSampler(NextScaleSettings(cfg_scale=2.5, cfg_schedule="linear", top_k=1))
     rng = [torch.Generator().manual_seed(i) for i in range(2)]
     tokens = sampler(pipeline.generator, outputs["greedy_labels"], rng=rng)
     assert torch.equal(tokens, outputs["greedy_tokens"])

@@ -11,7 +11,7 @@ from arvis.cli import main
 from arvis.data import MovingGlyphDataset
 from arvis.generators import GENERATORS
 from arvis.pipeline import Pipeline
-from arvis.samplers import SamplingConfig
+from arvis.samplers import NextTokenSettings
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers import TOKENIZERS
 
@@ -21,7 +21,7 @@ def test_generated_clips_go_through_fvd(detector_path, tmp_path, capsys):
     tokenizer = TOKENIZERS.build("larp-tiny", prior=False).eval()
     randomize_parameters_(tokenizer.output_proj)
     generator = randomize_parameters_(GENERATORS.build("sequence-tiny")).eval()
-    Pipeline(tokenizer, generator, SamplingConfig(top_k=8)).save_pretrained(tmp_path / "p")
+    Pipeline(tokenizer, generator, NextTokenSettings(top_k=8)).save_pretrained(tmp_path / "p")
     assert main(["generate", str(tmp_path / "p"), "--labels", *map(str, range(10)), "--num-samples", "1",
                  "--out", str(tmp_path / "grid.gif"), "--npy", str(tmp_path / "fake.npy")]) == 0
     clips, _ = MovingGlyphDataset(10, image_size=16, num_frames=4, seed=3).tensors()

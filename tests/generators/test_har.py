@@ -8,7 +8,7 @@ import torch
 from arvis.generators.base import GENERATORS
 from arvis.generators.har import HARConfig, HARGenerator, check_levels, decoding_units, sequence_plan
 from arvis.nn.attention import block_causal_mask
-from arvis.samplers import NextScaleSampler, SamplingConfig
+from arvis.samplers import NextUnitSampler, NextUnitSettings
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers.base import TokenLayout
 
@@ -120,7 +120,7 @@ def test_sampling_with_the_next_scale_sampler():
     model = GENERATORS.build("har-tiny")
     randomize_parameters_(model)
     model.eval()
-    sampler = NextScaleSampler(SamplingConfig(cfg_scale=2.0, top_k=10))
+    sampler = NextUnitSampler(NextUnitSettings(cfg_scale=2.0, top_k=10))
     labels = torch.tensor([0, 3])
     first = sampler(model, labels, rng=torch.Generator().manual_seed(0))
     again = sampler(model, labels, rng=torch.Generator().manual_seed(0))
@@ -187,12 +187,12 @@ def test_sampler_takes_one_step_per_unit_not_per_level():
     import torch
 
     from arvis.generators.base import GENERATORS
-    from arvis.samplers import SamplingConfig, sampler_for
+    from arvis.samplers import sampler_for
 
     model = GENERATORS.build("har-demo").eval()
     calls = []
     original = model.step
     model.step = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
-    tokens = sampler_for(model, SamplingConfig(cfg_scale=2.0))(model, torch.tensor([0, 1]),
+    tokens = sampler_for(model, cfg_scale=2.0)(model, torch.tensor([0, 1]),
                                                                 rng=torch.Generator().manual_seed(0))
     assert tokens.shape == (2, 32) and len(calls) == 7

@@ -7,7 +7,7 @@ from arvis.generators.base import GENERATORS
 from arvis.generators.var import VARConfig, VARGenerator
 from arvis.nn.attention import block_causal_mask
 from arvis.pipeline import Pipeline, check_compatible
-from arvis.samplers import NextScaleSampler, SamplingConfig, sampler_for
+from arvis.samplers import NextScaleSampler, NextScaleSettings, sampler_for
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers.base import TOKENIZERS
 
@@ -105,7 +105,7 @@ def test_linear_cfg_ramp_matches_var_and_guides_only_later_scales(monkeypatch):
     original = module.cfg_mix
     monkeypatch.setattr(module, "cfg_mix", lambda cond, uncond, scale: seen.append(scale) or original(cond, uncond,
                                                                                                         scale))
-    NextScaleSampler(SamplingConfig(cfg_scale=2.5, cfg_schedule="linear"))(model, torch.tensor([1, 2]),
+    NextScaleSampler(NextScaleSettings(cfg_scale=2.5, cfg_schedule="linear"))(model, torch.tensor([1, 2]),
                                                                            rng=torch.Generator().manual_seed(0))
     assert seen == pytest.approx([1.0, 1.75, 2.5])  # VAR cfg 1.5: t = 0, 0.75, 1.5
 
@@ -113,7 +113,7 @@ def test_linear_cfg_ramp_matches_var_and_guides_only_later_scales(monkeypatch):
 def test_sampler_is_seeded_and_more_smooth_feeds_soft_codes():
     model = small_var(patch_nums=(1, 2, 3))
     labels = torch.tensor([0, 3])
-    config = SamplingConfig(cfg_scale=2.0, cfg_schedule="linear", top_k=8, top_p=0.95)
+    config = NextScaleSettings(cfg_scale=2.0, cfg_schedule="linear", top_k=8, top_p=0.95)
     plain = NextScaleSampler(config)
     first = plain(model, labels, rng=torch.Generator().manual_seed(3))
     assert first.shape == (2, 14) and torch.equal(first, plain(model, labels, rng=torch.Generator().manual_seed(3)))
@@ -132,7 +132,7 @@ def test_var_pipeline_binds_and_checks_the_tokenizer_codebook(tmp_path):
     with pytest.raises(ValueError, match="codebook and phi convs differs"):
         check_compatible(tokenizer, generator)  # not bound yet: its codebook is its own random init
     generator.bind_tokenizer(tokenizer)
-    pipeline = Pipeline(tokenizer, generator, SamplingConfig(cfg_scale=1.5, cfg_schedule="linear"))
+    pipeline = Pipeline(tokenizer, generator, NextScaleSettings(cfg_scale=1.5, cfg_schedule="linear"))
     pipeline.save_pretrained(tmp_path / "pipeline")
     import arvis
 

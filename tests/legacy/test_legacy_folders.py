@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from arvis.generators.base import Generator
-from arvis.posttrain.distilled_decoding.sampler import DistilledSampler
-from arvis.samplers import SamplingConfig
+from arvis.posttrain.distilled_decoding.sampler import DistilledSampler, DistilledSettings
 from arvis.tokenizers.base import Tokenizer
 
 FIXTURES = Path(__file__).parent / "v0.1"
@@ -63,7 +62,7 @@ def test_larp_ar_saved_by_0_1_trains_as_before(outputs):
 def test_distilled_generators_saved_by_0_1_sample_as_before(outputs, teacher, steps):
     model = Generator.from_pretrained(FIXTURES / f"dd-{teacher}").eval()
     key = f"dd_{teacher.replace('-', '_')}"
-    codes = DistilledSampler(SamplingConfig(distilled_steps=steps))(model, outputs[f"{key}/labels"],
+    codes = DistilledSampler(DistilledSettings(distilled_steps=steps))(model, outputs[f"{key}/labels"],
                                                                    noise=outputs[f"{key}/noise"])
     exactly(codes, outputs[f"{key}/codes_{steps}_steps"])
 
@@ -78,5 +77,5 @@ def test_pipelines_saved_before_the_public_trunks_sample_as_before(name):
     samples = load_file(folder / "samples.safetensors")
     pipeline = arvis.load(folder / name)
     rngs = [torch.Generator().manual_seed(seed) for seed in range(3)]
-    tokens = sampler_for(pipeline.generator, pipeline.sampling)(pipeline.generator, samples[f"{name}/labels"], rng=rngs)
+    tokens = sampler_for(pipeline.generator, settings=pipeline.sampling)(pipeline.generator, samples[f"{name}/labels"], rng=rngs)
     assert torch.equal(tokens, samples[f"{name}/tokens"])

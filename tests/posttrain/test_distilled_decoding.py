@@ -7,8 +7,8 @@ import torch
 
 from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline
-from arvis.posttrain.distilled_decoding import DistilledRaster, DistilledSampler, DistilledVAR
-from arvis.samplers import NextScaleSampler, NextTokenSampler, SamplingConfig
+from arvis.posttrain.distilled_decoding import DistilledRaster, DistilledSampler, DistilledSettings, DistilledVAR
+from arvis.samplers import NextScaleSampler, NextScaleSettings, NextTokenSampler, NextTokenSettings
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers.base import TOKENIZERS
 
@@ -20,7 +20,7 @@ def var_pipeline() -> Pipeline:
     generator = GENERATORS.build("var-tiny")
     randomize_parameters_(generator, std=0.05)
     generator.bind_tokenizer(tokenizer)
-    return Pipeline(tokenizer, generator.eval(), SamplingConfig(cfg_scale=2.0, cfg_schedule="linear"))
+    return Pipeline(tokenizer, generator.eval(), NextScaleSettings(cfg_scale=2.0, cfg_schedule="linear"))
 
 
 def _distilled(pipeline: Pipeline, split: int):
@@ -82,8 +82,8 @@ def test_distilled_sampling_steps(which, tiny_pipeline, var_pipeline):
     model = _distilled(pipeline, split=split)
     labels = torch.tensor([0, 3, 7])
     count = model.boundary(split)
-    one_step = DistilledSampler(SamplingConfig(distilled_steps=1))
-    two_steps = DistilledSampler(SamplingConfig(distilled_steps=2))
+    one_step = DistilledSampler(DistilledSettings(distilled_steps=1))
+    two_steps = DistilledSampler(DistilledSettings(distilled_steps=2))
     rng = lambda: [torch.Generator().manual_seed(s) for s in (0, 1, 2)]  # noqa: E731
     first = one_step(model, labels, rng=rng())
     assert first.shape == (3, model.layout.length, model.config.code_dim)
@@ -133,7 +133,8 @@ def test_teacher_involved_sampling_keeps_the_first_pass_prefix(which, tiny_pipel
 def test_samplers_continue_from_a_prefix(which, tiny_pipeline, var_pipeline):
     pipeline = tiny_pipeline if which == "raster" else var_pipeline
     generator = pipeline.generator
-    greedy = (NextTokenSampler if which == "raster" else NextScaleSampler)(SamplingConfig(top_k=1, cfg_scale=2.0))
+    greedy = (NextTokenSampler(NextTokenSettings(top_k=1, cfg_scale=2.0)) if which == "raster"
+              else NextScaleSampler(NextScaleSettings(top_k=1, cfg_scale=2.0)))
     labels = torch.tensor([3, 8])
     full = greedy(generator, labels)
     cut, stop = (5, 11) if which == "raster" else (5, 14)  # scale boundaries for var-tiny: 0, 1, 5, 14, 30
@@ -204,7 +205,7 @@ def test_distilled_presets_train_every_parameter_and_round_trip(name, tmp_path):
     loaded = Generator.from_pretrained(tmp_path / "g")
     assert type(loaded) is type(model) and loaded.config == model.config
     torch.testing.assert_close(_outputs(loaded, noise, labels), _outputs(model, noise, labels), atol=0, rtol=0)
-    sampler = DistilledSampler(SamplingConfig(distilled_steps=2))
+    sampler = DistilledSampler(DistilledSettings(distilled_steps=2))
     first = sampler(model, labels, rng=torch.Generator().manual_seed(7))
     assert torch.equal(first, sampler(model, labels, rng=torch.Generator().manual_seed(7)))
     assert not torch.equal(first, sampler(model, labels, rng=torch.Generator().manual_seed(8)))
@@ -221,7 +222,7 @@ def test_the_second_step_and_the_argmax_regression_switch_are_separate_settings(
         first = model.assemble(model(*model.timestep_inputs(noise, noise, 0), labels))
         inputs, is_data = model.timestep_inputs(noise, first, 5)
         second = model(inputs, is_data, labels)
-        codes = DistilledSampler(SamplingConfig(distilled_steps=2))(model, labels, noise=noise)
+        codes = DistilledSampler(DistilledSettings(distilled_steps=2))(model, labels, noise=noise)
     assert torch.equal(codes[:, :5], first[:, :5])  # the second pass keeps the first one's first 5 positions
     assert torch.equal(codes[:, 5:12], model.code_vectors[second.logits[:, 5:12].argmax(-1)])  # argmax to the split
     assert torch.equal(codes[:, 12:], second.regression[:, 12:])  # regression from the split on

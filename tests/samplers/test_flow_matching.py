@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 
 from arvis.samplers.flow_matching import FlowMatchingDraw, flow_to_codes
 from arvis.samplers.next_token import NextTokenSampler
-from arvis.samplers.config import SamplingConfig
+from arvis.samplers import NextTokenSettings
 
 
 def _fixed_case():
@@ -72,5 +72,5 @@ def test_flow_matching_draw_makes_teacher_sampling_a_function_of_the_noise(tiny_
     other = sampler(generator, labels, draw=FlowMatchingDraw(codes, torch.randn_like(noise)))
     assert torch.equal(first, again) and not torch.equal(first, other)
     # with a one-code distribution (top_k=1) the map must give the greedy tokens
-    greedy = NextTokenSampler(SamplingConfig(top_k=1))
+    greedy = NextTokenSampler(NextTokenSettings(top_k=1))
     assert torch.equal(greedy(generator, labels, draw=FlowMatchingDraw(codes, noise)), greedy(generator, labels))

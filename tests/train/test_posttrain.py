@@ -15,7 +15,7 @@ from arvis.pipeline import Pipeline
 from arvis.posttrain import METHODS
 from arvis.posttrain.distilled_decoding import DistilledDecodingConfig, DistilledRaster, DistilledVAR
 from arvis.posttrain.distilled_decoding.pairs import generate_pairs, load_pairs, shard_path
-from arvis.samplers import SamplingConfig
+from arvis.samplers import NextScaleSettings
 from arvis.samplers.flow_matching import FlowMatchingDraw
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers.base import TOKENIZERS
@@ -81,8 +81,10 @@ def test_pairs_are_the_teachers_flow_matching_samples_and_resume(tmp_path, tiny_
     with pytest.raises(ValueError, match=r"other settings \(differing: \['seed'\]\)"):
         generate_pairs(tiny_pipeline, folder, num_pairs=40, shard_size=16, seed=6, ode_steps=32)
     with pytest.raises(ValueError, match="more_smooth"):
-        generate_pairs(Pipeline(tiny_pipeline.tokenizer, tiny_pipeline.generator, SamplingConfig(more_smooth=False)
-                                .replace(more_smooth=True)), tmp_path / "smooth", num_pairs=4)
+        var = GENERATORS.build("var-tiny")
+        var.bind_tokenizer(var_tokenizer := TOKENIZERS.build("var-vae-tiny"))
+        generate_pairs(Pipeline(var_tokenizer, var, NextScaleSettings(more_smooth=True)), tmp_path / "smooth",
+                       num_pairs=4)
     shard_path(folder, 2).write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="corrupt pair shard"):
         load_pairs(folder)
@@ -102,7 +104,7 @@ def test_distilled_decoding_of_a_var_pipeline(tmp_path):
     tokenizer = TOKENIZERS.build("var-vae-tiny").eval()
     generator = randomize_parameters_(GENERATORS.build("var-tiny"), std=0.05)
     generator.bind_tokenizer(tokenizer)
-    teacher = Pipeline(tokenizer, generator.eval(), SamplingConfig(cfg_scale=2.0, cfg_schedule="linear"))
+    teacher = Pipeline(tokenizer, generator.eval(), NextScaleSettings(cfg_scale=2.0, cfg_schedule="linear"))
     teacher.save_pretrained(tmp_path / "teacher")
     _run(tmp_path / "teacher", tmp_path / "dd", "method_config.split=2")
     pipeline = arvis.load(tmp_path / "dd" / "pipeline")
@@ -126,7 +128,7 @@ def test_post_training_errors(tmp_path, saved_raster, tiny_pipeline):
     with pytest.raises(ValueError, match="over the input pipeline"):
         post_train(PostTrainConfig.from_dict({"method": "distilled_decoding", "pipeline": str(tmp_path / "run" / "pipeline"),
                                               "run": {"output_dir": str(tmp_path / "run"), "overwrite": True}}))
-    method = METHODS.get("distilled_decoding")
+    method = METHODS.get_class("distilled_decoding")
     with pytest.raises(ValueError, match=r"split must lie in \[1, 15\]"):
         method(DistilledDecodingConfig(split=16), tiny_pipeline, pipeline_path="x", output_dir=tmp_path)
     with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 15\]"):
@@ -136,6 +138,6 @@ def test_post_training_errors(tmp_path, saved_raster, tiny_pipeline):
     with pytest.raises(ValueError, match="ode_steps must be >= 1"):
         DistilledDecodingConfig(ode_steps=0)
     distilled = DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=3)
-    with pytest.raises(ValueError, match="distils raster .* not DistilledRaster"):
+    with pytest.raises(ValueError, match="adapts generators of the classes RasterGenerator, VARGenerator .* not DistilledRaster"):
         method(DistilledDecodingConfig(), Pipeline(tiny_pipeline.tokenizer, distilled), pipeline_path="x",
                output_dir=tmp_path)

@@ -53,7 +53,7 @@ def test_every_recipe_in_configs_loads():
                         "posttrain": PostTrainConfig}[kind]
         recipe = load_recipe(config_class, path)
         if kind == "posttrain":  # the method's own section is checked by the method's config class
-            METHODS.get(recipe.method).config_class.from_dict(recipe.method_config)
+            METHODS.get_class(recipe.method).config_class.from_dict(recipe.method_config)
 
 
 def test_missing_recipe_file():
@@ -64,7 +64,7 @@ def test_missing_recipe_file():
 def test_non_finite_override_values_are_refused():
     with pytest.raises(ValueError, match="OptimConfig.learning_rate: expected a finite number"):
         load_recipe(TokenizerTrainConfig, None, ["optim.learning_rate=.nan"])
-    with pytest.raises(ValueError, match="SamplingConfig.cfg_scale: expected a finite number"):
+    with pytest.raises(ValueError, match="NextTokenSettings.cfg_scale: expected a finite number"):
         load_recipe(GeneratorTrainConfig, None, ["sampling.cfg_scale=.inf"])
 
 

@@ -11,8 +11,9 @@
    ``regression_weight`` times the squared error of the regression head against their code vectors
    (summed over e). DD1 never released its training code; this loss is the one its two heads imply
    (``shared/reference/posttraining.md`` marks it unverified).
-3. Export: a pipeline of the teacher's tokenizer and the distilled generator, sampling one step by default
-   (``distilled_steps``); the other sampling fields record the teacher policy the pairs were made with.
+3. Export: a pipeline of the teacher's tokenizer and the distilled generator, sampled by the ``distilled``
+   sampler in one step by default (``distilled_steps``); the teacher policy the pairs were made with is recorded
+   in the pairs' manifest (``pairs.json``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from arvis.config import Config
 from arvis.generators.raster import RasterGenerator
 from arvis.generators.var import VARGenerator
 from arvis.pipeline import Pipeline
-from arvis.posttrain.base import METHODS, PostTrainingMethod
+from arvis.posttrain.base import METHODS, PostTrainingMethod, TeacherAdapters, TrainingContext
 from arvis.posttrain.distilled_decoding.model import DistilledGenerator
 from arvis.posttrain.distilled_decoding.pairs import generate_pairs, load_pairs
 from arvis.posttrain.distilled_decoding.raster import DistilledRaster
+from arvis.posttrain.distilled_decoding.sampler import DistilledSettings
 from arvis.posttrain.distilled_decoding.var import DistilledVAR
 
-DISTILLED_CLASSES: dict[type, type[DistilledGenerator]] = {RasterGenerator: DistilledRaster, VARGenerator: DistilledVAR}
+ADAPTERS = TeacherAdapters("distilled_decoding")
+ADAPTERS.register(RasterGenerator, DistilledRaster)
+ADAPTERS.register(VARGenerator, DistilledVAR)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,17 +89,13 @@ class DistilledDecoding(PostTrainingMethod):
     def __init__(self, config: DistilledDecodingConfig, pipeline: Pipeline, **kwargs) -> None:
         super().__init__(config, pipeline, **kwargs)
         teacher = pipeline.generator
-        if type(teacher) not in DISTILLED_CLASSES:
-            raise ValueError(f"distilled_decoding distils raster (RasterGenerator) and VAR (VARGenerator) pipelines, "
-                             f"not {type(teacher).__name__}")
+        self.model_class = ADAPTERS.for_teacher(teacher)
         pipeline.tokenizer.code_vectors()  # a codebook tokenizer, or a clear error now
-        self.model_class = DISTILLED_CLASSES[type(teacher)]
         units = self.model_class.units_of(teacher)
-        what = "tokens" if self.model_class is DistilledRaster else "scales"
+        what = self.model_class.timestep_name
         if units < 2:
             raise ValueError(f"distilled_decoding needs a teacher with at least 2 {what}, got {units}")
-        self.split = config.split if config.split is not None else max(1, (
-            (units * 5) // 16 if self.model_class is DistilledRaster else units // 2))
+        self.split = config.split if config.split is not None else self.model_class.default_split(units)
         self.second_step = config.second_step if config.second_step is not None else self.split
         for name, value in (("split", self.split), ("second_step", self.second_step)):
             if not 1 <= value < units:
@@ -119,13 +119,13 @@ class DistilledDecoding(PostTrainingMethod):
         return self.model_class.from_teacher(self.pipeline.generator, self.pipeline.tokenizer, split=self.split,
                                              second_step=self.second_step)
 
-    def loss(self, model: DistilledGenerator, batch: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, context: TrainingContext, batch: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """batch = (noise (b, l, e), labels (b,), tokens (b, l)) -> the loss averaged over the timesteps.
 
         The batch is repeated once per timestep and run in one forward pass (one pass per backward, as DDP needs).
         """
         noise, labels, tokens = batch
-        distilled = model.module if hasattr(model, "module") else model  # DDP wraps it
+        model, distilled = context.model, context.unwrapped
         codes = distilled.code_vectors[tokens]
         inputs, is_data = zip(*(distilled.timestep_inputs(noise, codes, t) for t in self.timesteps), strict=True)
         count = len(self.timesteps)
@@ -141,4 +141,4 @@ class DistilledDecoding(PostTrainingMethod):
                       "accuracy": accuracy.detach()}
 
     def export(self, model: DistilledGenerator) -> Pipeline:
-        return Pipeline(self.pipeline.tokenizer, model.eval(), self.pipeline.sampling.replace(distilled_steps=1))
+        return Pipeline(self.pipeline.tokenizer, model.eval(), DistilledSettings(distilled_steps=1))

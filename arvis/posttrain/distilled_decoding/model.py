@@ -35,7 +35,7 @@ The codebook the noise maps onto (``code_vectors``, (v, e)) is copied from the t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +92,9 @@ class DistilledGenerator(Generator):
     """Base class (not registered) of distilled generators; subclasses define the pass through the teacher."""
 
     unit = "distilled"
+    samplers = ("distilled",)
     teacher_class: type[Generator]
+    timestep_name: ClassVar[str]  # what a timestep counts: "tokens" (raster) or "scales" (VAR)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -106,7 +108,7 @@ class DistilledGenerator(Generator):
         if self.teacher.condition_fields != {"labels"}:
             raise ValueError(f"{type(self).__name__} distils class-conditional generators; this teacher is "
                              f"conditioned on {sorted(self.teacher.condition_fields)}")
-        units = f"{self.num_units} {'scales' if self.teacher_class.unit == 'scale' else 'tokens'}"
+        units = f"{self.num_units} {self.timestep_name}"
         for name in ("split", "second_step"):
             value = getattr(config, name)
             if value is not None and not 1 <= value < self.num_units:
@@ -143,6 +145,11 @@ class DistilledGenerator(Generator):
 
     def boundary(self, timestep: int) -> int:
         """The number of leading data tokens at ``timestep``."""
+        raise NotImplementedError
+
+    @classmethod
+    def default_split(cls, units: int) -> int:
+        """The split timestep when the method's config names none, for a teacher of ``units`` timesteps."""
         raise NotImplementedError
 
     @property

@@ -34,6 +34,7 @@ from arvis.folders import write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers.flow_matching import FlowMatchingDraw
 from arvis.samplers.logits import normal_noise, per_sample_generators
+from arvis.samplers.settings import NextScaleSettings
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def generate_pairs(pipeline: Pipeline, folder: str | Path, *, num_pairs: int, sh
     if num_pairs < 1 or shard_size < 1 or batch_size < 1 or ode_steps < 1:
         raise ValueError(f"num_pairs, shard_size, batch_size and ode_steps must be >= 1, got {num_pairs}, "
                          f"{shard_size}, {batch_size}, {ode_steps}")
-    if pipeline.sampling.more_smooth:
+    if isinstance(pipeline.sampling, NextScaleSettings) and pipeline.sampling.more_smooth:
         raise ValueError("the teacher pipeline samples with more_smooth, whose Gumbel mixtures are not a function of "
                          "the pair's noise; save the pipeline with sampling more_smooth=false to make pairs")
     folder = Path(folder)

@@ -18,34 +18,47 @@ The result is (b, l, e) float code vectors (continuous after the split), which p
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
 from arvis.conditions import Condition
 from arvis.generators.base import Generator
 from arvis.posttrain.distilled_decoding.model import DistilledGenerator, DistilledOutput
-from arvis.samplers import register_sampler
-from arvis.samplers.config import SamplingConfig, check_drivable
+from arvis.samplers.base import SAMPLERS, Sampler
 from arvis.samplers.logits import RandomSource, normal_noise
+from arvis.samplers.settings import SamplerSettings, setting
 
 
-class DistilledSampler:
-    """Drives a :class:`DistilledGenerator` with ``config.distilled_steps`` passes (1 or 2)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistilledSettings(SamplerSettings):
+    """Settings of the ``distilled`` sampler. No guidance or filtering: the teacher's policy was distilled in."""
 
-    units = frozenset({"distilled"})
+    distilled_steps: int = setting(1, "Distilled Decoding: passes of the distilled generator, 1 or 2")
 
-    def __init__(self, config: SamplingConfig | None = None) -> None:
-        self.config = config or SamplingConfig()
+    def __post_init__(self) -> None:
+        if self.distilled_steps not in (1, 2):
+            raise ValueError(f"distilled_steps must be 1 or 2, got {self.distilled_steps}")
+
+
+@SAMPLERS.register
+class DistilledSampler(Sampler):
+    """Drives a :class:`DistilledGenerator` with ``settings.distilled_steps`` passes (1 or 2)."""
+
+    name = "distilled"
+    config_class = DistilledSettings
+    description = "Distilled Decoding: one or two passes of a distilled generator from Gaussian noise"
 
     @torch.inference_mode()
     def __call__(self, model: DistilledGenerator, condition: Condition | Tensor, *, rng: RandomSource = None,
                  noise: Tensor | None = None) -> Tensor:
         """condition (class ids (b,)) -> codes (b, l, e). ``noise`` (b, l, e) replaces drawing it from ``rng``."""
-        check_drivable(model, self.units)
+        self.check_drivable(model)
         labels = model.check_condition(condition, allow_null=False).labels
         noise = self._noise(model, labels, rng, noise)
         first = model.assemble(self._first_pass(model, labels, noise))
-        if self.config.distilled_steps == 1:
+        if self.settings.distilled_steps == 1:
             return first
         return self._finish(model, labels, noise, first)
 
@@ -56,7 +69,7 @@ class DistilledSampler:
         """condition (class ids (b,)) -> codes (b, l, e): one distilled pass, the teacher (``teacher_sampler``, e.g. the teacher
         pipeline's sampler) from timestep ``teacher_start`` to ``model.second_step``, then one distilled pass from
         there."""
-        check_drivable(model, self.units)
+        self.check_drivable(model)
         labels = model.check_condition(condition, allow_null=False).labels
         if teacher.layout != model.layout or teacher.vocab_size != model.vocab_size:
             raise ValueError(f"the teacher's tokens (layout {teacher.layout.shapes}, vocabulary {teacher.vocab_size}) "
@@ -96,5 +109,3 @@ class DistilledSampler:
             raise ValueError(f"expected float noise of shape {shape}, got {tuple(noise.shape)} {noise.dtype}")
         return noise.to(labels.device)
 
-
-register_sampler("distilled", DistilledSampler)

@@ -62,9 +62,16 @@ class DistilledVAR(DistilledGenerator):
         self._boundaries = self.teacher.unit_boundaries()
         self._levels = [scale for scale, count in enumerate(self.teacher.unit_lengths()) for _ in range(count)]
 
+    timestep_name = "scales"
+
     @classmethod
     def units_of(cls, teacher) -> int:
         return len(teacher.layout.shapes)
+
+    @classmethod
+    def default_split(cls, units: int) -> int:
+        """Half the scales (5 of VAR-d16's 10)."""
+        return max(1, units // 2)
 
     def boundary(self, timestep: int) -> int:
         return self._boundaries[timestep]
