@@ -165,18 +165,23 @@ class MultiScaleQuantizer(nn.Module):
 
     # ---- quantization --------------------------------------------------------------------------------------
 
-    def _quantize(self, latents: Tensor, *, with_losses: bool) -> tuple[list[Tensor], Tensor, Tensor | None]:
-        """latents (b, c, h, w) -> per-scale indices, f_hat (b, c, h, w) float32, and the mean VQ loss."""
+    def _quantize(self, latents: Tensor, *, with_losses: bool
+                  ) -> tuple[list[Tensor], Tensor, Tensor | None, list[Tensor]]:
+        """latents (b, c, h, w) -> per-scale indices, f_hat (b, c, h, w) float32, the mean VQ loss, and the
+        per-scale residuals (b, c, p_k, p_k) float32 whose nearest codes the indices are."""
         self._check_latents(latents)
         target = latents.float()
         target_detached = target.detach()
         rest = target_detached.clone()
         f_hat = torch.zeros_like(rest)
         indices_list: list[Tensor] = []
+        residuals: list[Tensor] = []
         loss = target.new_zeros(()) if with_losses else None
         with torch.autocast(device_type=latents.device.type, enabled=False):
             for scale_index in range(self.num_scales):
-                indices = self.nearest_indices(self._downsample(scale_index, rest))
+                residual = self._downsample(scale_index, rest)
+                residuals.append(residual)
+                indices = self.nearest_indices(residual)
                 indices_list.append(indices)
                 codes = self.phi(scale_index, self._to_latent_size(scale_index, self.lookup(indices).float()))
                 f_hat = f_hat + codes
@@ -186,7 +191,7 @@ class MultiScaleQuantizer(nn.Module):
                                    + F.mse_loss(f_hat, target_detached))
         if loss is not None:
             loss = loss / self.num_scales
-        return indices_list, f_hat, loss
+        return indices_list, f_hat, loss, residuals
 
     def forward(self, latents: Tensor) -> MultiScaleQuantizerOutput:
         """Quantizes latents (b, c, h, w); see :class:`MultiScaleQuantizerOutput`.
@@ -194,7 +199,7 @@ class MultiScaleQuantizer(nn.Module):
         The VQ loss is the mean over scales of beta * ||sg(f_hat_k) - f||^2 + ||f_hat_k - sg(f)||^2 with the
         accumulated f_hat_k; the codebook and phi learn only through the second term.
         """
-        indices_list, f_hat, loss = self._quantize(latents, with_losses=True)
+        indices_list, f_hat, loss, _ = self._quantize(latents, with_losses=True)
         target = latents.float()
         quantized = (f_hat - target).detach() + target
         with torch.no_grad():
@@ -212,6 +217,13 @@ class MultiScaleQuantizer(nn.Module):
     def latents_to_scales(self, latents: Tensor) -> list[Tensor]:
         """latents (b, c, h, w) -> list of k (b, p_k, p_k) long indices (VAR's ``f_to_idxBl_or_fhat``)."""
         return self._quantize(latents, with_losses=False)[0]
+
+    @torch.no_grad()
+    def latents_to_residuals(self, latents: Tensor) -> list[Tensor]:
+        """latents (b, c, h, w) -> list of k (b, c, p_k, p_k) float32 residuals: at each scale the input of the
+        nearest-code search (f_rest area-downsampled to p_k), so that their nearest codes are
+        :meth:`latents_to_scales`'s indices."""
+        return self._quantize(latents, with_losses=False)[3]
 
     # ---- token layouts and decoding ------------------------------------------------------------------------
 
@@ -247,6 +259,11 @@ class MultiScaleQuantizer(nn.Module):
         """List of k (b, p_k, p_k) indices -> f_hat (b, c, h, w) float32: sum of phi(upsampled codes)."""
         self.check_scales(indices_list)
         return self.code_maps_to_fhat([self.lookup(indices) for indices in indices_list])
+
+    def nearest_scales(self, code_maps: list[Tensor]) -> list[Tensor]:
+        """List of k (b, c, p_k, p_k) vectors -> list of k (b, p_k, p_k) long nearest codes (the rule of
+        :meth:`nearest_indices`, scale by scale)."""
+        return [self.nearest_indices(codes) for codes in code_maps]
 
     def split_code_vectors(self, codes: Tensor) -> list[Tensor]:
         """(b, l, c) code vectors, scales concatenated -> list of k (b, c, p_k, p_k) code maps."""

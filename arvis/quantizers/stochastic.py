@@ -53,7 +53,7 @@ class StochasticVectorQuantizer(VectorQuantizer):
 
     def probabilities(self, latents: Tensor) -> Tensor:
         """latents (b, d, h, w) -> (n, k) code probabilities softmax(cos / τ), positions in (b h w) order."""
-        return self.code_logits(self._squared_distances(self._prepare(latents))).softmax(dim=-1)
+        return self.code_logits(self._squared_distances(self.prepare(latents))).softmax(dim=-1)
 
     def choose_indices(self, distances: Tensor) -> Tensor:
         """Training: one draw per position from softmax(cos / τ); eval: the nearest code."""

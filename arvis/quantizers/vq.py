@@ -79,8 +79,9 @@ class VectorQuantizer(nn.Module):
         weight = self.codebook.weight
         return F.normalize(weight, dim=-1) if self.l2_norm else weight
 
-    def _prepare(self, latents: Tensor) -> Tensor:
-        """latents (b, d, h, w) -> (b, d, h, w), unit-normalised over d if ``l2_norm``."""
+    def prepare(self, latents: Tensor) -> Tensor:
+        """latents (b, d, h, w) -> (b, d, h, w), unit-normalised over d if ``l2_norm``: the space the nearest code is
+        searched in (no state is changed)."""
         if latents.ndim != 4 or latents.shape[1] != self.dim:
             raise ValueError(
                 f"expected latents of shape (batch, {self.dim}, height, width), got {tuple(latents.shape)}"
@@ -100,7 +101,7 @@ class VectorQuantizer(nn.Module):
 
     def nearest_indices(self, latents: Tensor) -> Tensor:
         """latents (b, d, h, w) -> (b, h, w) long indices of the nearest codes; no state is changed."""
-        prepared = self._prepare(latents)
+        prepared = self.prepare(latents)
         indices = self._squared_distances(prepared).argmin(dim=1)
         return rearrange(indices, "(b h w) -> b h w", b=latents.shape[0], h=latents.shape[2])
 
@@ -123,7 +124,7 @@ class VectorQuantizer(nn.Module):
         no_grad) and ``usage`` is the fraction of the codebook seen in that window. In eval
         mode nothing is stored and ``usage`` is the fraction used by this batch alone.
         """
-        prepared = self._prepare(latents)
+        prepared = self.prepare(latents)
         distances = self._squared_distances(prepared)
         flat_indices = self.choose_indices(distances)
         indices = rearrange(flat_indices, "(b h w) -> b h w", b=latents.shape[0], h=latents.shape[2])

@@ -204,6 +204,11 @@ class LARPTokenizer(Tokenizer):
         return TokenLayout(((self.config.num_tokens,),))
 
     @property
+    def latent_dim(self) -> int:
+        """e, the codebook dimension."""
+        return self.config.codebook_dim
+
+    @property
     def num_frames(self) -> int:
         return self.config.num_frames
 
@@ -258,10 +263,26 @@ class LARPTokenizer(Tokenizer):
         self.check_pixels(pixels)
         return rearrange(self.quantizer.nearest_indices(self.latents(pixels)), "b 1 n -> b n")
 
-    def decode(self, tokens: Tensor) -> Tensor:
+    def encode_latents(self, pixels: Tensor) -> Tensor:
+        """clips (b, c, t, h, w) in [0, 1] -> latents (b, n, e) float: the unit-normalised pre-quantization codes,
+        whose nearest (most likely) codes are :meth:`encode`'s tokens. Changes no state."""
+        self.check_pixels(pixels)
+        return rearrange(self.quantizer.prepare(self.latents(pixels)), "b e 1 n -> b n e")
+
+    def nearest_tokens(self, latents: Tensor) -> Tensor:
+        """latents (b, n, e) float -> tokens (b, n) long: the nearest (most likely) codes, never a draw."""
+        self.check_latents(latents)
+        return rearrange(self.quantizer.nearest_indices(rearrange(latents, "b n e -> b e 1 n")), "b 1 n -> b n")
+
+    def decode_ids(self, tokens: Tensor) -> Tensor:
         """tokens (b, n) long -> clips (b, c, t, h, w), not clamped."""
         check_token_ids(tokens, self.config.num_tokens, self.vocab_size)
         return self.decode_codes(self.quantizer.lookup(rearrange(tokens, "b n -> b 1 n")))
+
+    def decode_vectors(self, vectors: Tensor) -> Tensor:
+        """vectors (b, n, e) float, unquantised allowed -> clips (b, c, t, h, w), not clamped."""
+        self.check_latents(vectors)
+        return self.decode_codes(rearrange(vectors.to(self.post_quant_proj.weight.dtype), "b n e -> b e 1 n"))
 
     def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
         """Training pass: stochastic codes in training mode (nearest in eval), VQ losses and the prior's loss.

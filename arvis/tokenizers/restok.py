@@ -358,6 +358,11 @@ class ResTokTokenizer(Tokenizer):
         """Token counts :meth:`decode` accepts: the level boundaries (1, 2, 4, ..., l)."""
         return self.config.prefix_lengths
 
+    @property
+    def latent_dim(self) -> int:
+        """e, the codebook dimension."""
+        return self.config.codebook_dim
+
     # ------------------------------------------------------------------ encoder
     def image_tokens(self, pixels: Tensor) -> Tensor:
         """pixels (b, c, h, w) in [0, 1] -> image tokens (b, n, d) in raster order, without positions."""
@@ -454,26 +459,55 @@ class ResTokTokenizer(Tokenizer):
         self.check_pixels(pixels)
         return rearrange(self.quantizer.nearest_indices(self.latents(pixels)), "b 1 l -> b l")
 
-    def decode(self, tokens: Tensor) -> Tensor:
-        """tokens (b, k) long, k in :attr:`prefix_lengths` -> pixels (b, c, h, w), not clamped.
+    def encode_latents(self, pixels: Tensor) -> Tensor:
+        """pixels (b, c, h, w) in [0, 1] -> latents (b, l, e) float, levels coarse first: the per-level projections,
+        unit-normalised as the quantizer compares them. Their nearest codes are :meth:`encode`'s tokens. Changes
+        no state."""
+        self.check_pixels(pixels)
+        return rearrange(self.quantizer.prepare(self.latents(pixels)), "b e 1 l -> b l e")
 
-        The missing tail (k < l) is replaced by the latent mask token, as in nested-dropout training.
-        """
-        config = self.config
-        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
-            raise ValueError(f"expected tokens of shape (batch, k), got {getattr(tokens, 'shape', type(tokens))}")
+    def nearest_tokens(self, latents: Tensor) -> Tensor:
+        """latents (b, l, e) float -> tokens (b, l) long: the quantizer's nearest codes."""
+        self.check_latents(latents)
+        return rearrange(self.quantizer.nearest_indices(rearrange(latents, "b l e -> b e 1 l")), "b 1 l -> b l")
+
+    def _prefix_count(self, tokens: Tensor) -> int:
+        """k of tokens (b, k, ...), checked to be one of :attr:`prefix_lengths`."""
         count = tokens.shape[1]
         if count not in self.prefix_lengths:
             raise ValueError(
                 f"cannot decode {count} tokens: a prefix must end on a level boundary, one of {self.prefix_lengths}"
             )
-        check_token_ids(tokens, count, self.vocab_size)
-        padded = F.pad(tokens, (0, config.num_latent_tokens - count))
-        codes = self.quantizer.lookup(rearrange(padded, "b l -> b 1 l"))
+        return count
+
+    def _decode_prefix(self, codes: Tensor) -> Tensor:
+        """codes (b, k, e), k in :attr:`prefix_lengths` -> pixels; the missing tail -> the latent mask token."""
+        total, count = self.config.num_latent_tokens, codes.shape[1]
+        padded = F.pad(codes, (0, 0, 0, total - count))
         keep = None
-        if count < config.num_latent_tokens:
-            keep = (torch.arange(config.num_latent_tokens, device=tokens.device) < count).expand(len(tokens), -1)
-        return self.decode_codes(codes, keep)
+        if count < total:
+            keep = (torch.arange(total, device=codes.device) < count).expand(len(codes), -1)
+        return self.decode_codes(rearrange(padded, "b l e -> b e 1 l"), keep)
+
+    def decode_ids(self, tokens: Tensor) -> Tensor:
+        """tokens (b, k) long, k in :attr:`prefix_lengths` -> pixels (b, c, h, w), not clamped.
+
+        The missing tail (k < l) is replaced by the latent mask token, as in nested-dropout training.
+        """
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+            raise ValueError(f"expected tokens of shape (batch, k), got {getattr(tokens, 'shape', type(tokens))}")
+        count = self._prefix_count(tokens)
+        check_token_ids(tokens, count, self.vocab_size)
+        codes = self.quantizer.lookup(rearrange(tokens, "b k -> b 1 k"))
+        return self._decode_prefix(rearrange(codes, "b e 1 k -> b k e"))
+
+    def decode_vectors(self, vectors: Tensor) -> Tensor:
+        """vectors (b, k, e) float, k in :attr:`prefix_lengths`, unquantised allowed -> pixels (b, c, h, w), not
+        clamped; the missing tail as for ids."""
+        if not isinstance(vectors, Tensor) or vectors.ndim != 3:
+            self.check_latents(vectors)  # raises, naming the expected shape
+        self.check_latents(vectors, self._prefix_count(vectors))
+        return self._decode_prefix(vectors.to(self.post_quant_proj[0].weight.dtype))
 
     def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:
         """Training pass: pixels -> reconstruction, tokens, quantizer losses; nested dropout in training mode,

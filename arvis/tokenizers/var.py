@@ -7,6 +7,10 @@ Pipeline: CNN encoder -> 3x3 ``quant_conv`` (z -> z) -> :class:`MultiScaleQuanti
 ``post_quant_conv`` (z -> z) -> CNN decoder. The CNN is VQGAN's (the same blocks as the VQ tokenizer,
 attention at the lowest resolution and in the middle). Pixels are in [-1, 1]. Tokens are the scales
 concatenated coarse to fine, each in raster order. Works without ``torch.distributed``.
+
+A token's latent (:meth:`VARTokenizer.encode_latents`, (b, l, z)) is the residual the quantizer looks up at its scale
+and position; a token's vector for :meth:`VARTokenizer.decode` is a code (``code_vectors()[id]``, or any vector):
+f_hat is the sum over scales of phi(upsampled code maps).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from arvis.config import Config
@@ -103,7 +108,8 @@ class VARTokenizerConfig(Config):
 
 @TOKENIZERS.register
 class VARTokenizer(Tokenizer):
-    """Pixels (b, c, h, w) in [-1, 1] <-> tokens (b, l): k scales of (p_k, p_k) grids, coarse to fine."""
+    """Pixels (b, c, h, w) in [-1, 1] <-> tokens: k scales of (p_k, p_k) grids, coarse to fine, as ids (b, l) or
+    latents (b, l, z)."""
 
     config_class = VARTokenizerConfig
 
@@ -123,6 +129,11 @@ class VARTokenizer(Tokenizer):
     @property
     def layout(self) -> TokenLayout:
         return self.config.layout
+
+    @property
+    def latent_dim(self) -> int:
+        """z, the latent channels (= the code dimension)."""
+        return self.config.z_channels
 
     @property
     def patch_nums(self) -> tuple[int, ...]:
@@ -153,7 +164,22 @@ class VARTokenizer(Tokenizer):
         """pixels (b, c, h, w) in [-1, 1] -> tokens (b, l) long, scales concatenated coarse to fine."""
         return self.quantizer.scales_to_indices(self.encode_scales(pixels))
 
-    def decode(self, tokens: Tensor) -> Tensor:
+    def encode_latents(self, pixels: Tensor) -> Tensor:
+        """pixels (b, c, h, w) in [-1, 1] -> latents (b, l, z) float32, scales concatenated coarse to fine: at each
+        scale the residual f_rest area-downsampled to (p_k, p_k), the input of that scale's nearest-code search (raw,
+        like VAR's codes; with ``codebook_l2_norm`` the search is by cosine). Their nearest codes are
+        :meth:`encode`'s tokens. Changes no state."""
+        self.check_pixels(pixels)
+        residuals = self.quantizer.latents_to_residuals(self.latents(pixels))
+        return torch.cat([rearrange(residual, "b z h w -> b (h w) z") for residual in residuals], dim=1)
+
+    def nearest_tokens(self, latents: Tensor) -> Tensor:
+        """latents (b, l, z) float, scales concatenated -> tokens (b, l) long: each scale's nearest codes."""
+        self.check_latents(latents)
+        return self.quantizer.scales_to_indices(
+            self.quantizer.nearest_scales(self.quantizer.split_code_vectors(latents)))
+
+    def decode_ids(self, tokens: Tensor) -> Tensor:
         """tokens (b, l) long -> pixels (b, c, h, w), not clamped."""
         self.check_tokens(tokens)
         return self.decode_scales(self.quantizer.indices_to_scales(tokens))
@@ -162,13 +188,13 @@ class VARTokenizer(Tokenizer):
         """(v, e) the raw codebook (VAR's codes are not normalised)."""
         return self.quantizer.codebook.weight
 
-    def decode_code_vectors(self, codes: Tensor) -> Tensor:
-        """codes (b, l, e), scales concatenated, unquantised allowed -> pixels (b, c, h, w), not clamped.
+    def decode_vectors(self, vectors: Tensor) -> Tensor:
+        """vectors (b, l, z), scales concatenated, unquantised allowed -> pixels (b, c, h, w), not clamped.
 
         f_hat is the sum over scales of phi(bicubic-upsampled code maps), as for token ids.
         """
-        self.check_code_vectors(codes)
-        return self.decode_latents(self.quantizer.code_maps_to_fhat(self.quantizer.split_code_vectors(codes)))
+        self.check_latents(vectors)
+        return self.decode_latents(self.quantizer.code_maps_to_fhat(self.quantizer.split_code_vectors(vectors)))
 
     def quantize(self, pixels: Tensor) -> MultiScaleQuantizerOutput:
         """pixels (b, c, h, w) -> quantizer output (straight-through f_hat, tokens, VQ loss, usage); no checks."""

@@ -1,7 +1,7 @@
 """VQGAN image tokenizer in LlamaGen's configuration (Sun et al., 2024, arXiv:2406.06525; Esser et al., 2021).
 
-Shapes: b batch, c image channels, h w image size, f downsampling factor, d code dimension,
-z latent channels, l = (h/f) * (w/f) tokens in raster order (row by row).
+Shapes: b batch, c image channels, h w image size, f downsampling factor, d code dimension (= e, the latent
+dimension of one token), z latent channels, l = (h/f) * (w/f) tokens in raster order (row by row).
 
 Pipeline: CNN encoder -> 1x1 ``quant_conv`` (z -> d) -> vector quantizer -> 1x1
 ``post_quant_conv`` (d -> z) -> CNN decoder. Pixels are in [-1, 1].
@@ -106,7 +106,8 @@ class VQConfig(Config):
 
 @TOKENIZERS.register
 class VQTokenizer(Tokenizer):
-    """Pixels (b, c, h, w) in [-1, 1] <-> tokens (b, l) on a (h/f, w/f) grid in raster order."""
+    """Pixels (b, c, h, w) in [-1, 1] <-> tokens on a (h/f, w/f) grid in raster order: ids (b, l) or latents
+    (b, l, d)."""
 
     config_class = VQConfig
 
@@ -139,6 +140,11 @@ class VQTokenizer(Tokenizer):
     def layout(self) -> TokenLayout:
         return TokenLayout((self.grid_size,))
 
+    @property
+    def latent_dim(self) -> int:
+        """d, the codebook dimension."""
+        return self.config.codebook_dim
+
     def quantize(self, pixels: Tensor) -> QuantizerOutput:
         """pixels (b, c, h, w) -> quantizer output on the (b, d, h/f, w/f) latent grid (no input checks)."""
         return self.quantizer(self.quant_conv(self.encoder(pixels)))
@@ -153,7 +159,22 @@ class VQTokenizer(Tokenizer):
         latents = self.quant_conv(self.encoder(pixels))
         return rearrange(self.quantizer.nearest_indices(latents), "b h w -> b (h w)")
 
-    def decode(self, tokens: Tensor) -> Tensor:
+    def encode_latents(self, pixels: Tensor) -> Tensor:
+        """pixels (b, c, h, w) in [-1, 1] -> latents (b, l, d) float, raster order: the ``quant_conv`` output,
+        unit-normalised when the quantizer is (``codebook_l2_norm``). Their nearest codes are :meth:`encode`'s
+        tokens. Changes no state."""
+        self.check_pixels(pixels)
+        latents = self.quantizer.prepare(self.quant_conv(self.encoder(pixels)))
+        return rearrange(latents, "b d h w -> b (h w) d")
+
+    def nearest_tokens(self, latents: Tensor) -> Tensor:
+        """latents (b, l, d) float, raster order -> tokens (b, l) long: the quantizer's nearest codes."""
+        self.check_latents(latents)
+        height, width = self.grid_size
+        grid = rearrange(latents, "b (h w) d -> b d h w", h=height, w=width)
+        return rearrange(self.quantizer.nearest_indices(grid), "b h w -> b (h w)")
+
+    def decode_ids(self, tokens: Tensor) -> Tensor:
         """tokens (b, l) long, raster order -> pixels (b, c, h, w).
 
         The output is not clamped and may slightly leave [-1, 1]; ``to_unit_range`` clamps.
@@ -167,11 +188,11 @@ class VQTokenizer(Tokenizer):
         """(v, e) codebook vectors as looked up (unit-normalised when the quantizer normalises)."""
         return self.quantizer.codes()
 
-    def decode_code_vectors(self, codes: Tensor) -> Tensor:
-        """codes (b, l, e) in raster order, unquantised allowed -> pixels (b, c, h, w), not clamped."""
-        self.check_code_vectors(codes)
+    def decode_vectors(self, vectors: Tensor) -> Tensor:
+        """vectors (b, l, d) in raster order, unquantised allowed -> pixels (b, c, h, w), not clamped."""
+        self.check_latents(vectors)
         height, width = self.grid_size
-        grid = rearrange(codes, "b (h w) e -> b e h w", h=height, w=width)
+        grid = rearrange(vectors, "b (h w) d -> b d h w", h=height, w=width)
         return self.decode_codes(grid.to(self.post_quant_conv.weight.dtype))
 
     def forward(self, pixels: Tensor, *, generator: torch.Generator | None = None) -> TokenizerOutput:

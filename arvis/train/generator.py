@@ -102,7 +102,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                          "right) and no tokens_path")
     text_tokenizer = caption_tokenizer() if text else None
     if config.tokens_path is not None:
-        token_data, num_classes = read_tokens(config.tokens_path, tokenizer)
+        token_data, num_classes = read_tokens(config.tokens_path, tokenizer, kind="ids")  # a latents file fails here
     else:
         check_image_size(tokenizer, config.data)
         dataset = build_dataset(config.data.replace(random_flip=False, crop="center"))

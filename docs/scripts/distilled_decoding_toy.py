@@ -73,9 +73,7 @@ def main() -> None:
     labels = torch.arange(args.num_samples) % teacher.generator.num_classes
     marginals = naive_marginals(args.pairs, teacher.generator.num_classes, teacher.generator.vocab_size)
 
-    def pixels(tokens_or_codes):
-        if tokens_or_codes.is_floating_point():
-            return tokenizer.to_unit_range(tokenizer.decode_code_vectors(tokens_or_codes))
+    def pixels(tokens_or_codes):  # token ids (b, l) or code vectors (b, l, e)
         return tokenizer.to_unit_range(tokenizer.decode(tokens_or_codes))
 
     def teacher_draw(batch, start):

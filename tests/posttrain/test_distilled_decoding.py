@@ -151,10 +151,10 @@ def test_decoding_code_vectors_matches_decoding_tokens(tiny_pipeline, var_pipeli
         tokens = torch.randint(0, tokenizer.vocab_size, (2, tokenizer.layout.length),
                                generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            assert torch.allclose(tokenizer.decode_code_vectors(tokenizer.code_vectors()[tokens]),
+            assert torch.allclose(tokenizer.decode(tokenizer.code_vectors()[tokens]),
                                   tokenizer.decode(tokens), atol=1e-5)
-        with pytest.raises(ValueError, match="code vectors of shape"):
-            tokenizer.decode_code_vectors(torch.zeros(2, 3, 1))
+        with pytest.raises(ValueError, match="token vectors of shape"):
+            tokenizer.decode(torch.zeros(2, 3, 1))
 
 
 def test_distilled_generator_round_trips_through_a_pipeline(tmp_path, tiny_pipeline):
