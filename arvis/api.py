@@ -98,12 +98,9 @@ def generate(
 def draw_images(pipeline: Pipeline, sampler, condition: Condition | torch.Tensor, rngs) -> torch.Tensor:
     """Samples tokens for a condition of b samples (or class ids (b,)) and decodes them -> (b, 3, h, w) images or
     (b, 3, t, h, w) clips, float in [0, 1] on the CPU."""
-    tokens = sampler(pipeline.generator, condition, rng=rngs)
+    tokens = sampler(pipeline.generator, condition, rng=rngs)  # (b, l) ids or (b, l, e) vectors
     with torch.inference_mode():
-        if tokens.is_floating_point():  # (b, l, e) code vectors, continuous in part (Distilled Decoding)
-            pixels = pipeline.tokenizer.decode_code_vectors(tokens)
-        else:
-            pixels = pipeline.tokenizer.decode(tokens)
+        pixels = pipeline.tokenizer.decode(tokens)
     return pipeline.tokenizer.to_unit_range(pixels.float()).cpu()
 
 

@@ -15,8 +15,9 @@ Folder format::
     text_encoder/   a frozen transformers encoder (:class:`arvis.text.FrozenTextEncoder`), for a generator that
                     takes prompt features
 
-Construction checks that the two components fit together (same token layout and
-vocabulary), so a mismatched pair fails when it is assembled, not mid-sampling.
+Construction checks that the two components fit together (the tokenizer's :class:`TokenSpec` serves the
+generator's: same token layout, vocabulary and, for a generator of token vectors, latent width), so a
+mismatched pair fails when it is assembled, not mid-sampling.
 """
 
 from __future__ import annotations
@@ -242,14 +243,5 @@ def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:
         raise ValueError(
             f"a pipeline needs a Tokenizer and a Generator, got {type(tokenizer).__name__} and {type(generator).__name__}"
         )
-    if tokenizer.vocab_size != generator.vocab_size:
-        raise ValueError(
-            f"tokenizer vocabulary ({tokenizer.vocab_size}) does not match the generator's ({generator.vocab_size}); "
-            "train the generator on this tokenizer's tokens"
-        )
-    if tokenizer.layout != generator.layout:
-        raise ValueError(
-            f"tokenizer token layout {tokenizer.layout.shapes} does not match the generator's "
-            f"{generator.layout.shapes}; the generator was built for another image size or tokenizer"
-        )
+    tokenizer.token_spec.check_serves(generator.token_spec, "generator")
     generator.check_tokenizer(tokenizer)

@@ -188,3 +188,14 @@ def test_a_link_leading_out_of_the_pipeline_is_refused(tiny_pipeline, tmp_path):
     (path / "pipeline.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="leads outside the pipeline folder"):
         arvis.load(path)
+
+
+def test_the_pipeline_compares_token_specs_including_the_latent_width(tiny_pipeline):
+    from arvis.posttrain.distilled_decoding import DistilledRaster
+
+    distilled = DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=3).eval()
+    assert distilled.token_spec.latent_dim == tiny_pipeline.tokenizer.latent_dim == 4
+    Pipeline(tiny_pipeline.tokenizer, distilled)  # serves ids and 4-dimensional code vectors
+    wider = DistilledRaster(distilled.config.replace(code_dim=8)).eval()
+    with pytest.raises(ValueError, match=r"tokenizer latent dimension \(4\) does not match the generator's \(8\)"):
+        Pipeline(tiny_pipeline.tokenizer, wider)

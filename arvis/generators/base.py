@@ -37,7 +37,7 @@ from arvis.conditions import Condition, as_condition
 from arvis.modeling import Component
 from arvis.nn.kv_cache import KVCache
 from arvis.registry import Registry
-from arvis.tokenizers.base import TokenLayout
+from arvis.tokenizers.base import TokenLayout, TokenSpec
 
 GENERATORS: Registry = Registry("generator")
 IGNORE_INDEX = -100  # a target that no loss reads (nanoGPT's and torch's cross-entropy convention)
@@ -84,6 +84,13 @@ class Generator(Component):
     def vocab_size(self) -> int:
         """Token vocabulary (every generator config names it ``vocab_size``)."""
         return self.config.vocab_size
+
+    @property
+    def token_spec(self) -> TokenSpec:
+        """The tokens this generator models, as a tokenizer must provide them (:meth:`TokenSpec.check_serves`):
+        its layout and id vocabulary; a generator of token vectors (continuous or code vectors) also names
+        their width ``latent_dim``."""
+        return TokenSpec(self.layout, self.vocab_size, None)
 
     @property
     def num_classes(self) -> int:

@@ -218,12 +218,6 @@ class Tokenizer(Component):
                              f"{getattr(tokens, 'dtype', type(tokens).__name__)}")
         return self.decode_ids(tokens)
 
-    def decode_code_vectors(self, codes: Tensor) -> Tensor:
-        """Temporary alias of :meth:`decode` for code vectors (b, l, e), kept only for ``arvis.api.draw_images``
-        until it calls :meth:`decode`; remove it then. Nothing else may call it."""
-        self.check_latents(codes)
-        return self.decode(codes)
-
     def decode_ids(self, tokens: Tensor) -> Tensor:
         """tokens (b, l) long -> pixels, not clamped; what :meth:`decode` does with ids."""
         raise NotImplementedError

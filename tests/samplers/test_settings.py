@@ -130,7 +130,7 @@ def test_pipeline_json_settings_are_checked_against_the_stored_sampler(sampler, 
     with pytest.raises(ValueError, match=rf"unknown {settings_class.__name__} key\(s\)"):
         arvis.load(path)
     for name in _float_fields(settings_class):
-        rewritten(lambda changed: changed["sampler"]["settings"].update({name: float("nan")}))
+        rewritten(lambda changed, name=name: changed["sampler"]["settings"].update({name: float("nan")}))
         with pytest.raises(ValueError, match=rf"{settings_class.__name__}.{name}: expected a finite number"):
             arvis.load(path)
     rewritten(lambda changed: changed["sampler"].update({"name": "next-scale" if sampler != "next-scale"

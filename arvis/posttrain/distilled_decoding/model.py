@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
-from arvis.tokenizers.base import TokenLayout
+from arvis.tokenizers.base import TokenLayout, TokenSpec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,6 +125,11 @@ class DistilledGenerator(Generator):
     @property
     def layout(self) -> TokenLayout:
         return self.teacher.layout
+
+    @property
+    def token_spec(self) -> TokenSpec:
+        """The teacher's ids, and code vectors of width ``code_dim`` (what the sampler returns)."""
+        return TokenSpec(self.layout, self.vocab_size, self.config.code_dim)
 
     @property
     def vocab_size(self) -> int:

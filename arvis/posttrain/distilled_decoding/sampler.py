@@ -13,7 +13,7 @@ Shapes: b batch, l tokens, e code dimension.
   ``second_step``, and a pass there finishes from the original noise.
 
 The result is (b, l, e) float code vectors (continuous after the split), which pipelines decode with
-``Tokenizer.decode_code_vectors``. No guidance is applied: the guided teacher policy was distilled in.
+``Tokenizer.decode`` (ids or vectors). No guidance is applied: the guided teacher policy was distilled in.
 """
 
 from __future__ import annotations
