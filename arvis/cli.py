@@ -30,13 +30,26 @@ def _quickstart(args: argparse.Namespace) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
+    import dataclasses
+    import fnmatch
+
+    from arvis.posttrain import METHODS
     from arvis.presets import registry_for
+    from arvis.samplers import SAMPLERS
 
     for kind in ("tokenizer", "generator"):
         registry = registry_for(kind)
         print(f"{kind}s:")
         for name in registry.presets(args.pattern):
             print(f"  {name:<16} {registry.description(name)}")
+    print("samplers (arvis.generate(..., sampler=NAME, **settings)):")
+    for name in fnmatch.filter(SAMPLERS.names(), args.pattern):
+        sampler = SAMPLERS.get_class(name)
+        settings = ", ".join(field.name for field in dataclasses.fields(sampler.config_class))
+        print(f"  {name:<16} {sampler.description} (settings: {settings})")
+    print("post-training methods (arvis train posttrain --method NAME):")
+    for name in fnmatch.filter(METHODS.names(), args.pattern):
+        print(f"  {name:<16} {METHODS.get_class(name).description}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -142,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     quickstart.set_defaults(handler=_quickstart)
 
-    presets = commands.add_parser("presets", help="list registered presets")
+    presets = commands.add_parser("presets", help="list registered presets, samplers and post-training methods")
     presets.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'llamagen-*'")
     presets.set_defaults(handler=_presets)
 

@@ -12,8 +12,10 @@ from arvis.cli import main
 def test_presets_lists_every_kind(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    for name in ("vq-tiny", "vq-f16", "raster-tiny", "llamagen-b", "llamagen-3b"):
+    for name in ("vq-tiny", "vq-f16", "raster-tiny", "llamagen-b", "llamagen-3b", "next-token", "next-scale",
+                 "distilled_decoding"):
         assert name in out
+    assert "more_smooth" in out.split("next-scale")[1].splitlines()[0]
 
 
 def test_presets_filter(capsys):
