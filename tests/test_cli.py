@@ -15,7 +15,8 @@ def test_presets_lists_every_kind(capsys):
     for name in ("vq-tiny", "vq-f16", "raster-tiny", "llamagen-b", "llamagen-3b", "next-token", "next-scale",
                  "distilled_decoding"):
         assert name in out
-    assert "more_smooth" in out.split("next-scale")[1].splitlines()[0]
+    (next_scale,) = [line for line in out.splitlines() if line.startswith("  next-scale ")]
+    assert "more_smooth" in next_scale
 
 
 def test_presets_filter(capsys):
