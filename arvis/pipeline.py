@@ -36,7 +36,7 @@ from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
 from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
-from arvis.samplers.base import settings_from_legacy, settings_from_saved
+from arvis.samplers.base import sampler_name_of, settings_from_legacy, settings_from_saved
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
@@ -62,9 +62,14 @@ class Pipeline:
         self.tokenizer = tokenizer.eval()  # a pipeline samples: no dropout, no label dropout
         self.generator = generator.eval()
         self.sampling = sampling if sampling is not None else settings_for(generator)
-        self.sampler_name = sampler_for(generator, settings=self.sampling).name  # one that drives the generator
+        sampler_for(generator, settings=self.sampling)  # settings of a sampler that drives the generator
         self.text_tokenizer = text_tokenizer
         self.text_encoder = text_encoder
+
+    @property
+    def sampler_name(self) -> str:
+        """The name of the sampler whose settings :attr:`sampling` holds."""
+        return sampler_name_of(self.sampling)
 
     def condition(self, class_labels: Sequence[int] | torch.Tensor | None = None,
                   prompts: Sequence[str] | None = None) -> Condition:
@@ -163,6 +168,8 @@ class Pipeline:
 
 def stored_settings(generator: Generator, index: dict, where: Path) -> SamplerSettings:
     """The sampler settings ``pipeline.json`` stores: its ``sampler`` entry, or an older file's ``sampling``."""
+    if "sampler" in index and "sampling" in index:
+        raise ValueError(f"{where} holds both a 'sampler' entry and an older file's 'sampling' entry; keep one")
     if "sampler" in index:
         return settings_from_saved(generator, index["sampler"], f"{where}: the 'sampler' entry")
     return settings_from_legacy(generator, index["sampling"], f"{where}: the 'sampling' entry")

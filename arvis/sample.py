@@ -38,7 +38,7 @@ from arvis.data.transforms import as_rgb
 from arvis.folders import PARTIAL_MARKER, write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers import SamplerSettings, sampler_for
-from arvis.samplers.base import settings_from_legacy, settings_from_saved
+from arvis.samplers.base import sampler_name_of, settings_from_legacy, settings_from_saved
 from arvis.samplers.logits import per_sample_generators
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ PROTOCOL_FILE = "protocol.json"
 IMAGES_FOLDER = "images"
 NPZ_FILE = "samples.npz"
 _INFORMATIONAL_KEYS = ("arvis_version",)  # recorded but not required to match on resume
-_REQUIRED_KEYS = frozenset({"num_samples", "seed", "labels", "sampling", "image_size"})  # and "sampler" since 0.3
+# and "sampler", written since samplers have their own settings (older protocols get it from their generator)
+_REQUIRED_KEYS = frozenset({"num_samples", "seed", "labels", "sampling", "image_size"})
 
 
 def sample_to_folder(
@@ -164,7 +165,7 @@ def _protocol(pipeline: Pipeline, pipeline_path: str | None, num_samples: int, s
         "num_samples": int(num_samples),
         "seed": int(seed),
         "labels": label_policy,
-        "sampler": sampler_for(pipeline.generator, settings=sampling).name,
+        "sampler": sampler_name_of(sampling),
         "sampling": sampling.to_dict(),
         "pipeline": pipeline_path,
         "tokenizer": _component_summary(pipeline.tokenizer),
@@ -313,7 +314,7 @@ def _with_current_fields(protocol: dict[str, Any]) -> dict[str, Any]:
                                                              "settings": protocol["sampling"]}, PROTOCOL_FILE)
         else:  # written before samplers had their own settings: the generator's default sampler's
             settings = settings_from_legacy(generator_class, protocol["sampling"], PROTOCOL_FILE)
-        upgraded["sampler"] = sampler_for(generator_class, settings=settings).name
+        upgraded["sampler"] = sampler_name_of(settings)
         upgraded["sampling"] = settings.to_dict()
     except (KeyError, TypeError, ValueError):
         return protocol  # not readable as this version's configs: compared as recorded (and so refused)

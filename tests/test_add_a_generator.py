@@ -77,6 +77,9 @@ def test_a_generator_added_by_the_recipe_trains_samples_and_round_trips(tmp_path
     with torch.no_grad():
         logits = generator(greedy, labels).logits  # teacher forcing takes layout order, predicts in its own
     assert torch.equal(generator.from_layout_order(greedy), logits.argmax(-1))  # cached stepping == forward
+    emitted = generator.from_layout_order(greedy)
+    continued = sampler_for(generator, top_k=1)(generator, labels, prefix=emitted[:, :5])  # emission order
+    assert torch.equal(continued, emitted)
     guided = sampler_for(generator, top_k=1, cfg_scale=2.0)(generator, labels)
     assert guided.shape == (3, 16) and guided.dtype == torch.long
 

@@ -17,7 +17,9 @@ the positions the condition takes before the first token).
 
 Token order: a generator may emit tokens in its own unit order; :meth:`Generator.to_layout_order` maps a
 sequence in that order to the tokenizer's layout order and :meth:`Generator.from_layout_order` back
-(identity by default). Samplers return layout order; teacher forcing and prefixes take it.
+(identity by default). Teacher forcing takes layout order; samplers return a whole sequence sampled from the
+condition in layout order, while a prefix to continue and the partial sequences of a shorter ``length`` are in
+emission order.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Generator(Component):
 
     kind: ClassVar[str] = "generator"
     registry = GENERATORS
-    unit: ClassVar[str] = "token"  # what one decoding step emits: "token" | "scale" | "level" | "block"
+    unit: ClassVar[str] = "token"  # what one decoding step emits, descriptive: "token" | "scale" | "level" | ...
     # the registered samplers (arvis.samplers.SAMPLERS) that can drive this generator; the first is its default
     samplers: ClassVar[tuple[str, ...]] = ("next-token",)
 

@@ -52,9 +52,9 @@ class TrainingContext:
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[nn.Module]:
-        """Runs the block with the model in eval mode (no dropout, no label dropout) and puts it back in train
-        mode after: for no-grad passes inside a training step (rollouts, old log-probabilities). Yields the
-        unwrapped model."""
+        """Runs the block with the model in eval mode (no dropout, no label dropout) and restores its mode after
+        (train mode inside a training step): for no-grad passes inside a step (rollouts, old log-probabilities).
+        Yields the unwrapped model."""
         with eval_mode(self.unwrapped):
             yield self.unwrapped
 

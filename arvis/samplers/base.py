@@ -27,6 +27,8 @@ SAMPLERS: Registry = Registry("sampler", key="name")
 # The fields of arvis 0.1's one ``SamplingConfig`` (``pipeline.json``'s ``sampling`` entry, sample protocols).
 LEGACY_SAMPLING_FIELDS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_start",
                                     "cfg_interval", "more_smooth", "distilled_steps"})
+LEGACY_DEFAULTS = {"more_smooth": False, "distilled_steps": 1}  # that config's values for the fields some lack
+_MISSING = object()
 
 
 class Sampler:
@@ -70,21 +72,27 @@ def sampler_class(generator, name: str | None = None) -> type[Sampler]:
     return cls
 
 
+def sampler_name_of(settings: SamplerSettings) -> str:
+    """The name of the sampler whose settings class ``settings`` is."""
+    return SAMPLERS.name_of(SAMPLERS.class_for_config(settings))
+
+
 def settings_for(generator, name: str | None = None, values: Mapping[str, Any] | None = None, *,
                  base: SamplerSettings | None = None) -> SamplerSettings:
     """The settings of sampler ``name`` (None: the generator's default) for ``generator``: ``base`` (that
-    sampler's defaults when None) with ``values`` applied; None values are ignored. Raises ``ValueError``
+    sampler's defaults when None) with ``values`` applied; a None value keeps the base's. Raises ``ValueError``
     naming an unknown setting (with the sampler's own ones) or a bad value."""
     cls = sampler_class(generator, name)
     settings_class = cls.config_class
     if base is not None and type(base) is not settings_class:
         raise ValueError(f"the {cls.name} sampler takes {settings_class.__name__}, got {type(base).__name__}")
-    changes = {key: value for key, value in (values or {}).items() if value is not None}
+    values = dict(values or {})
     known = {field.name for field in dataclasses.fields(settings_class)}
-    unknown = sorted(set(changes) - known)
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{unknown} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of the "
                          f"{cls.name} sampler; its settings are {sorted(known)}")
+    changes = {key: value for key, value in values.items() if value is not None}
     base = base if base is not None else settings_class()
     return base.replace(**changes) if changes else base
 
@@ -94,8 +102,11 @@ def sampler_for(generator, name: str | None = None, settings: SamplerSettings | 
     """Sampler ``name`` (None: the one ``settings`` belong to, else the generator's default), checked to drive
     ``generator``, with ``settings`` (None: its defaults) and then ``values`` applied by field name
     (``sampler_for(model, cfg_scale=2.0, top_k=10)``)."""
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"name must be a sampler's name (one of {SAMPLERS.names()}), got {type(name).__name__}; "
+                         "pass settings as settings=...")
     if name is None and settings is not None:
-        name = SAMPLERS.name_of(SAMPLERS.class_for_config(settings))
+        name = sampler_name_of(settings)
     cls = sampler_class(generator, name)
     if values:
         settings = settings_for(generator, cls.name, values, base=settings)
@@ -109,6 +120,16 @@ def settings_from_saved(generator, entry: Any, where: str) -> SamplerSettings:
         raise ValueError(f"{where} must be an object {{\"name\": <sampler>, \"settings\": {{...}}}}, got {entry!r:.120}")
     cls = sampler_class(generator, entry["name"])
     return cls.config_class.from_saved(entry["settings"])
+
+
+def without_legacy_defaults(generator, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe's ``sampling`` section for the generator's default sampler with the fields of arvis 0.1's one
+    ``SamplingConfig`` that this sampler lacks dropped where they hold that config's defaults (``more_smooth:
+    false``, ``distilled_steps: 1``), which is how that config wrote them; any other value stays (and is refused
+    by :func:`settings_for`)."""
+    fields = {field.name for field in dataclasses.fields(sampler_class(generator).config_class)}
+    return {key: value for key, value in values.items()
+            if key in fields or LEGACY_DEFAULTS.get(key, _MISSING) != value}
 
 
 def settings_from_legacy(generator, sampling: Any, where: str) -> SamplerSettings:

@@ -31,9 +31,9 @@ class NextTokenSampler(Sampler):
                  length: int | None = None, draw: Draw | None = None) -> Tensor:
         """condition of b samples (or class ids (b,) long) -> tokens (b, length) long (all l tokens by default).
 
-        All l tokens come back in the tokenizer's layout order (:meth:`Generator.to_layout_order`); a ``prefix``
-        and a shorter ``length`` are in the generator's own emission order (the same for every generator that
-        emits in layout order).
+        A whole sequence sampled from the condition alone comes back in the tokenizer's layout order
+        (:meth:`Generator.to_layout_order`); with a ``prefix`` or a shorter ``length`` the prefix and the result
+        are in the generator's own emission order (the same for every generator that emits in layout order).
 
         Args:
             rng: one generator, or one per sample (the default draw's randomness).
@@ -60,4 +60,4 @@ class NextTokenSampler(Sampler):
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
             tokens[:, step] = draw(logits[:, None], step)[:, 0]
             inputs = feed_both(tokens[:, step:step + 1], config)
-        return model.to_layout_order(tokens) if length == num_steps else tokens
+        return model.to_layout_order(tokens) if start == 0 and length == num_steps else tokens

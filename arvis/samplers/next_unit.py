@@ -37,8 +37,9 @@ class NextUnitSampler(Sampler):
         """condition of b samples (or class ids (b,) long) -> tokens (b, length) long, units concatenated (all l
         tokens by default).
 
-        All l tokens come back in the tokenizer's layout order (:meth:`Generator.to_layout_order`); a ``prefix``
-        and a shorter ``length`` are in the generator's own emission order.
+        A whole sequence sampled from the condition alone comes back in the tokenizer's layout order
+        (:meth:`Generator.to_layout_order`); with a ``prefix`` or a shorter ``length`` the prefix and the result
+        are in the generator's own emission order.
 
         Args:
             rng: one generator or one per sample (the default draw's randomness and a subclass's feed).
@@ -73,7 +74,7 @@ class NextUnitSampler(Sampler):
         if not units:
             return torch.empty(condition.batch_size, 0, dtype=torch.long, device=condition.device)
         tokens = torch.cat(units, dim=1)
-        return model.to_layout_order(tokens) if tokens.shape[1] == boundaries[-1] else tokens
+        return model.to_layout_order(tokens) if start == 0 and tokens.shape[1] == boundaries[-1] else tokens
 
     def next_inputs(self, model: Generator, tokens: Tensor, logits: Tensor, unit: int, num_units: int,
                     rng: RandomSource) -> Tensor:

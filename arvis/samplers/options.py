@@ -64,6 +64,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, note: str = "") -> N
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``sampler`` and the sampling settings given on the command line, by field name (None: not given), as
-    :func:`arvis.generate` and :func:`arvis.sample.sample_to_folder` take them."""
-    return {"sampler": args.sampler, **{name: getattr(args, name) for name in sampling_fields()}}
+    """``sampler`` (None: the pipeline's) and the sampling settings given on the command line, by field name (the
+    flags not given are left out), as :func:`arvis.generate` and :func:`arvis.sample.sample_to_folder` take
+    them."""
+    given = {name: getattr(args, name) for name in sampling_fields() if getattr(args, name) is not None}
+    return {"sampler": args.sampler, **given}

@@ -9,9 +9,10 @@ which the command line is derived. Floats must be finite (:func:`arvis.config.co
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
-from arvis.config import Config
+from arvis.config import Config, coerce
 
 
 def setting(default: Any, help: str) -> Any:  # noqa: A002  (the argparse word)
@@ -25,7 +26,14 @@ def help_of(field: dataclasses.Field) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerSettings(Config):
-    """Base of every sampler's settings."""
+    """Base of every sampler's settings. Settings built directly (``NextTokenSettings(cfg_scale=2.0)``) are
+    checked as settings read from a file are: every value against its field's type, floats finite."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = coerce(getattr(self, field.name), hints[field.name], f"{type(self).__name__}.{field.name}")
+            object.__setattr__(self, field.name, value)  # an int given for a float field is stored as a float
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,6 +50,7 @@ class CategoricalSettings(SamplerSettings):
     cfg_interval: int = setting(-1, "LlamaGen's cfg_interval: guide tokens 0..k+1 only (-1: every step)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy decoding), got {self.temperature}")
         if self.top_k < 0:

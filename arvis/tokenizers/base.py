@@ -213,8 +213,9 @@ class Tokenizer(Component):
         if isinstance(tokens, Tensor) and tokens.is_floating_point():
             return self.decode_vectors(tokens)
         if not isinstance(tokens, Tensor) or tokens.dtype != torch.long:
-            raise ValueError(f"expected token ids (batch, {self.layout.length}) torch.long or token vectors (batch, "
-                             f"{self.layout.length}, {self.latent_dim}) floating point, got "
+            vectors = "" if self.latent_dim is None else \
+                f" or token vectors (batch, {self.layout.length}, {self.latent_dim}) floating point"
+            raise ValueError(f"expected token ids (batch, {self.layout.length}) torch.long{vectors}, got "
                              f"{getattr(tokens, 'dtype', type(tokens).__name__)}")
         return self.decode_ids(tokens)
 

@@ -22,6 +22,7 @@ from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
 from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers import SamplerSettings, settings_for
+from arvis.samplers.base import without_legacy_defaults
 from arvis.text import TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_image_size, dataset_num_classes,
@@ -62,9 +63,15 @@ class GeneratorTrainConfig(Config):
         self.sampler_settings()  # a typo or a bad value in the sampling section fails before any work
 
     def sampler_settings(self) -> SamplerSettings:
-        """The settings of the sampler the pipeline will store (``sampling`` over its defaults)."""
+        """The settings of the sampler the pipeline will store (``sampling`` over its defaults). A recipe written
+        for the one sampling config of earlier versions (``more_smooth: false`` for a raster generator, ...)
+        still reads: see :func:`arvis.samplers.base.without_legacy_defaults`."""
         generator_class = GENERATORS.class_for_config(GENERATORS.preset(self.generator))
-        return settings_for(generator_class, self.sampler, self.sampling)
+        values = self.sampling if self.sampler is not None else without_legacy_defaults(generator_class, self.sampling)
+        try:
+            return settings_for(generator_class, self.sampler, values)
+        except ValueError as error:
+            raise ValueError(f"the recipe's sampling section: {error}") from None
 
 
 def build_generator(config: GeneratorTrainConfig, tokenizer: Tokenizer, num_classes: int,

@@ -307,10 +307,11 @@ def fit(accelerator: Accelerator, training: Training, batches: Iterator,
         before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None) -> None:
     """The optimisation loop of generator training and post-training, from optimiser step ``training.start``.
 
-    Each step calls ``before_step(step)`` (0-based), runs ``run.gradient_accumulation_steps`` micro-batches from ``batches`` (tuples or dicts of tensors,
-    moved to the device) through ``compute_loss(model, batch) -> (loss, metrics)`` under autocast, then
-    clips, steps the optimiser and the schedule, updates the EMA, logs, checkpoints every
-    ``run.checkpoint_every`` steps (metadata ``{"kind": kind}``) and calls ``after_step(step)``.
+    Each step calls ``before_step(step)`` (0-based), runs ``run.gradient_accumulation_steps`` micro-batches from
+    ``batches`` (tuples or dicts of tensors, moved to the device) through ``compute_loss(model, batch) -> (loss,
+    metrics)`` under autocast, then clips, steps the optimiser and the schedule, updates the EMA, logs,
+    checkpoints every ``run.checkpoint_every`` steps (metadata ``{"kind": kind}``) and calls
+    ``after_step(step + 1)`` (the number of steps done).
     """
     accumulation = run.gradient_accumulation_steps
     model, ema = training.model, training.ema

@@ -98,3 +98,22 @@ def test_teacher_adapters_follow_the_class_hierarchy_and_name_the_supported_clas
     assert adapters.for_teacher(WideRaster(tiny_pipeline.generator.config)) is DistilledVAR
     with pytest.raises(ValueError, match="already has an adapter for RasterGenerator"):
         adapters.register(RasterGenerator, DistilledVAR)
+
+
+class ReorderedRaster(RasterGenerator):
+    """A raster generator emitting its tokens last first (not registered)."""
+
+    def to_layout_order(self, tokens):
+        return tokens.flip(1)
+
+    def from_layout_order(self, tokens):
+        return tokens.flip(1)
+
+
+def test_distilled_decoding_refuses_a_teacher_with_its_own_token_order(tiny_pipeline, tmp_path):
+    from arvis.posttrain.distilled_decoding import DistilledDecoding, DistilledDecodingConfig
+
+    teacher = ReorderedRaster(tiny_pipeline.generator.config).eval()
+    pipeline = Pipeline(tiny_pipeline.tokenizer, teacher, tiny_pipeline.sampling)
+    with pytest.raises(ValueError, match="emits its tokens in an order of its own"):
+        DistilledDecoding(DistilledDecodingConfig(), pipeline, pipeline_path="x", output_dir=tmp_path)

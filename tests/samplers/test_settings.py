@@ -226,3 +226,36 @@ def test_a_sample_folder_of_the_one_sampling_dict_resumes(tiny_pipeline, tmp_pat
     sample_to_folder(tiny_pipeline, tmp_path / "s", num_samples=2, batch_size=2)  # the same settings: resumes
     with pytest.raises(ValueError, match="differing keys"):
         sample_to_folder(tiny_pipeline, tmp_path / "s", num_samples=2, batch_size=2, top_k=3)
+
+
+def test_settings_built_directly_are_checked_like_settings_read_from_a_file():
+    for changes, message in (({"cfg_scale": float("nan")}, "cfg_scale: expected a finite number"),
+                             ({"top_k": 2.5}, "top_k: expected an integer"),
+                             ({"cfg_schedule": "bogus"}, r"cfg_schedule: expected one of \['constant'")):
+        with pytest.raises(ValueError, match=message):
+            NextTokenSettings(**changes)
+    assert NextTokenSettings(cfg_scale=2).to_dict()["cfg_scale"] == 2.0
+    with pytest.raises(ValueError, match="distilled_steps: expected an integer"):
+        DistilledSettings(distilled_steps=1.0)
+
+
+def test_unknown_names_are_refused_even_with_none_and_settings_are_not_a_sampler_name():
+    pipeline = _pipeline("next-token")
+    with pytest.raises(ValueError, match=r"\['cfg_scael'\] is not a setting"):
+        arvis.generate(pipeline, [0], cfg_scael=None)
+    with pytest.raises(ValueError, match="name must be a sampler's name"):
+        sampler_for(pipeline.generator, NextTokenSettings())
+
+
+def test_a_recipe_written_for_the_one_sampling_config_still_reads():
+    from arvis.train.generator import GeneratorTrainConfig
+    from arvis.train.recipe import load_recipe
+
+    old = {"temperature": 1.0, "top_k": 0, "cfg_scale": 2.0, "more_smooth": False, "distilled_steps": 1}
+    recipe = GeneratorTrainConfig(generator="raster-demo", sampling=old)
+    assert recipe.sampler_settings() == NextTokenSettings(cfg_scale=2.0)
+    with pytest.raises(ValueError, match=r"the recipe's sampling section: \['more_smooth'\] is not a setting of the "
+                                         "next-token sampler"):
+        load_recipe(GeneratorTrainConfig, None, ["sampling.more_smooth=true"])
+    var = load_recipe(GeneratorTrainConfig, None, ["generator=var-demo", "sampling.more_smooth=true"])
+    assert var.sampler_settings() == NextScaleSettings(more_smooth=True)

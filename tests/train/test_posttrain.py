@@ -141,3 +141,22 @@ def test_post_training_errors(tmp_path, saved_raster, tiny_pipeline):
     with pytest.raises(ValueError, match="adapts generators of the classes RasterGenerator, VARGenerator .* not DistilledRaster"):
         method(DistilledDecodingConfig(), Pipeline(tiny_pipeline.tokenizer, distilled), pipeline_path="x",
                output_dir=tmp_path)
+
+
+def test_a_pairs_folder_of_the_one_sampling_config_is_reused(tiny_pipeline, tmp_path):
+    """Manifests written before samplers had their own settings hold every field of the one config."""
+    import json
+
+    folder = generate_pairs(tiny_pipeline, tmp_path / "pairs", num_pairs=4, shard_size=4, ode_steps=4)
+    manifest = json.loads((folder / "pairs.json").read_text())
+    assert manifest["sampler"] == "next-token"
+    del manifest["sampler"]
+    manifest["sampling"] = {**manifest["sampling"], "more_smooth": False, "distilled_steps": 1}
+    (folder / "pairs.json").write_text(json.dumps(manifest))
+    kept = shard_path(folder, 0).stat().st_mtime_ns
+    generate_pairs(tiny_pipeline, folder, num_pairs=4, shard_size=4, ode_steps=4)  # the same settings: reused
+    assert shard_path(folder, 0).stat().st_mtime_ns == kept
+    manifest["sampling"]["top_k"] = 3
+    (folder / "pairs.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"differing: \['sampling'\]"):
+        generate_pairs(tiny_pipeline, folder, num_pairs=4, shard_size=4, ode_steps=4)

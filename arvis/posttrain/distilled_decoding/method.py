@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from torch import Tensor
 
 from arvis.config import Config
+from arvis.generators.base import Generator
 from arvis.generators.raster import RasterGenerator
 from arvis.generators.var import VARGenerator
 from arvis.pipeline import Pipeline
@@ -90,6 +91,9 @@ class DistilledDecoding(PostTrainingMethod):
         super().__init__(config, pipeline, **kwargs)
         teacher = pipeline.generator
         self.model_class = ADAPTERS.for_teacher(teacher)
+        if type(teacher).to_layout_order is not Generator.to_layout_order:
+            raise ValueError(f"{type(teacher).__name__} emits its tokens in an order of its own, which the pairs' "
+                             "noise (one row per emitted position) and the distilled model do not follow")
         pipeline.tokenizer.code_vectors()  # a codebook tokenizer, or a clear error now
         units = self.model_class.units_of(teacher)
         what = self.model_class.timestep_name

@@ -34,6 +34,7 @@ from arvis.folders import write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers.flow_matching import FlowMatchingDraw
 from arvis.samplers.logits import normal_noise, per_sample_generators
+from arvis.samplers.base import sampler_name_of, settings_from_legacy
 from arvis.samplers.settings import NextScaleSettings
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def pair_settings(pipeline: Pipeline, *, num_pairs: int, shard_size: int, seed: 
     return {"num_pairs": num_pairs, "shard_size": shard_size, "seed": seed, "ode_steps": ode_steps,
             "teacher": type(generator).__name__, "token_length": generator.layout.length,
             "code_dim": int(pipeline.tokenizer.code_vectors().shape[1]), "num_classes": generator.num_classes,
-            "sampling": pipeline.sampling.to_dict(), "weights_sha256": weights_digest(pipeline),
+            "sampler": pipeline.sampler_name, "sampling": pipeline.sampling.to_dict(),
+            "weights_sha256": weights_digest(pipeline),
             "device": pipeline.device.type, "pipeline": pipeline_path}
 
 
@@ -119,7 +121,7 @@ def claim_folder(folder: Path, settings: dict[str, Any], *, write: bool) -> None
     """Checks that ``folder`` is empty or holds pairs of exactly these ``settings``; writes the manifest."""
     manifest = folder / MANIFEST
     if manifest.exists():
-        existing = read_json(manifest)
+        existing = with_sampler(read_json(manifest), folder / MANIFEST)
         differing = sorted(key for key in set(existing) | set(settings) if existing.get(key) != settings.get(key))
         changed = [key for key in differing if key != "pipeline"]  # where the teacher was read from may differ
         if changed:
@@ -130,6 +132,21 @@ def claim_folder(folder: Path, settings: dict[str, Any], *, write: bool) -> None
         raise ValueError(f"{folder} holds files but no {MANIFEST}; choose an empty or new folder for the pairs")
     if write:
         write_file_atomically(manifest, lambda temporary: temporary.write_text(json.dumps(settings, indent=2) + "\n"))
+
+
+def with_sampler(manifest: Any, where: Path) -> Any:
+    """A manifest written before samplers had their own settings (one ``sampling`` dict of every field, no
+    ``sampler``) as this version writes it: the teacher's default sampler and its settings."""
+    if not isinstance(manifest, dict) or "sampler" in manifest or "sampling" not in manifest:
+        return manifest
+    from arvis.generators.base import GENERATORS
+
+    try:
+        teacher_class = GENERATORS.get_class(manifest["teacher"])
+        settings = settings_from_legacy(teacher_class, manifest["sampling"], f"{where}: 'sampling'")
+    except (KeyError, TypeError, ValueError):
+        return manifest  # not readable as this version's settings: compared as recorded (and so refused)
+    return {**manifest, "sampler": sampler_name_of(settings), "sampling": settings.to_dict()}
 
 
 def load_pairs(folder: str | Path) -> tuple[TensorDataset, dict[str, Any]]:

@@ -38,6 +38,7 @@ class DistilledSettings(SamplerSettings):
     distilled_steps: int = setting(1, "Distilled Decoding: passes of the distilled generator, 1 or 2")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.distilled_steps not in (1, 2):
             raise ValueError(f"distilled_steps must be 1 or 2, got {self.distilled_steps}")
 
