@@ -58,6 +58,16 @@ class Registry(Generic[T]):
         self._class_by_config[config_class] = cls
         return cls
 
+    def unregister(self, name: str) -> None:
+        """Removes the class registered as ``name`` and its presets (for a test or a notebook that registers a
+        class for a while)."""
+        cls = self.get_class(name)
+        del self._classes[name]
+        config_class = next(config for config, registered in self._class_by_config.items() if registered is cls)
+        del self._class_by_config[config_class]
+        for preset in [preset for preset, config in self._presets.items() if type(config) is config_class]:
+            del self._presets[preset], self._descriptions[preset]
+
     def add_preset(self, name: str, config: Config, description: str = "") -> None:
         """Registers ``config`` under ``name``; its component class must already be registered."""
         if name in self._presets:

@@ -1,12 +1,14 @@
 """``docs/architecture.md``, "Add a generator", followed step by step: a generator defined here, on the public
 Llama trunk, that emits the token grid from the last token to the first, registered, put in a pipeline with a
-tokenizer, saved, loaded and sampled through ``arvis.generate``."""
+tokenizer, saved, loaded and sampled through ``arvis.generate``. It is registered for the test only (a fixture
+instead of the recipe's decorator), so the registry other tests read stays as the package makes it."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -28,8 +30,8 @@ class ReverseRasterConfig(LlamaGeneratorConfig):
 
 
 # 2. The generator: layout, how it fits a tokenizer, its positions and its token order; teacher forcing, the
-#    cache and ``step`` come from NextTokenLlama. 3. Registered by class name (config.json's "type").
-@GENERATORS.register
+#    cache and ``step`` come from NextTokenLlama. 3. Registered by class name (config.json's "type"): the
+#    ``registered`` fixture below does what ``@GENERATORS.register`` does in a package.
 class ReverseRasterGenerator(NextTokenLlama):
     config_class = ReverseRasterConfig
     samplers = ("next-token",)  # 4. the samplers that can drive it (the default first)
@@ -59,7 +61,14 @@ class ReverseRasterGenerator(NextTokenLlama):
         return tokens.flip(1)
 
 
-def test_a_generator_added_by_the_recipe_trains_samples_and_round_trips(tmp_path):
+@pytest.fixture
+def registered():
+    GENERATORS.register(ReverseRasterGenerator)
+    yield
+    GENERATORS.unregister("ReverseRasterGenerator")
+
+
+def test_a_generator_added_by_the_recipe_trains_samples_and_round_trips(tmp_path, registered):
     torch.manual_seed(0)
     tokenizer = TOKENIZERS.build("vq-tiny").eval()
     config = ReverseRasterGenerator.fit_config(ReverseRasterConfig(dim=32, num_layers=2, num_heads=2,

@@ -56,3 +56,24 @@ def test_llamagen_presets_match_published_sizes(name, millions):
     with torch.device("meta"):
         model = GENERATORS.build(name)
     assert model.num_parameters() / 1e6 == pytest.approx(millions, rel=0.03)
+
+
+def test_a_class_registered_for_a_while_is_removed_with_its_presets():
+    import dataclasses
+
+    from arvis.config import Config
+    from arvis.registry import Registry
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class ToyConfig(Config):
+        width: int = 1
+
+    class Toy:
+        config_class = ToyConfig
+
+    registry = Registry("toy")
+    registry.register(Toy)
+    registry.add_preset("toy-tiny", ToyConfig())
+    registry.unregister("Toy")
+    assert registry.names() == [] and registry.presets() == []
+    registry.register(Toy)  # registrable again
