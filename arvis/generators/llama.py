@@ -247,6 +247,7 @@ class NextTokenLlama(LlamaGenerator):
     """
 
     unit = "token"
+    samplers = ("next-token", "speculative-jacobi")
 
     def absolute_positions(self, start: int, count: int) -> Tensor | None:
         """(count, d) embeddings added to the inputs at positions [start, start + count), or None."""
@@ -289,11 +290,14 @@ class NextTokenLlama(LlamaGenerator):
         return self.trunk.new_cache(self.prefix_length + self.layout.length)
 
     def step(self, tokens: Tensor | None, condition: Condition | Tensor, cache: KVCache, *,
-             output: Literal["logits", "hidden", "both"] = "logits", store: bool = True) -> Tensor | StepOutput:
+             output: Literal["logits", "hidden", "both"] = "logits", store: bool = True,
+             every_position: bool = False) -> Tensor | StepOutput:
         """Feeds the condition prefix (``tokens=None``, first call) or the next (b, n) tokens; -> the logits (b, 1, v)
         of the token that follows the fed positions (``output="hidden"``: its trunk hidden state (b, 1, d);
         ``"both"``: a :class:`StepOutput`). ``store=False`` attends to the cache without writing to it (the same
-        positions can be fed again).
+        positions can be fed again). ``every_position`` returns, for n fed tokens, the outputs of all n positions
+        (b, n, ...), position i predicting the token after the i-th fed one (speculative decoding verifies a
+        window of drafts in one pass this way).
 
         The condition is checked on the first call only (a per-step check would synchronise with the device);
         every call must pass the same condition. Decoding steps never drop the condition.
@@ -312,6 +316,8 @@ class NextTokenLlama(LlamaGenerator):
         start, count = cache.length, x.shape[1]
         mask = self.attention_mask(condition, start, count, x.device)
         hidden = self.trunk(self._inputs(x, start), mask=mask, cache=cache, store=store)
+        if every_position and tokens is not None:
+            return self.step_output(hidden, output)
         if output == "hidden":
             return hidden[:, -1:]
         if self.takes_text:  # the prompt prefix: only its last position predicts

@@ -54,3 +54,10 @@ class KVCache:
     def advance(self, num_positions: int) -> None:
         """Commits ``num_positions`` newly written positions (call once per step, after all layers)."""
         self.length += num_positions
+
+    def rewind(self, length: int) -> None:
+        """Keeps only the first ``length`` committed positions; the later ones are overwritten by the next write
+        (speculative decoding drops the keys of rejected draft tokens this way)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"can only rewind to a length in [0, {self.length}], got {length}")
+        self.length = length

@@ -10,9 +10,11 @@ from arvis.samplers.base import SAMPLERS, Sampler, sampler_class, sampler_for, s
 from arvis.samplers.next_scale import NextScaleSampler
 from arvis.samplers.next_token import NextTokenSampler
 from arvis.samplers.next_unit import NextUnitSampler
+from arvis.samplers.speculative_jacobi import SpeculativeJacobiSampler, SpeculativeJacobiSettings
 from arvis.samplers.settings import (CategoricalSettings, NextScaleSettings, NextTokenSettings, NextUnitSettings,
                                      SamplerSettings)
 
 __all__ = ["CategoricalSettings", "NextScaleSampler", "NextScaleSettings", "NextTokenSampler", "NextTokenSettings",
-           "NextUnitSampler", "NextUnitSettings", "SAMPLERS", "Sampler", "SamplerSettings", "sampler_class",
+           "NextUnitSampler", "NextUnitSettings", "SAMPLERS", "Sampler", "SamplerSettings", "SpeculativeJacobiSampler",
+           "SpeculativeJacobiSettings", "sampler_class",
            "sampler_for", "settings_for"]
