@@ -52,7 +52,8 @@ def generate(
             (seed, i), so the same seed, conditions and settings give identical images
             whatever the ``batch_size``.
         sampler: another of the generator's samplers (``pipeline.generator.samplers``) than the stored one; it
-            starts from its own defaults.
+            takes the stored values of the settings it shares with the stored sampler (guidance, filtering) and
+            its own defaults for the rest.
         **sampling: override the sampler's settings by field name (``cfg_scale=4.0``, ``top_k=100``,
             ``more_smooth=True`` for VAR's next-scale sampler, ``distilled_steps=2`` for a Distilled Decoding
             pipeline, ...); ``None`` keeps the stored value. A name the sampler does not have is an error

@@ -22,6 +22,7 @@ mismatched pair fails when it is assembled, not mid-sampling.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
 from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
-from arvis.samplers.base import sampler_name_of, settings_from_legacy, settings_from_saved
+from arvis.samplers.base import sampler_class, sampler_name_of, settings_from_legacy, settings_from_saved
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
@@ -104,11 +105,17 @@ class Pipeline:
         return self
 
     def settings(self, sampler: str | None = None, **overrides) -> SamplerSettings:
-        """The settings of ``sampler`` (None: the stored one, with its stored settings; another of the generator's
-        samplers starts from its defaults) with ``overrides`` applied (None values ignored). Raises
-        ``ValueError`` for a sampler that does not drive the generator, or a setting it does not have."""
+        """The settings of ``sampler`` (None: the stored one) with ``overrides`` applied (None values ignored):
+        the stored settings, or for another of the generator's samplers the stored values of the fields it
+        shares with the stored sampler (guidance, filtering) over its own defaults. Raises ``ValueError`` for a
+        sampler that does not drive the generator, or a setting it does not have."""
         name = self.sampler_name if sampler is None else sampler
-        base = self.sampling if name == self.sampler_name else None
+        if name == self.sampler_name:
+            base = self.sampling
+        else:
+            fields = {field.name for field in dataclasses.fields(sampler_class(self.generator, name).config_class)}
+            shared = {key: value for key, value in self.sampling.to_dict().items() if key in fields}
+            base = settings_for(self.generator, name, shared)
         return settings_for(self.generator, name, overrides, base=base)
 
     def sampler(self, sampler: str | None = None, **overrides) -> Sampler:

@@ -82,7 +82,7 @@ def sample_to_folder(
             ``i % num_processes == process_index``.
         progress: show a progress bar over batches.
         device: where to load ``pipeline`` when it is a path (default CPU).
-        sampler: another of the generator's samplers than the stored one (from its own defaults).
+        sampler: another of the generator's samplers than the stored one (see :meth:`Pipeline.settings`).
         **sampling_overrides: the sampler's settings by field name (``cfg_scale``, ``top_k``, ...); ``None``
             keeps the pipeline's stored value; a name the sampler does not have is an error.
 

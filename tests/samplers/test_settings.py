@@ -16,8 +16,8 @@ from arvis.generators.base import GENERATORS
 from arvis.pipeline import Pipeline
 from arvis.posttrain.distilled_decoding import DistilledRaster, DistilledSettings
 from arvis.registry import Registry
-from arvis.samplers import (SAMPLERS, NextScaleSettings, NextTokenSettings, NextUnitSettings, Sampler, sampler_for,
-                            settings_for)
+from arvis.samplers import (SAMPLERS, NextScaleSettings, NextTokenSettings, NextUnitSettings, Sampler,
+                            SpeculativeJacobiSettings, sampler_for, settings_for)
 from arvis.samplers.options import sampling_fields
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers.base import TOKENIZERS
@@ -175,10 +175,12 @@ def test_cli_flags_are_derived_from_every_sampler_field():
     assert no_smooth.more_smooth is False
 
 
-def test_settings_for_merges_over_the_stored_settings_and_starts_another_sampler_from_its_defaults():
+def test_settings_merge_over_the_stored_ones_and_another_sampler_takes_the_shared_fields():
     pipeline = _pipeline("next-token")
     assert pipeline.settings(top_k=3) == NextTokenSettings(cfg_scale=2.0, top_k=3)
     assert pipeline.settings(top_k=None) == pipeline.sampling
+    assert pipeline.settings("speculative-jacobi", draft_window=4) == SpeculativeJacobiSettings(
+        cfg_scale=2.0, top_k=8, draft_window=4)
     generator = pipeline.generator
     assert settings_for(generator, values={"temperature": 0.5}) == NextTokenSettings(temperature=0.5)
     assert sampler_for(generator, cfg_scale=3.0).settings == NextTokenSettings(cfg_scale=3.0)

@@ -1,0 +1,218 @@
+"""Side-by-side sampling speed of arvis and the official LlamaGen and VAR code: the same random weights, parity
+checked, both timed interleaved in one process per model.
+
+    python benchmarks/compare_official.py --llamagen-repo /path/to/LlamaGen --var-repo /path/to/VAR
+
+The repositories are clones the user provides (checked against FoundationVision/LlamaGen ce98ec4 and
+FoundationVision/VAR 78b9539); nothing is fetched. Both have a top-level ``utils`` package and VAR's builder
+patches ``reset_parameters`` of torch's layers process-wide, so each model runs in a worker process of its own
+(this script with ``--worker``).
+
+In a worker: the official models are built at paper size (LlamaGen GPT-B + VQ-16, 256 px; VAR-d16 + its VAE) with
+seeded random weights (every parameter redrawn, since upstream zero-initialises the heads), converted to arvis
+with the converters ``arvis convert`` uses, then
+
+* parity: teacher-forced logits (max |difference|) and greedy (top-k 1) CFG samples of the first tokens
+  (LlamaGen: 16 tokens; VAR: every scale) must agree;
+* timing: ``--rounds`` rounds, each sampling one batch with the official code and then with arvis (same
+  labels, CFG on, fp32, tokens and decoding both timed), after one warm-up round; the minimum per side is
+  reported, in seconds per image, with the ratio.
+
+Settings: LlamaGen cfg 2.0, top-k 0, top-p 1 (its sample_c2i defaults but top-k); VAR cfg 1.5 (arvis's linear
+ramp to 2.5), top-k 900, top-p 0.96, as VAR's demo. Random weights make the token draws meaningless; only the
+time is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+BATCH_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)
+
+
+def _redraw(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+    """Every parameter redrawn from a seeded generator: norms around 1, biases small, weights N(0, std)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                values = 1.0 + 0.1 * torch.randn(parameter.shape, generator=generator)
+            elif name.endswith("bias"):
+                values = 0.01 * torch.randn(parameter.shape, generator=generator)
+            else:
+                values = std * torch.randn(parameter.shape, generator=generator)
+            parameter.copy_(values)
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def _interleaved(official, ours, rounds: int, batch: int) -> dict:
+    """One warm-up round, then ``rounds`` rounds of official then arvis; minima in seconds per image."""
+    official()
+    ours()
+    times = {"official": [], "arvis": []}
+    for _ in range(rounds):
+        times["official"].append(_timed(official) / batch)
+        times["arvis"].append(_timed(ours) / batch)
+    best = {side: min(values) for side, values in times.items()}
+    return {"official_s_per_image": round(best["official"], 3), "arvis_s_per_image": round(best["arvis"], 3),
+            "ratio": round(best["official"] / best["arvis"], 3),
+            "all_rounds": {side: [round(value, 3) for value in values] for side, values in times.items()}}
+
+
+def llamagen_worker(repo: str, batch: int, rounds: int) -> dict:
+    sys.path.insert(0, repo)
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt import GPT_models
+    from tokenizer.tokenizer_image.vq_model import VQ_models
+
+    from arvis.convert.llamagen import convert_llamagen_gpt, convert_llamagen_vq
+    from arvis.samplers import sampler_for
+    from arvis.samplers.logits import per_sample_generators
+
+    torch.manual_seed(0)
+    vq = VQ_models["VQ-16"](codebook_size=16384, codebook_embed_dim=8)
+    gpt = GPT_models["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1,
+                              model_type="c2i")
+    _redraw(vq, 1)
+    _redraw(gpt, 2)
+    vq.eval(), gpt.eval()
+    tokenizer = convert_llamagen_vq(vq.state_dict(), image_size=256).eval()
+    generator = convert_llamagen_gpt(gpt.state_dict(), tokenizer=tokenizer, preset="llamagen-b").eval()
+    labels = torch.tensor(BATCH_LABELS[:batch])
+    with torch.no_grad():
+        tokens = torch.randint(0, 16384, (batch, 256), generator=torch.Generator().manual_seed(3))
+        upstream_logits, _ = gpt(tokens[:, :-1], labels, input_pos=torch.arange(256))
+        logits_difference = (generator(tokens, labels).logits - upstream_logits).abs().max().item()
+        upstream_greedy = generate(gpt, labels, 16, cfg_scale=2.0, temperature=1.0, top_k=1, top_p=1.0,
+                                   sample_logits=True)
+    greedy = sampler_for(generator, cfg_scale=2.0, top_k=1)(generator, labels, length=16)
+    sampler = sampler_for(generator, cfg_scale=2.0)
+
+    def official() -> None:
+        with torch.no_grad():
+            sequence = generate(gpt, labels, 256, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                                sample_logits=True)
+            vq.decode_code(sequence, shape=[batch, 8, 16, 16])
+
+    def ours() -> None:
+        sampled = sampler(generator, labels, rng=per_sample_generators(0, 0, batch))
+        with torch.inference_mode():
+            tokenizer.decode(sampled)
+
+    return {"model": "LlamaGen GPT-B + VQ-16 (256 tokens + decode), cfg 2.0", "batch": batch,
+            "logits_max_abs_difference": logits_difference,
+            "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())),
+            **_interleaved(official, ours, rounds, batch)}
+
+
+def var_worker(repo: str, batch: int, rounds: int) -> dict:
+    dist = types.ModuleType("dist")  # VAR's utilities without torch.distributed (as tests/convert does)
+    dist.initialized = lambda: False
+    dist.get_device = lambda: "cpu"
+    sys.modules["dist"] = dist
+    sys.path.insert(0, repo)
+    import models.var as var_module
+    from models import build_vae_var
+
+    from arvis.convert.var import convert_var_generator, convert_var_tokenizer
+    from arvis.samplers import sampler_for
+    from arvis.samplers.logits import per_sample_generators
+
+    torch.manual_seed(0)
+    vae, var = build_vae_var(device="cpu", depth=16, shared_aln=False, attn_l2_norm=True, flash_if_available=False,
+                             fused_if_available=False)
+    _redraw(vae, 1)
+    _redraw(var, 2)
+    vae.eval(), var.eval()
+    tokenizer = convert_var_tokenizer(vae.state_dict()).eval()
+    generator = convert_var_generator(var.state_dict(), tokenizer, depth=16).eval()
+    labels = torch.tensor(BATCH_LABELS[:batch])
+    length = sum(p * p for p in var.patch_nums)
+    with torch.no_grad():
+        tokens = torch.randint(0, 4096, (batch, length), generator=torch.Generator().manual_seed(3))
+        splits = list(tokens.split([p * p for p in var.patch_nums], dim=1))
+        upstream_logits = var(labels, vae.quantize.idxBl_to_var_input(splits))
+        logits_difference = (generator(tokens, labels).logits - upstream_logits).abs().max().item()
+        recorded = []
+        original = var_module.sample_with_top_k_top_p_
+
+        def recording(logits, **kwargs):
+            out = original(logits, **kwargs)
+            recorded.append(out[:, :, 0].clone())
+            return out
+
+        var_module.sample_with_top_k_top_p_ = recording
+        var.autoregressive_infer_cfg(batch, labels, g_seed=0, cfg=1.5, top_k=1, top_p=0.0)
+        var_module.sample_with_top_k_top_p_ = original
+    upstream_greedy = torch.cat(recorded, dim=1)
+    greedy = sampler_for(generator, cfg_scale=2.5, cfg_schedule="linear", top_k=1)(generator, labels)
+    sampler = sampler_for(generator, cfg_scale=2.5, cfg_schedule="linear", top_k=900, top_p=0.96)
+
+    def official() -> None:
+        with torch.no_grad():
+            var.autoregressive_infer_cfg(batch, labels, g_seed=0, cfg=1.5, top_k=900, top_p=0.96)
+
+    def ours() -> None:
+        sampled = sampler(generator, labels, rng=per_sample_generators(0, 0, batch))
+        with torch.inference_mode():
+            tokenizer.decode(sampled)
+
+    return {"model": "VAR-d16 + VAE (10 scales, 680 tokens + decode), cfg 1.5 ramp, top-k 900, top-p 0.96",
+            "batch": batch, "logits_max_abs_difference": logits_difference,
+            "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())),
+            **_interleaved(official, ours, rounds, batch)}
+
+
+WORKERS = {"llamagen": llamagen_worker, "var": var_worker}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llamagen-repo", help="a clone of FoundationVision/LlamaGen (ce98ec4)")
+    parser.add_argument("--var-repo", help="a clone of FoundationVision/VAR (78b9539)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--repo", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.repo, args.batch_size, args.rounds)))
+        return
+    repos = {"llamagen": args.llamagen_repo, "var": args.var_repo}
+    if not any(repos.values()):
+        parser.error("pass --llamagen-repo and/or --var-repo (local clones of the official repositories)")
+    rows = []
+    for name, repo in repos.items():
+        if repo is None:
+            continue
+        if not Path(repo).is_dir():
+            parser.error(f"{repo} is not a folder: pass a local clone of the official {name} repository")
+        result = subprocess.run([sys.executable, __file__, "--worker", name, "--repo", repo, "--batch-size",
+                                 str(args.batch_size), "--rounds", str(args.rounds)], capture_output=True, text=True,
+                                check=False)
+        if result.returncode:
+            raise SystemExit(f"the {name} worker failed:\n{result.stderr[-4000:]}")
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| model | batch | official s/img | arvis s/img | ratio | logits max diff | greedy identical |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['model']} | {row['batch']} | {row['official_s_per_image']} | {row['arvis_s_per_image']} | "
+              f"{row['ratio']}x | {row['logits_max_abs_difference']:.1e} | {row['greedy_identical']} |")
+
+
+if __name__ == "__main__":
+    main()
