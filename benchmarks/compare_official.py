@@ -72,7 +72,7 @@ def _interleaved(official, ours, rounds: int, batch: int) -> dict:
             "all_rounds": {side: [round(value, 3) for value in values] for side, values in times.items()}}
 
 
-def llamagen_worker(repo: str, batch: int, rounds: int) -> dict:
+def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float = 0.0) -> dict:
     sys.path.insert(0, repo)
     from autoregressive.models.generate import generate
     from autoregressive.models.gpt import GPT_models
@@ -112,13 +112,60 @@ def llamagen_worker(repo: str, batch: int, rounds: int) -> dict:
         with torch.inference_mode():
             tokenizer.decode(sampled)
 
-    return {"model": "LlamaGen GPT-B + VQ-16 (256 tokens + decode), cfg 2.0", "batch": batch,
-            "logits_max_abs_difference": logits_difference,
-            "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())),
-            **_interleaved(official, ours, rounds, batch)}
+    row = {"model": "LlamaGen GPT-B + VQ-16 (256 tokens + decode), cfg 2.0", "batch": batch,
+           "logits_max_abs_difference": logits_difference,
+           "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())),
+           **_interleaved(official, ours, rounds, batch)}
+    if sjd_passes_per_token:
+        row["speculative_jacobi"] = _speculative_jacobi_estimate(gpt, vq, generate, generator, tokenizer,
+                                                                 sjd_passes_per_token, rounds)
+    return row
 
 
-def var_worker(repo: str, batch: int, rounds: int) -> dict:
+def _speculative_jacobi_estimate(gpt, vq, generate, generator, tokenizer, passes_per_token: float,
+                                 rounds: int) -> dict:
+    """At batch 1: the official code's s/img beside arvis's SJD estimate, the measured cost of one SJD pass (a
+    16-draft window with CFG, timed here on these weights) times the passes one image needs on trained weights
+    (``passes_per_token`` x 256, measured on the glyph pipelines: random weights accept almost nothing), plus
+    the measured decode."""
+    from arvis.samplers import sampler_for
+
+    labels = torch.tensor(BATCH_LABELS[:1])
+    sampler = sampler_for(generator, "speculative-jacobi", cfg_scale=2.0, draft_window=16)
+    calls = [0]
+    step = generator.step
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return step(*args, **kwargs)
+
+    def official() -> None:
+        with torch.no_grad():
+            sequence = generate(gpt, labels, 256, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                                sample_logits=True)
+            vq.decode_code(sequence, shape=[1, 8, 16, 16])
+
+    generator.step = counting
+    best_pass, best_decode, best_official = float("inf"), float("inf"), float("inf")
+    for round_index in range(rounds):
+        best_official = min(best_official, _timed(official))
+        calls[0] = 0
+        start = time.perf_counter()
+        tokens = sampler(generator, labels, rng=torch.Generator().manual_seed(round_index))
+        best_pass = min(best_pass, (time.perf_counter() - start) / calls[0])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            tokenizer.decode(tokens)
+        best_decode = min(best_decode, time.perf_counter() - start)
+    del generator.step
+    estimate = best_pass * passes_per_token * 256 + best_decode
+    return {"batch": 1, "official_s_per_image": round(best_official, 3), "sjd_pass_ms": round(best_pass * 1e3, 1),
+            "passes_per_image_on_trained_weights": round(passes_per_token * 256, 1),
+            "decode_s": round(best_decode, 3), "arvis_sjd_estimated_s_per_image": round(estimate, 3),
+            "ratio": round(best_official / estimate, 3)}
+
+
+def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float = 0.0) -> dict:
     dist = types.ModuleType("dist")  # VAR's utilities without torch.distributed (as tests/convert does)
     dist.initialized = lambda: False
     dist.get_device = lambda: "cpu"
@@ -185,11 +232,15 @@ def main() -> None:
     parser.add_argument("--var-repo", help="a clone of FoundationVision/VAR (78b9539)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sjd-passes-per-token", type=float, default=0.0,
+                        help="with a value (0.345: 22.1 passes for 64 tokens on the trained quickstart, "
+                             "docs/results.md), also time one speculative Jacobi pass on GPT-B at batch 1 and "
+                             "estimate SJD's s/img beside the official code's at batch 1")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--repo", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.repo, args.batch_size, args.rounds)))
+        print(json.dumps(WORKERS[args.worker](args.repo, args.batch_size, args.rounds, args.sjd_passes_per_token)))
         return
     repos = {"llamagen": args.llamagen_repo, "var": args.var_repo}
     if not any(repos.values()):
@@ -201,8 +252,8 @@ def main() -> None:
         if not Path(repo).is_dir():
             parser.error(f"{repo} is not a folder: pass a local clone of the official {name} repository")
         result = subprocess.run([sys.executable, __file__, "--worker", name, "--repo", repo, "--batch-size",
-                                 str(args.batch_size), "--rounds", str(args.rounds)], capture_output=True, text=True,
-                                check=False)
+                                 str(args.batch_size), "--rounds", str(args.rounds), "--sjd-passes-per-token",
+                                 str(args.sjd_passes_per_token)], capture_output=True, text=True, check=False)
         if result.returncode:
             raise SystemExit(f"the {name} worker failed:\n{result.stderr[-4000:]}")
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -212,6 +263,10 @@ def main() -> None:
     for row in rows:
         print(f"| {row['model']} | {row['batch']} | {row['official_s_per_image']} | {row['arvis_s_per_image']} | "
               f"{row['ratio']}x | {row['logits_max_abs_difference']:.1e} | {row['greedy_identical']} |")
+        if "speculative_jacobi" in row:
+            sjd = row["speculative_jacobi"]
+            print(f"| {row['model']}, SJD estimate (pass cost here x passes on trained weights) | 1 | "
+                  f"{sjd['official_s_per_image']} | {sjd['arvis_sjd_estimated_s_per_image']} | {sjd['ratio']}x | | |")
 
 
 if __name__ == "__main__":

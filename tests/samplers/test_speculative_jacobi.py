@@ -104,3 +104,20 @@ def test_speculative_jacobi_through_generate_and_its_settings(tiny_pipeline):
         arvis.generate(tiny_pipeline, [0], draft_window=4)
     with pytest.raises(ValueError, match="speculative-jacobi sampler does not drive VARGenerator"):
         sampler_for(GENERATORS.build("var-tiny"), "speculative-jacobi")
+
+
+def test_a_window_pass_gives_every_position_the_teacher_forced_logits_and_the_cache_rewinds():
+    torch.manual_seed(0)
+    model = randomize_parameters_(GENERATORS.build("raster-tiny")).eval()
+    tokens, labels = torch.randint(0, model.vocab_size, (2, 16)), torch.tensor([1, 2])
+    with torch.inference_mode():
+        full = model(tokens, labels).logits
+        cache = model.new_cache(2)
+        model.step(None, labels, cache)
+        window = model.step(tokens[:, :5], labels, cache, every_position=True)  # predicts tokens 1..5
+        torch.testing.assert_close(window, full[:, 1:6], atol=1e-5, rtol=0)
+        cache.rewind(3)  # the prefix and tokens 0, 1: the next pass continues after token 1
+        again = model.step(tokens[:, 2:6], labels, cache, every_position=True)
+        torch.testing.assert_close(again, full[:, 3:7], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="rewind to a length in"):
+        cache.rewind(cache.length + 1)
