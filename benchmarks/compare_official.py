@@ -184,6 +184,7 @@ def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float =
     _redraw(vae, 1)
     _redraw(var, 2)
     vae.eval(), var.eval()
+    var.cond_drop_rate = 0.0  # VAR drops labels in its forward even in eval mode (build_vae_var sets 0.1)
     tokenizer = convert_var_tokenizer(vae.state_dict()).eval()
     generator = convert_var_generator(var.state_dict(), tokenizer, depth=16).eval()
     labels = torch.tensor(BATCH_LABELS[:batch])

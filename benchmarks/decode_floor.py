@@ -6,8 +6,9 @@ A decoding step at batch b with CFG runs 2b rows through every weight matrix onc
 products alone: for each linear layer of GPT-B (per block: qkv, output, the two SwiGLU inputs and its output;
 then the head) a (2b, in) x (in, out) product, fp32, weights laid out as the model has them, timed as one pass
 over all of them. The step is ``RasterGenerator.step`` on a KV cache filled to the middle of the image (128
-tokens), with the CFG batch doubled, timed over ``--steps`` steps after a warm-up. Both report GB/s of weights
-streamed (444 MB per pass for GPT-B's 111M fp32 parameters) and the step's share of the probe's rate. Random
+tokens), with the CFG batch doubled, timed over ``--steps`` steps after a warm-up. Both report GB/s of the linear
+weights streamed (390 MB per pass of GPT-B's 444 MB of fp32 parameters; the embeddings are gathered, not
+streamed) and the step's share of the probe's rate. Random
 weights; asserts nothing. ``--profile`` adds torch.profiler's top operators of the step.
 """
 

@@ -82,8 +82,14 @@ def verify_drafts(target: Tensor, drafts: Tensor, proposal: Tensor, uniforms: Te
     residual = (target[first] - proposal[first]).clamp_min(0.0)
     if not residual.sum() > 0:
         residual = target[first]
-    replacement = sample_categorical(residual.log()[None], generator)[0]
+    replacement = sample_categorical(residual.log()[None], _one_row(generator))[0]
     return first + 1, torch.cat([drafts[:first], replacement[None]])
+
+
+def _one_row(generator: torch.Generator | None) -> list[torch.Generator] | None:
+    """A sample's generator as the per-sample list of a batch of one: its draws happen on its own device (a CPU
+    generator may drive a model on another device, as with the other samplers)."""
+    return None if generator is None else [generator]
 
 
 @SAMPLERS.register
@@ -116,7 +122,7 @@ class SpeculativeJacobiSampler(Sampler):
         cache = model.new_cache(conditions.batch_size)
         target = self._distributions(model.step(None, conditions, cache), 0, length)  # (1, v): token 0
         tokens = torch.empty(length, dtype=torch.long, device=device)
-        tokens[0] = sample_categorical(target.log(), generator)[0]
+        tokens[0] = sample_categorical(target.log(), _one_row(generator))[0]
         accepted = 1
         drafts = torch.empty(length, dtype=torch.long, device=device)
         proposals: dict[int, Tensor] = {}  # position -> q (v,) of a draft drawn from a distribution
@@ -129,7 +135,8 @@ class SpeculativeJacobiSampler(Sampler):
             logits = model.step(feed_both(fed[None], settings), conditions, cache, every_position=True)
             target = self._distributions(logits, accepted, length)  # (count, v): tokens accepted .. + count - 1
             window = range(accepted, accepted + count)
-            proposal = torch.stack([proposals.get(j, self._point_mass(drafts[j], vocab)) for j in window])
+            proposal = torch.stack([proposals[j] if j in proposals else self._point_mass(drafts[j], vocab)
+                                    for j in window])
             uniforms = torch.rand(count, generator=generator, device=generator.device if generator else device)
             kept, new = verify_drafts(target, drafts[accepted:accepted + count], proposal, uniforms.to(device),
                                       generator)
@@ -138,7 +145,7 @@ class SpeculativeJacobiSampler(Sampler):
             for j in window:
                 proposals.pop(j, None)
             for j in range(accepted + kept, accepted + count):  # computed but not accepted: draw from p_j
-                drafts[j] = sample_categorical(target[j - accepted].log()[None], generator)[0]
+                drafts[j] = sample_categorical(target[j - accepted].log()[None], _one_row(generator))[0]
                 proposals[j] = target[j - accepted]
             previous_end = accepted + count
             accepted += kept

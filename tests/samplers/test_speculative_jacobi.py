@@ -54,22 +54,23 @@ def test_verification_accepts_while_the_ratio_allows_and_replaces_the_first_reje
 
 @pytest.mark.parametrize("draft_init", ["random", "repeat"])
 def test_samples_follow_the_exact_joint_distribution_of_the_guided_filtered_model(draft_init):
-    """A 1x3 grid over 4 codes: the 64 sequences' exact probabilities under guidance and top-k, from teacher
-    forcing, against 3000 speculative samples (window 3: several drafts verified per pass)."""
+    """A 2x2 grid over 3 codes: the 81 sequences' exact probabilities under guidance and top-p, from teacher
+    forcing, against 3000 speculative samples (window 3: several drafts verified per pass, refills, a row start)."""
     torch.manual_seed(0)
-    config = RasterConfig(vocab_size=4, token_grid=(1, 3), num_classes=2, dim=16, num_layers=1, num_heads=2,
+    config = RasterConfig(vocab_size=3, token_grid=(2, 2), num_classes=2, dim=16, num_layers=1, num_heads=2,
                           ffn_multiple_of=16)
     model = randomize_parameters_(RasterGenerator(config), std=0.5).eval()
-    sequences = torch.tensor(list(itertools.product(range(4), repeat=3)))
+    sequences = torch.tensor(list(itertools.product(range(3), repeat=4)))
     with torch.no_grad():
-        conditional = model(sequences, torch.full((64,), 1)).logits
-        unconditional = model(sequences, torch.full((64,), model.null_class)).logits
-    probabilities = filter_logits(unconditional + 2.0 * (conditional - unconditional), top_k=3).softmax(-1)
+        conditional = model(sequences, torch.full((81,), 1)).logits
+        unconditional = model(sequences, torch.full((81,), model.null_class)).logits
+    probabilities = filter_logits(unconditional + 2.0 * (conditional - unconditional), top_p=0.9).softmax(-1)
     exact = probabilities.gather(-1, sequences[..., None])[..., 0].prod(-1)
     draws = 3000
-    sampler = sampler_for(model, "speculative-jacobi", cfg_scale=2.0, top_k=3, draft_window=3, draft_init=draft_init)
+    sampler = sampler_for(model, "speculative-jacobi", cfg_scale=2.0, top_p=0.9, draft_window=3,
+                          draft_init=draft_init)
     samples = sampler(model, torch.full((draws,), 1), rng=per_sample_generators(0, 0, draws))
-    counts = torch.bincount((samples * torch.tensor([16, 4, 1])).sum(-1), minlength=64)
+    counts = torch.bincount((samples * torch.tensor([27, 9, 3, 1])).sum(-1), minlength=81)
     assert _chi_square_p_value(counts, exact * draws) > 1e-3
 
 
