@@ -8,6 +8,12 @@ Rows: LlamaGen GPT-B on VQ-16 (256 tokens, CFG 2.0 constant) and VAR-d16 on its 
 Token sampling and decoding are timed separately, after one warm-up call, in seconds per image.
 Each row runs in its own process so that its peak memory (resident set on the CPU, allocated
 memory on CUDA) is its own. Prints a Markdown table; asserts nothing.
+
+How far the token phase is from the machine's floor: per row, the rate at which it streams the generator's
+linear weights (their bytes once per decoding step: 256 steps for GPT-B, 10 for VAR-d16) and its rate of
+linear-layer FLOPs (2 x weights x positions, CFG's doubled rows included; attention not counted), beside two
+probes of the machine printed in the header: a large tensor copy (GB/s, bytes read plus written) and a large
+square matrix product (GFLOP/s).
 """
 
 from __future__ import annotations
@@ -68,8 +74,41 @@ def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model:
     decode_seconds = min(d for _, d in timings) / batch_size
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    linears = [module for module in generator.modules() if isinstance(module, torch.nn.Linear)]
+    weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in linears)
+    weights = sum(layer.weight.numel() for layer in linears)
+    rows = batch_size * (2 if sampler.settings.guided else 1)
+    positions = rows * (generator.prefix_length + generator.layout.length)
+    batch_token_seconds = token_seconds * batch_size
     return {"model": model, "batch": batch_size, "tokens_s": token_seconds, "decode_s": decode_seconds,
-            "total_s": token_seconds + decode_seconds, "peak_mb": peak / 2**20}
+            "total_s": token_seconds + decode_seconds, "peak_mb": peak / 2**20,
+            "weights_gb_per_s": decoding_steps(generator) * weight_bytes / batch_token_seconds / 1e9,
+            "gflop_per_s": 2 * weights * positions / batch_token_seconds / 1e9}
+
+
+def decoding_steps(generator) -> int:
+    """Passes of the sampler over the generator per batch: one per token, or one per unit (VAR's scales)."""
+    return generator.layout.length if generator.unit == "token" else len(generator.unit_lengths())
+
+
+def machine_probes(device: str, dtype: torch.dtype) -> dict:
+    """A 256 MB tensor copy (GB/s, read plus written) and a 2048^3 matrix product (GFLOP/s), best of 5."""
+    source = torch.randn(64 * 2**20, device=device, dtype=dtype)
+    target = torch.empty_like(source)
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    b = torch.randn(2048, 2048, device=device, dtype=dtype)
+    copy, product = float("inf"), float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        copy = min(copy, time.perf_counter() - start)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        product = min(product, time.perf_counter() - start)
+    return {"copy_gb_per_s": 2 * source.numel() * source.element_size() / copy / 1e9,
+            "matmul_gflop_per_s": 2 * 2048**3 / product / 1e9}
 
 
 def synchronize(device: str) -> None:
@@ -92,9 +131,13 @@ def main() -> None:
         print(json.dumps(run_row(model, int(batch), args.device, args.dtype, args.compile, args.repeats)))
         return
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; dtype {args.dtype}; compile {args.compile}; torch {torch.__version__}\n")
-    print("| model | batch | tokens s/img | decode s/img | total s/img | peak MB |")
-    print("|---|---|---|---|---|---|")
+    probes = machine_probes(args.device, DTYPES[args.dtype])
+    print(f"device: {name}; dtype {args.dtype}; compile {args.compile}; torch {torch.__version__}; probes: copy "
+          f"{probes['copy_gb_per_s']:.1f} GB/s (read + written), matrix product "
+          f"{probes['matmul_gflop_per_s']:.0f} GFLOP/s\n")
+    print("| model | batch | tokens s/img | decode s/img | total s/img | peak MB | tokens: weights GB/s | "
+          "tokens: GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
         for batch in args.batch_sizes:
             command = [sys.executable, __file__, "--row", f"{model}:{batch}", "--device", args.device,
@@ -102,7 +145,8 @@ def main() -> None:
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             row = json.loads(output.strip().splitlines()[-1])
             print(f"| {row['model']} | {row['batch']} | {row['tokens_s']:.3f} | {row['decode_s']:.3f} | "
-                  f"{row['total_s']:.3f} | {row['peak_mb']:.0f} |", flush=True)
+                  f"{row['total_s']:.3f} | {row['peak_mb']:.0f} | {row['weights_gb_per_s']:.1f} | "
+                  f"{row['gflop_per_s']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
