@@ -218,8 +218,12 @@ class VARGenerator(Generator):
         return x + self.level_embeddings(start, x.shape[1], x.device) + self.position_embeddings(start, x.shape[1])
 
     def logits(self, hidden: Tensor, condition: Tensor) -> Tensor:
-        """Trunk hidden states (b, n, c) and the condition (b, c) -> logits (b, n, v) float32 (AdaLN head)."""
-        return self.head(self.head_nm(hidden.float(), condition.float())).float()
+        """Trunk hidden states (b, n, c) and the condition (b, c) -> logits (b, n, v) float32 (AdaLN head).
+
+        The head runs in float32 as upstream's, or in the weights' dtype when the model was cast to a lower
+        precision (``arvis.load(..., dtype=torch.bfloat16)``), whose weights cannot multiply float32 inputs."""
+        dtype = self.head.weight.dtype
+        return self.head(self.head_nm(hidden.to(dtype), condition.to(dtype))).float()
 
     def teacher_forcing_inputs(self, tokens: Tensor) -> Tensor:
         """tokens (b, l) long -> the next-scale inputs (b, l - p_0 ** 2, e) of scales 1.. (f_hat of the earlier

@@ -124,8 +124,13 @@ class MultiScaleQuantizer(nn.Module):
     # ---- small pieces -------------------------------------------------------------------------------------
 
     def phi(self, scale_index: int, codes: Tensor) -> Tensor:
-        """Applies the phi conv assigned to ``scale_index`` to codes (b, c, h, w)."""
-        return self.phis[self.phi_indices[scale_index]](codes)
+        """Applies the phi conv assigned to ``scale_index`` to codes (b, c, h, w) -> float32 (b, c, h, w).
+
+        The conv runs in its weights' dtype (float32, or lower when the model was cast with ``.to(dtype)``);
+        the result is float32, in which f_hat accumulates over the scales."""
+        conv = self.phis[self.phi_indices[scale_index]]
+        weight = getattr(conv, "weight", None)  # None for a replaced refiner (nn.Identity in tests)
+        return conv(codes if weight is None else codes.to(weight.dtype)).float()
 
     def lookup(self, indices: Tensor) -> Tensor:
         """indices (b, p, p) long -> raw codes (b, c, p, p)."""

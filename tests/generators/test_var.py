@@ -189,3 +189,23 @@ def test_teacher_forcing_inputs_are_built_in_full_precision_inside_autocast(monk
     with torch.autocast("cpu", dtype=torch.bfloat16):
         generator(tokens, torch.tensor([0, 1]))
     assert seen == [torch.float32]  # phi's convs would give bfloat16 under the loop's autocast
+
+
+def test_a_var_generator_cast_to_bfloat16_samples_and_stays_close_to_float32():
+    """The AdaLN head used to cast its inputs to float32 whatever the weights, which a bf16 model refused."""
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS.build("var-vae-tiny").eval()
+    model = GENERATORS.build("var-tiny")
+    model.bind_tokenizer(tokenizer)
+    model = randomize_parameters_(model, std=0.05).eval()
+    labels = torch.tensor([1, 2])
+    lowered = GENERATORS.build("var-tiny").eval()
+    lowered.load_state_dict(model.state_dict())
+    lowered.to(torch.bfloat16)
+    with torch.inference_mode():
+        exact = model.step(None, labels, model.new_cache(2))
+        logits = lowered.step(None, labels, lowered.new_cache(2))
+    assert logits.dtype == torch.float32 and (logits - exact).abs().max() < 0.05
+    greedy = sampler_for(model, top_k=1)(model, labels)
+    sampled = sampler_for(lowered, top_k=1)(lowered, labels)
+    assert sampled.shape == greedy.shape and (sampled == greedy).float().mean() > 0.5
