@@ -22,7 +22,6 @@ mismatched pair fails when it is assembled, not mid-sampling.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
 from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
 from arvis.samplers.base import sampler_class, sampler_name_of, settings_from_legacy, settings_from_saved
+from arvis.samplers.settings import setting_names
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
@@ -63,7 +63,7 @@ class Pipeline:
         self.tokenizer = tokenizer.eval()  # a pipeline samples: no dropout, no label dropout
         self.generator = generator.eval()
         self.sampling = sampling if sampling is not None else settings_for(generator)
-        sampler_for(generator, settings=self.sampling)  # settings of a sampler that drives the generator
+        sampler_class(generator, self.sampler_name)  # settings of a sampler that drives the generator
         self.text_tokenizer = text_tokenizer
         self.text_encoder = text_encoder
 
@@ -113,7 +113,7 @@ class Pipeline:
         if name == self.sampler_name:
             base = self.sampling
         else:
-            fields = {field.name for field in dataclasses.fields(sampler_class(self.generator, name).config_class)}
+            fields = setting_names(sampler_class(self.generator, name).config_class)
             shared = {key: value for key, value in self.sampling.to_dict().items() if key in fields}
             base = settings_for(self.generator, name, shared)
         return settings_for(self.generator, name, overrides, base=base)

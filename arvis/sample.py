@@ -38,7 +38,7 @@ from arvis.data.transforms import as_rgb
 from arvis.folders import PARTIAL_MARKER, write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers import SamplerSettings, sampler_for
-from arvis.samplers.base import sampler_name_of, settings_from_legacy, settings_from_saved
+from arvis.samplers.base import recorded_settings, sampler_name_of
 from arvis.samplers.logits import per_sample_generators
 
 logger = logging.getLogger(__name__)
@@ -308,12 +308,7 @@ def _with_current_fields(protocol: dict[str, Any]) -> dict[str, Any]:
             summary = protocol[key]
             config = registry.get_class(summary["type"]).config_class.from_saved(summary["config"])
             upgraded[key] = {**summary, "config": config.to_dict()}
-        generator_class = GENERATORS.get_class(protocol["generator"]["type"])
-        if "sampler" in protocol:
-            settings = settings_from_saved(generator_class, {"name": protocol["sampler"],
-                                                             "settings": protocol["sampling"]}, PROTOCOL_FILE)
-        else:  # written before samplers had their own settings: the generator's default sampler's
-            settings = settings_from_legacy(generator_class, protocol["sampling"], PROTOCOL_FILE)
+        settings = recorded_settings(GENERATORS.get_class(protocol["generator"]["type"]), protocol, PROTOCOL_FILE)
         upgraded["sampler"] = sampler_name_of(settings)
         upgraded["sampling"] = settings.to_dict()
     except (KeyError, TypeError, ValueError):

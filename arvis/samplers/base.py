@@ -13,14 +13,13 @@ that sampler's fields by :func:`settings_for`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from arvis.registry import Registry
-from arvis.samplers.settings import SamplerSettings
+from arvis.samplers.settings import SamplerSettings, setting_names
 
 SAMPLERS: Registry = Registry("sampler", key="name")
 
@@ -87,7 +86,7 @@ def settings_for(generator, name: str | None = None, values: Mapping[str, Any] |
     if base is not None and type(base) is not settings_class:
         raise ValueError(f"the {cls.name} sampler takes {settings_class.__name__}, got {type(base).__name__}")
     values = dict(values or {})
-    known = {field.name for field in dataclasses.fields(settings_class)}
+    known = setting_names(settings_class)
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{unknown} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of the "
@@ -127,7 +126,7 @@ def without_legacy_defaults(generator, values: Mapping[str, Any]) -> dict[str, A
     ``SamplingConfig`` that this sampler lacks dropped where they hold that config's defaults (``more_smooth:
     false``, ``distilled_steps: 1``), which is how that config wrote them; any other value stays (and is refused
     by :func:`settings_for`)."""
-    fields = {field.name for field in dataclasses.fields(sampler_class(generator).config_class)}
+    fields = setting_names(sampler_class(generator).config_class)
     return {key: value for key, value in values.items()
             if key in fields or LEGACY_DEFAULTS.get(key, _MISSING) != value}
 
@@ -144,5 +143,14 @@ def settings_from_legacy(generator, sampling: Any, where: str) -> SamplerSetting
         raise ValueError(f"{where}: unknown sampling setting(s) {unknown}; valid ones are "
                          f"{sorted(LEGACY_SAMPLING_FIELDS)}")
     settings_class = sampler_class(generator).config_class
-    fields = {field.name for field in dataclasses.fields(settings_class)}
+    fields = setting_names(settings_class)
     return settings_class.from_saved({key: value for key, value in sampling.items() if key in fields})
+
+
+def recorded_settings(generator, record: Mapping[str, Any], where: str) -> SamplerSettings:
+    """The settings a record (a sample protocol, a pairs manifest) holds as ``"sampler"`` (a name) and
+    ``"sampling"`` (its settings), read with :meth:`Config.from_saved`; a record written before samplers had their
+    own settings has no ``"sampler"``, and its ``"sampling"`` is read by :func:`settings_from_legacy`."""
+    if "sampler" not in record:
+        return settings_from_legacy(generator, record["sampling"], where)
+    return settings_from_saved(generator, {"name": record["sampler"], "settings": record["sampling"]}, where)

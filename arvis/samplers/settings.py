@@ -24,6 +24,11 @@ def help_of(field: dataclasses.Field) -> str:
     return field.metadata.get("help", "")
 
 
+def setting_names(settings_class: type) -> set[str]:
+    """The field names of a settings class."""
+    return {field.name for field in dataclasses.fields(settings_class)}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerSettings(Config):
     """Base of every sampler's settings. Settings built directly (``NextTokenSettings(cfg_scale=2.0)``) are

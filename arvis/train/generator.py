@@ -98,6 +98,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     if config.tokenizer_path is None:
         raise ValueError("tokenizer_path is required: pass tokenizer_path=DIR (a folder saved by the tokenizer trainer)")
     run = config.run
+    sampling = config.sampler_settings()  # the previews' and the pipeline's
     folders = RunFolders(run, "pipeline")
     accelerator = make_accelerator(run, folders)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
@@ -137,7 +138,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         if run.preview_every and step % run.preview_every == 0 and accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             with ema.applied(unwrapped) if ema is not None else contextlib.nullcontext():
-                grid = save_preview(tokenizer, unwrapped, config.sampler_settings(), folders.root / "previews" / f"step-{step}.png",
+                grid = save_preview(tokenizer, unwrapped, sampling, folders.root / "previews" / f"step-{step}.png",
                                     text_tokenizer=text_tokenizer, prompts=preview_prompts)
             progress.log_image("preview", grid, step)
 
@@ -146,7 +147,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         folders=folders, progress=progress, kind="generator", after_step=preview)
     trained = final_model(accelerator, model, ema)
     output_dir = finish_run(accelerator, progress, folders.export,
-                            lambda path: Pipeline(tokenizer.eval(), trained, config.sampler_settings(),
+                            lambda path: Pipeline(tokenizer.eval(), trained, sampling,
                                                   text_tokenizer=text_tokenizer).save_pretrained(path))
     return output_dir, progress.history
 

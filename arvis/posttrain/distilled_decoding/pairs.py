@@ -34,7 +34,7 @@ from arvis.folders import write_file_atomically
 from arvis.pipeline import Pipeline
 from arvis.samplers.flow_matching import FlowMatchingDraw
 from arvis.samplers.logits import normal_noise, per_sample_generators
-from arvis.samplers.base import sampler_name_of, settings_from_legacy
+from arvis.samplers.base import recorded_settings, sampler_name_of
 from arvis.samplers.settings import NextScaleSettings
 
 logger = logging.getLogger(__name__)
@@ -135,15 +135,14 @@ def claim_folder(folder: Path, settings: dict[str, Any], *, write: bool) -> None
 
 
 def with_sampler(manifest: Any, where: Path) -> Any:
-    """A manifest written before samplers had their own settings (one ``sampling`` dict of every field, no
-    ``sampler``) as this version writes it: the teacher's default sampler and its settings."""
-    if not isinstance(manifest, dict) or "sampler" in manifest or "sampling" not in manifest:
+    """A manifest's sampler and settings as this version writes them (one written before samplers had their own
+    settings holds one ``sampling`` dict of every field and no ``sampler``: the teacher's default sampler's)."""
+    if not isinstance(manifest, dict):
         return manifest
     from arvis.generators.base import GENERATORS
 
     try:
-        teacher_class = GENERATORS.get_class(manifest["teacher"])
-        settings = settings_from_legacy(teacher_class, manifest["sampling"], f"{where}: 'sampling'")
+        settings = recorded_settings(GENERATORS.get_class(manifest["teacher"]), manifest, str(where))
     except (KeyError, TypeError, ValueError):
         return manifest  # not readable as this version's settings: compared as recorded (and so refused)
     return {**manifest, "sampler": sampler_name_of(settings), "sampling": settings.to_dict()}
