@@ -33,6 +33,7 @@ from arvis.generators.base import Generator, GeneratorOutput, StepOutput, check_
 from arvis.nn.attention import causal_mask, with_key_padding
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
+from arvis.nn.linear import Linear
 from arvis.nn.llama_trunk import LlamaTrunk, LlamaTrunkConfig
 from arvis.nn.norms import RMSNorm
 from arvis.nn.prompt import PromptEmbedding
@@ -118,7 +119,7 @@ class LlamaGenerator(Generator):
         self.tok_dropout = nn.Dropout(config.token_dropout)
         self.trunk = LlamaTrunk(config, rope)
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size, bias=False)
 
     def reset_parameters(self) -> None:
         """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""

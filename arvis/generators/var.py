@@ -36,6 +36,7 @@ from arvis.nn.adaln import AdaLNHead, AdaLNTrunk, AdaLNTrunkConfig
 from arvis.nn.attention import block_causal_mask
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
+from arvis.nn.linear import Linear
 from arvis.quantizers.multiscale import MultiScaleQuantizer
 from arvis.tokenizers.base import TokenLayout
 
@@ -102,7 +103,7 @@ class VARGenerator(Generator):
         self.quantizer = MultiScaleQuantizer(config.vocab_size, config.code_dim, config.patch_nums,
                                              quant_resi=config.quant_resi, share_quant_resi=config.share_quant_resi)
         self.quantizer.requires_grad_(False)
-        self.word_embed = nn.Linear(config.code_dim, c)
+        self.word_embed = Linear(config.code_dim, c)
         self.class_emb = ClassEmbedding(config.num_classes, c, config.class_dropout)
         self.first_l = config.patch_nums[0] ** 2
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, c))
@@ -110,7 +111,7 @@ class VARGenerator(Generator):
         self.lvl_embed = nn.Embedding(len(config.patch_nums), c)
         self.trunk = AdaLNTrunk(config)
         self.head_nm = AdaLNHead(c, c, norm_eps=config.norm_eps)
-        self.head = nn.Linear(c, config.vocab_size)
+        self.head = Linear(c, config.vocab_size)
         # the scale of every position, kept as data (not a buffer) so that meta-device builds stay valid
         self._levels = [level for level, side in enumerate(config.patch_nums) for _ in range(side * side)]
         self.reset_parameters()

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from arvis.config import Config
 from arvis.nn.attention import NormalizedSelfAttention
 from arvis.nn.kv_cache import KVCache
+from arvis.nn.linear import Linear
 from arvis.nn.llama_trunk import check_additions
 from arvis.nn.mlp import GeluMLP
 
@@ -51,7 +52,7 @@ class SharedAdaLN(nn.Module):
 
     def __init__(self, cond_dim: int, dim: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(cond_dim, 6 * dim)
+        self.linear = Linear(cond_dim, 6 * dim)
 
     def forward(self, condition: Tensor) -> Tensor:
         return rearrange(self.linear(torch.nn.functional.silu(condition)), "b (six c) -> b 1 six c", six=6)
@@ -74,7 +75,7 @@ class AdaLNBlock(nn.Module):
         if shared_adaln:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim ** 0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(cond_dim, 6 * dim))
 
     def modulation(self, condition: Tensor) -> tuple[Tensor, ...]:
         """The six (b, 1, c) vectors gamma1, gamma2, scale1, scale2, shift1, shift2.
@@ -170,7 +171,7 @@ class AdaLNHead(nn.Module):
     def __init__(self, dim: int, cond_dim: int, *, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(cond_dim, 2 * dim))
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:
         """x (b, n, c), condition (b, d) -> (b, n, c)."""
@@ -188,7 +189,7 @@ class TableModulatedHead(nn.Module):
     def __init__(self, dim: int, out_dim: int, *, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
-        self.linear = nn.Linear(dim, out_dim)
+        self.linear = Linear(dim, out_dim)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim ** 0.5)
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from arvis.nn.kv_cache import KVCache
+from arvis.nn.linear import Linear, linear
 from arvis.nn.rope import apply_rope
 
 
@@ -64,8 +65,8 @@ class SelfAttention(nn.Module):
             raise ValueError(f"num_heads {num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
         self.head_dim = dim // num_heads
         kv_dim = self.num_kv_heads * self.head_dim
-        self.wqkv = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)
-        self.wo = nn.Linear(dim, dim, bias=bias)
+        self.wqkv = Linear(dim, dim + 2 * kv_dim, bias=bias)
+        self.wo = Linear(dim, dim, bias=bias)
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
@@ -73,14 +74,11 @@ class SelfAttention(nn.Module):
                 cache: KVCache | None = None, layer: int = 0, store: bool = True) -> Tensor:
         """x (b, n, dim), rope (n, d/2, 2) for the new positions -> (b, n, dim); with ``cache`` the keys and
         values of the n positions are appended to it (``store``) or only attended to (``store=False``)."""
-        kv_dim = self.num_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([x.shape[-1], kv_dim, kv_dim], dim=-1)
-        q = rearrange(q, "b n (h d) -> b n h d", d=self.head_dim)
-        k = rearrange(k, "b n (h d) -> b n h d", d=self.head_dim)
-        v = rearrange(v, "b n (h d) -> b h n d", d=self.head_dim)
+        heads = rearrange(self.wqkv(x), "b n (s d) -> b s n d", d=self.head_dim)  # s = q, k and v heads
+        query_and_key, v = heads.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=1)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k = rearrange(q, "b n h d -> b h n d"), rearrange(k, "b n h d -> b h n d")
+            query_and_key = apply_rope(query_and_key, rope)  # one rotation for q's and k's heads together
+        q, k = query_and_key.split([self.num_heads, self.num_kv_heads], dim=1)
         if cache is not None:
             k, v = cache.append(layer, k, v, store=store)
         if self.num_kv_heads != self.num_heads:
@@ -107,12 +105,12 @@ class NormalizedSelfAttention(nn.Module):
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.l2_norm = l2_norm
-        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.mat_qkv = Linear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0))) if l2_norm else None
         self.max_log_scale = math.log(100.0)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
@@ -121,7 +119,7 @@ class NormalizedSelfAttention(nn.Module):
         """x (b, n, dim) -> (b, n, dim); keys and values of the n positions are appended to ``cache`` (or, with
         ``store=False``, only attended to)."""
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x, self.mat_qkv.weight, bias)
+        qkv = linear(x, self.mat_qkv.weight, bias)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, d=self.head_dim)
         scale = 0.25 / math.sqrt(self.head_dim)
         if self.l2_norm:

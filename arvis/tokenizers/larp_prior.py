@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from arvis.nn.attention import causal_mask
+from arvis.nn.linear import Linear
 from arvis.nn.vit import ViTBlock
 
 
@@ -31,7 +32,7 @@ class ContinuousPrior(nn.Module):
     def __init__(self, code_dim: int, max_length: int, *, width: int, depth: int, num_heads: int,
                  dropout: float) -> None:
         super().__init__()
-        self.input_proj = nn.Linear(code_dim, width)
+        self.input_proj = Linear(code_dim, width)
         self.positions = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.embed_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -39,7 +40,7 @@ class ContinuousPrior(nn.Module):
                      attn_dropout=dropout)
             for _ in range(depth))
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, code_dim)
+        self.head = Linear(width, code_dim)
 
     def forward(self, codes: Tensor) -> Tensor:
         length = codes.shape[1]

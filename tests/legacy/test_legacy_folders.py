@@ -27,7 +27,13 @@ def outputs() -> dict[str, torch.Tensor]:
 
 
 def exactly(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+    """Token ids equal; float outputs equal up to float32 rounding. The fixtures were computed with ``F.linear``,
+    and arvis's products of a few rows on the CPU now sum in another order (``arvis.nn.linear``), which moves
+    the last bits and nothing more; a changed behaviour moves outputs by orders of magnitude more."""
+    if actual.is_floating_point():
+        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5)
+    else:
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0)
 
 
 @torch.no_grad()

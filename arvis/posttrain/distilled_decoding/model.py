@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
+from arvis.nn.linear import Linear
 from arvis.tokenizers.base import TokenLayout, TokenSpec
 
 
@@ -116,7 +117,7 @@ class DistilledGenerator(Generator):
                                  f"({units})")
         self.register_buffer("code_vectors", torch.zeros(self.teacher.vocab_size, config.code_dim))
         self.kind_embedding = nn.Embedding(2, self.width)  # 0: noise, 1: data
-        self.regression_head = nn.Linear(self.width, config.code_dim)
+        self.regression_head = Linear(self.width, config.code_dim)
         nn.init.normal_(self.regression_head.weight, std=0.02)
         nn.init.zeros_(self.regression_head.bias)
 

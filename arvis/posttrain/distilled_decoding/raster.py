@@ -27,6 +27,7 @@ from arvis.generators.base import GENERATORS
 from arvis.generators.raster import RasterGenerator
 from arvis.nn.adaln import TableModulatedHead
 from arvis.nn.attention import causal_mask
+from arvis.nn.linear import Linear
 from arvis.posttrain.distilled_decoding.model import DistilledConfig, DistilledGenerator, DistilledOutput
 
 
@@ -54,7 +55,7 @@ class DistilledRaster(DistilledGenerator):
     def __init__(self, config: DistilledRasterConfig) -> None:
         super().__init__(config)
         self.teacher.remove_token_embeddings()  # inputs are continuous (see the module docstring)
-        self.input_proj = nn.Linear(config.code_dim, self.width)
+        self.input_proj = Linear(config.code_dim, self.width)
         if config.regression_head == "final_layer":
             self.regression_head = TableModulatedHead(self.width, config.code_dim)
             nn.init.normal_(self.regression_head.linear.weight, std=0.02)
