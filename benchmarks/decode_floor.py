@@ -1,6 +1,6 @@
 """How close one next-token decoding step of LlamaGen GPT-B is to this machine's floor: weight streaming.
 
-    python benchmarks/decode_floor.py [--batch-size 2] [--steps 64] [--profile]
+    python benchmarks/decode_floor.py [--batch-size 2] [--steps 64] [--profile] [--compile]
 
 A decoding step at batch b with CFG runs 2b rows through every weight matrix once. The probe times exactly those
 products alone: for each linear layer of GPT-B (per block: qkv, output, the two SwiGLU inputs and its output;
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the step of Generator.compile_decoding() (static KV cache, inductor) instead")
     args = parser.parse_args()
     from arvis.generators.base import GENERATORS
     from arvis.nn.linear import linear
@@ -75,6 +77,8 @@ def main() -> None:
     torch.manual_seed(0)
     generator = randomize_parameters_(GENERATORS.build("llamagen-b", num_classes=1000), std=0.02).eval()
     layers = linear_layers(generator)
+    if args.compile:
+        generator.compile_decoding()
     weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
     all_bytes = sum(p.numel() * p.element_size() for p in generator.parameters())
     rows = 2 * args.batch_size

@@ -153,6 +153,17 @@ class Generator(Component):
     def new_cache(self, batch_size: int) -> KVCache:
         raise NotImplementedError
 
+    def compile_decoding(self, **options) -> Generator:
+        """Decodes through ``torch.compile(**options)`` with static KV caches: every step of a sampler has the same
+        shapes, so one compiled graph serves them all (``mode="reduce-overhead"`` on a GPU replays it as a CUDA
+        graph). Samples are those of eager decoding up to float rounding. Returns the generator; one without a
+        KV-cached trunk raises ``ValueError``."""
+        trunk = getattr(self, "trunk", None)
+        if not hasattr(trunk, "compile_decoding"):
+            raise ValueError(f"{type(self).__name__} has no KV-cached trunk to compile for decoding")
+        trunk.compile_decoding(**options)
+        return self
+
     def unit_lengths(self) -> list[int]:
         """Tokens produced by each decoding step, in order (one step per unit of the layout by default)."""
         return [math.prod(shape) for shape in self.layout.shapes]

@@ -83,8 +83,8 @@ class VARConfig(AdaLNTrunkConfig):
 class VARCache(KVCache):
     """KV cache plus the sampling state of next-scale prediction: the scale to feed next and f_hat."""
 
-    def __init__(self, num_layers: int, max_length: int) -> None:
-        super().__init__(num_layers, max_length)
+    def __init__(self, num_layers: int, max_length: int, *, static: bool = False) -> None:
+        super().__init__(num_layers, max_length, static=static)
         self.scale = 0  # index of the scale whose logits the next step returns
         self.f_hat: Tensor | None = None  # (b, e, h, w) running latent of the scales fed so far
 
@@ -262,7 +262,7 @@ class VARGenerator(Generator):
                                            label_smoothing=self.config.label_smoothing)
 
     def new_cache(self, batch_size: int) -> VARCache:
-        return VARCache(len(self.trunk.blocks), self.layout.length)
+        return VARCache(len(self.trunk.blocks), self.layout.length, static=self.trunk.decoding.compiled)
 
     def codebook(self) -> Tensor:
         """(v, e) code vectors, for samplers that feed soft mixtures of codes (VAR's ``more_smooth``)."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from arvis.config import Config
 from arvis.nn.attention import NormalizedSelfAttention
-from arvis.nn.kv_cache import KVCache
+from arvis.nn.kv_cache import DecodingPasses, KVCache
 from arvis.nn.linear import Linear
 from arvis.nn.llama_trunk import check_additions
 from arvis.nn.mlp import GeluMLP
@@ -148,20 +148,34 @@ class AdaLNTrunk(nn.Module):
             for rate in rates
         )
 
+        self.decoding = DecodingPasses(self._block_stack)
+
     def new_cache(self, max_length: int) -> KVCache:
-        return KVCache(len(self.blocks), max_length)
+        """An empty KV cache for ``max_length`` positions (static once :meth:`compile_decoding` was called)."""
+        return KVCache(len(self.blocks), max_length, static=self.decoding.compiled)
+
+    def compile_decoding(self, **options) -> None:
+        """Decodes with static KV caches through ``torch.compile(**options)`` (see :class:`DecodingPasses`)."""
+        self.decoding.compile(**options)
 
     def forward(self, x: Tensor, condition: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
                 store: bool = True, additions: Mapping[int, Tensor] | None = None) -> Tensor:
         """x (b, n, c), condition (b, d) -> (b, n, c)."""
         check_additions(additions, len(self.blocks))
         block_condition = self.shared_ada_lin(condition) if self.shared_ada_lin is not None else condition
+        if cache is not None and cache.static:
+            mask = cache.static_mask(mask, x.shape[1], x.device)
+        x = self.decoding(cache, x, block_condition, mask, cache, store, additions)
+        if cache is not None and store:
+            cache.advance(x.shape[1])
+        return x
+
+    def _block_stack(self, x: Tensor, block_condition: Tensor, mask: Tensor | None, cache: KVCache | None,
+                     store: bool, additions: Mapping[int, Tensor] | None) -> Tensor:
         for index, block in enumerate(self.blocks):
             if additions is not None and index in additions:
                 x = x + additions[index]
             x = block(x, block_condition, mask=mask, cache=cache, layer=index, store=store)
-        if cache is not None and store:
-            cache.advance(x.shape[1])
         return x
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from arvis.config import Config
-from arvis.nn.kv_cache import KVCache
+from arvis.nn.kv_cache import DecodingPasses, KVCache
 from arvis.nn.mlp import llama_hidden_dim
 from arvis.nn.rope import RotaryTable
 from arvis.nn.transformer import LlamaBlock
@@ -85,10 +85,15 @@ class LlamaTrunk(nn.Module):
             for _ in range(config.num_layers)
         )
         self.rope = rope
+        self.decoding = DecodingPasses(self._layer_stack)
 
     def new_cache(self, max_length: int) -> KVCache:
-        """An empty KV cache for ``max_length`` positions."""
-        return KVCache(len(self.layers), max_length)
+        """An empty KV cache for ``max_length`` positions (static once :meth:`compile_decoding` was called)."""
+        return KVCache(len(self.layers), max_length, static=self.decoding.compiled)
+
+    def compile_decoding(self, **options) -> None:
+        """Decodes with static KV caches through ``torch.compile(**options)`` (see :class:`DecodingPasses`)."""
+        self.decoding.compile(**options)
 
     def forward(self, x: Tensor, *, positions: Tensor | None = None, mask: Tensor | None = None,
                 cache: KVCache | None = None, store: bool = True,
@@ -101,12 +106,19 @@ class LlamaTrunk(nn.Module):
             raise ValueError(f"positions must be (n,) = ({x.shape[1]},) position ids, got {tuple(positions.shape)}")
         check_additions(additions, len(self.layers))
         rope = self.rope.rows(positions) if self.rope is not None else None
+        if cache is not None and cache.static:
+            mask = cache.static_mask(mask, x.shape[1], x.device)
+        x = self.decoding(cache, x, rope, mask, cache, store, additions)
+        if cache is not None and store:
+            cache.advance(x.shape[1])
+        return x
+
+    def _layer_stack(self, x: Tensor, rope: Tensor | None, mask: Tensor | None, cache: KVCache | None,
+                     store: bool, additions: Mapping[int, Tensor] | None) -> Tensor:
         for index, layer in enumerate(self.layers):
             if additions is not None and index in additions:
                 x = x + additions[index]
             x = layer(x, rope=rope, mask=mask, cache=cache, layer=index, store=store)
-        if cache is not None and store:
-            cache.advance(x.shape[1])
         return x
 
 

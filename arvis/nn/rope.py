@@ -61,11 +61,17 @@ def rope_table_2d(rows: int, cols: int, head_dim: int, base: float = 10000.0, *,
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
     """Rotates x (b, s, n, d) by table (n, d/2, 2), any number s of heads; computed in float32, returned in x's
-    dtype. Each channel pair is one complex number, multiplied by cos + i·sin (one kernel instead of the six of
-    the pair arithmetic written out; the same float32 result)."""
-    pairs = torch.view_as_complex(rearrange(x.float(), "... (p two) -> ... p two", two=2).contiguous())
-    rotation = torch.view_as_complex(table.contiguous())
-    return rearrange(torch.view_as_real(pairs * rotation), "... p two -> ... (p two)").type_as(x)
+    dtype. Eagerly, each channel pair is one complex number multiplied by cos + i·sin (one kernel instead of
+    the six of the pair arithmetic); under ``torch.compile``, which generates no code for complex numbers, the
+    pair arithmetic, which it fuses into one kernel. Both give the same float32 result."""
+    pairs = rearrange(x.float(), "... (p two) -> ... p two", two=2)
+    if torch.compiler.is_compiling():
+        first, second = pairs.unbind(-1)
+        cos, sin = table.unbind(-1)
+        rotated = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    else:
+        rotated = torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * torch.view_as_complex(table.contiguous()))
+    return rearrange(rotated, "... p two -> ... (p two)").type_as(x)
 
 
 class RotaryTable:
