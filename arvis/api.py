@@ -20,9 +20,11 @@ from arvis.samplers.logits import per_sample_generators
 OutputType = Literal["pil", "pt", "np"]
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Pipeline:
-    """Loads a pipeline folder written by ``Pipeline.save_pretrained`` (or ``arvis quickstart``)."""
-    return Pipeline.from_pretrained(path, device=device, dtype=dtype)
+def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+         quantize: str | None = None) -> Pipeline:
+    """Loads a pipeline folder written by ``Pipeline.save_pretrained`` (or ``arvis quickstart``); ``dtype`` casts
+    both components, ``quantize="int8"`` (with bf16 or fp16) gives the generator int8 weights."""
+    return Pipeline.from_pretrained(path, device=device, dtype=dtype, quantize=quantize)
 
 
 def generate(

@@ -59,6 +59,9 @@ class Component(nn.Module):
         """
         from arvis import __version__
 
+        if getattr(self, "weights_quantized", None):
+            raise ValueError(f"this {type(self).__name__} holds {self.weights_quantized} weights, an inference form "
+                             "that cannot be saved; save the float model it was quantized from")
         path = Path(path)
         header = {"type": type(self).__name__, "kind": self.kind, "arvis_version": __version__,
                   "config": self.config.to_dict()}

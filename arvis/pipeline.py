@@ -35,6 +35,7 @@ from arvis.config import read_json
 from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
+from arvis.nn.quantized import ACTIVATION_DTYPES, quantize_int8_
 from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
 from arvis.samplers.base import sampler_class, sampler_name_of, settings_from_legacy, settings_from_saved
 from arvis.samplers.settings import setting_names
@@ -147,7 +148,14 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> Pipeline:
+                        dtype: torch.dtype | None = None, quantize: str | None = None) -> Pipeline:
+        """Loads a pipeline folder; ``quantize="int8"`` gives the generator weight-only int8 linear layers
+        (:mod:`arvis.nn.quantized`; needs ``dtype=torch.bfloat16`` or ``float16``; the tokenizer keeps ``dtype``)."""
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize and dtype not in ACTIVATION_DTYPES:
+            raise ValueError(f"int8 weights run with bf16 or fp16 activations; pass dtype=torch.bfloat16 (or "
+                             f"float16) with quantize='int8', got dtype={dtype}")
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"pipeline folder {path} does not exist")
@@ -165,6 +173,8 @@ class Pipeline:
             raise ValueError(f"{path / PIPELINE_FILE} lacks the entries {sorted(missing)}")
         tokenizer = Tokenizer.from_pretrained(component_folder(path, index, "tokenizer"), device=device, dtype=dtype)
         generator = Generator.from_pretrained(component_folder(path, index, "generator"), device=device, dtype=dtype)
+        if quantize:
+            quantize_int8_(generator)
         text_tokenizer = TextTokenizer.load(component_folder(path, index, "text_tokenizer")) \
             if "text_tokenizer" in index else None
         text_encoder = FrozenTextEncoder.load(component_folder(path, index, "text_encoder"), device=device) \

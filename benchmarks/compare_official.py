@@ -15,9 +15,12 @@ with the converters ``arvis convert`` uses, then
 * parity: teacher-forced logits (max |difference|) and greedy (top-k 1) CFG samples of the first tokens
   (LlamaGen: 16 tokens; VAR: every scale) must agree;
 * timing: ``--rounds`` rounds, each sampling one batch with the official code (fp32), then with arvis in fp32,
-  then with arvis's bf16 copy (lossy; its greedy tokens' agreement with fp32's is reported), same labels, CFG
-  on, tokens and decoding both timed, after one warm-up round; the minimum per side is reported, in seconds
-  per image, with the ratios.
+  then with arvis's variants (``VARIANTS``: fp32 through ``compile_decoding``; and the lossy bf16, bf16 with int8
+  generator weights, fp32 tokens with a bf16 decoder; each one's greedy tokens' agreement with fp32's is
+  reported), then with the official code in
+  bf16 where it runs, same labels, CFG on, tokens and decoding both timed, after one warm-up round; the minimum
+  per side is reported, in seconds per image, with the ratios to the official fp32 code (and official bf16
+  beside arvis bf16).
 
 Settings: LlamaGen cfg 2.0, top-k 0, top-p 1 (its sample_c2i defaults but top-k); VAR cfg 1.5 (arvis's linear
 ramp to 2.5), top-k 900, top-p 0.96, as VAR's demo. Random weights make the token draws meaningless; only the
@@ -77,9 +80,38 @@ def _interleaved(official, ours: dict, rounds: int, batch: int) -> dict:
             "all_rounds": {name: [round(value, 3) for value in values] for name, values in times.items()}}
 
 
-def _lowered(module: torch.nn.Module) -> torch.nn.Module:
-    """A bf16 copy of ``module`` (weights rounded once, as ``arvis.load(..., dtype=torch.bfloat16)`` does)."""
-    return copy.deepcopy(module).to(torch.bfloat16).eval()
+def _lowered(module: torch.nn.Module, quantize: bool = False) -> torch.nn.Module:
+    """A bf16 copy of ``module`` (weights rounded once, as ``arvis.load(..., dtype=torch.bfloat16)`` does), with
+    int8 weights if ``quantize`` (as ``quantize="int8"`` does)."""
+    from arvis.nn.quantized import quantize_int8_
+
+    lowered = copy.deepcopy(module).to(torch.bfloat16).eval()
+    return quantize_int8_(lowered) if quantize else lowered
+
+
+VARIANTS = {  # name -> (what the row says, generator lowered, generator int8, tokenizer lowered, compiled)
+    "arvis_compiled": ("arvis fp32, Generator.compile_decoding() (static KV cache, inductor)", False, False, False,
+                       True),
+    "arvis_bf16": ("arvis in bf16 (lossy)", True, False, True, False),
+    "arvis_int8": ("arvis in bf16 with int8 generator weights (lossy)", True, True, True, False),
+    "arvis_bf16_decoder": ("arvis fp32 tokens, bf16 decoder (lossy pixels)", False, False, True, False),
+}
+
+
+def _variant_sides(generator, tokenizer, greedy, sample_greedy, ours, names=tuple(VARIANTS)) -> tuple[dict, dict]:
+    """arvis's variants ``names`` of (generator, tokenizer): their timed functions and how often each one's greedy
+    tokens agree with fp32's."""
+    sides, agreement = {}, {}
+    for name in names:
+        _, lower_generator, quantize, lower_tokenizer, compiled = VARIANTS[name]
+        variant_generator = _lowered(generator, quantize) if lower_generator else generator
+        if compiled:
+            variant_generator = copy.deepcopy(generator).compile_decoding()
+        variant_tokenizer = _lowered(tokenizer) if lower_tokenizer else tokenizer
+        agreement[f"{name}_greedy_agreement"] = round((sample_greedy(variant_generator) == greedy).float()
+                                                      .mean().item(), 3)
+        sides[name] = lambda g=variant_generator, t=variant_tokenizer: ours(g, t)
+    return sides, agreement
 
 
 def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float = 0.0) -> dict:
@@ -110,10 +142,8 @@ def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: fl
                                    sample_logits=True)
     greedy = sampler_for(generator, cfg_scale=2.0, top_k=1)(generator, labels, length=16)
     sampler = sampler_for(generator, cfg_scale=2.0)
-    tokenizer_bf16, generator_bf16 = _lowered(tokenizer), _lowered(generator)
-    greedy_bf16 = sampler_for(generator_bf16, cfg_scale=2.0, top_k=1)(generator_bf16, labels, length=16)
 
-    def official() -> None:
+    def official(gpt=gpt, vq=vq) -> None:
         with torch.no_grad():
             sequence = generate(gpt, labels, 256, cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
                                 sample_logits=True)
@@ -124,12 +154,15 @@ def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: fl
         with torch.inference_mode():
             tokenizer.decode(sampled)
 
+    lossy, agreement = _variant_sides(
+        generator, tokenizer, greedy,
+        lambda g: sampler_for(g, cfg_scale=2.0, top_k=1)(g, labels, length=16), ours)
+    gpt_bf16, vq_bf16 = copy.deepcopy(gpt).to(torch.bfloat16), copy.deepcopy(vq).to(torch.bfloat16)
     row = {"model": "LlamaGen GPT-B + VQ-16 (256 tokens + decode), cfg 2.0", "batch": batch,
            "logits_max_abs_difference": logits_difference,
-           "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())),
-           "bf16_greedy_agreement": round((greedy_bf16 == greedy).float().mean().item(), 3),
-           **_interleaved(official, {"arvis": ours,
-                                     "arvis_bf16": lambda: ours(generator_bf16, tokenizer_bf16)}, rounds, batch)}
+           "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())), **agreement,
+           **_interleaved(official, {"arvis": ours, **lossy,
+                                     "official_bf16": lambda: official(gpt_bf16, vq_bf16)}, rounds, batch)}
     if sjd_passes_per_token:
         row["speculative_jacobi"] = _speculative_jacobi_estimate(gpt, vq, generate, generator, tokenizer,
                                                                  sjd_passes_per_token, rounds)
@@ -222,10 +255,8 @@ def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float =
     upstream_greedy = torch.cat(recorded, dim=1)
     greedy = sampler_for(generator, cfg_scale=2.5, cfg_schedule="linear", top_k=1)(generator, labels)
     sampler = sampler_for(generator, cfg_scale=2.5, cfg_schedule="linear", top_k=900, top_p=0.96)
-    tokenizer_bf16, generator_bf16 = _lowered(tokenizer), _lowered(generator)
-    greedy_bf16 = sampler_for(generator_bf16, cfg_scale=2.5, cfg_schedule="linear", top_k=1)(generator_bf16, labels)
 
-    def official() -> None:
+    def official(var=var) -> None:
         with torch.no_grad():
             var.autoregressive_infer_cfg(batch, labels, g_seed=0, cfg=1.5, top_k=900, top_p=0.96)
 
@@ -234,12 +265,20 @@ def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float =
         with torch.inference_mode():
             tokenizer.decode(sampled)
 
-    return {"model": "VAR-d16 + VAE (10 scales, 680 tokens + decode), cfg 1.5 ramp, top-k 900, top-p 0.96",
-            "batch": batch, "logits_max_abs_difference": logits_difference,
-            "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())),
-            "bf16_greedy_agreement": round((greedy_bf16 == greedy).float().mean().item(), 3),
-            **_interleaved(official, {"arvis": ours,
-                                      "arvis_bf16": lambda: ours(generator_bf16, tokenizer_bf16)}, rounds, batch)}
+    lossy, agreement = _variant_sides(
+        generator, tokenizer, greedy,
+        lambda g: sampler_for(g, cfg_scale=2.5, cfg_schedule="linear", top_k=1)(g, labels), ours,
+        names=[name for name in VARIANTS if name != "arvis_compiled"])  # 10 scale shapes: 10 CPU compilations
+    row = {"model": "VAR-d16 + VAE (10 scales, 680 tokens + decode), cfg 1.5 ramp, top-k 900, top-p 0.96",
+           "batch": batch, "logits_max_abs_difference": logits_difference,
+           "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())), **agreement}
+    var_bf16 = copy.deepcopy(var).to(torch.bfloat16)
+    try:
+        official(var_bf16)
+        lossy["official_bf16"] = lambda: official(var_bf16)
+    except (RuntimeError, TypeError) as error:  # upstream's AdaLN and phi convs cast their inputs to float32
+        row["official_bf16_error"] = str(error).splitlines()[0][:200]
+    return {**row, **_interleaved(official, {"arvis": ours, **lossy}, rounds, batch)}
 
 
 WORKERS = {"llamagen": llamagen_worker, "var": var_worker}
@@ -282,9 +321,18 @@ def main() -> None:
     for row in rows:
         print(f"| {row['model']} | {row['batch']} | {row['official_s_per_image']} | {row['arvis_s_per_image']} | "
               f"{row['arvis_ratio']}x | {row['logits_max_abs_difference']:.1e} | {row['greedy_identical']} |")
-        print(f"| {row['model']}, arvis in bf16 (lossy: greedy tokens agree with fp32's at "
-              f"{row['bf16_greedy_agreement']:.0%}) | {row['batch']} | {row['official_s_per_image']} | "
-              f"{row['arvis_bf16_s_per_image']} | {row['arvis_bf16_ratio']}x | | |")
+        for name, (what, *_) in VARIANTS.items():
+            if f"{name}_s_per_image" not in row:
+                continue
+            print(f"| {row['model']}, {what} (greedy tokens agree with fp32's at "
+                  f"{row[f'{name}_greedy_agreement']:.0%}) | {row['batch']} | {row['official_s_per_image']} | "
+                  f"{row[f'{name}_s_per_image']} | {row[f'{name}_ratio']}x | | |")
+        if "official_bf16_s_per_image" in row:
+            print(f"| {row['model']}, official in bf16 beside arvis in bf16 | {row['batch']} | "
+                  f"{row['official_bf16_s_per_image']} | {row['arvis_bf16_s_per_image']} | "
+                  f"{row['official_bf16_s_per_image'] / row['arvis_bf16_s_per_image']:.3f}x | | |")
+        else:
+            print(f"| {row['model']}, official in bf16: {row.get('official_bf16_error')} | | | | | | |")
         if "speculative_jacobi" in row:
             sjd = row["speculative_jacobi"]
             print(f"| {row['model']}, SJD estimate (pass cost here x passes on trained weights) | 1 | "

@@ -34,7 +34,8 @@ MODELS = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model: bool, repeats: int) -> dict:
+def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model: bool, repeats: int,
+            quantize: str | None = None) -> dict:
     """Builds the pipeline, samples ``repeats`` batches after a warm-up; returns the timings of one row."""
     from arvis.generators.base import GENERATORS
     from arvis.samplers import sampler_for
@@ -49,6 +50,10 @@ def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model:
     generator.bind_tokenizer(tokenizer)
     tokenizer.to(device=device, dtype=DTYPES[dtype])
     generator.to(device=device, dtype=DTYPES[dtype])
+    if quantize:  # as arvis.load(..., quantize="int8") does
+        from arvis.nn.quantized import quantize_int8_
+
+        quantize_int8_(generator)
     if compile_model:  # static KV caches and one compiled graph per step shape (CUDA graphs on a GPU)
         generator.compile_decoding(mode="reduce-overhead" if device == "cuda" else "default")
         tokenizer.decode = torch.compile(tokenizer.decode)
@@ -74,9 +79,12 @@ def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model:
     decode_seconds = min(d for _, d in timings) / batch_size
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    linears = [module for module in generator.modules() if isinstance(module, torch.nn.Linear)]
-    weight_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in linears)
-    weights = sum(layer.weight.numel() for layer in linears)
+    from arvis.nn.quantized import Int8Linear
+
+    linears = [module for module in generator.modules() if isinstance(module, (torch.nn.Linear, Int8Linear))]
+    weight_bytes = sum(layer.in_features * layer.out_features * (1 if isinstance(layer, Int8Linear) else
+                                                                 layer.weight.element_size()) for layer in linears)
+    weights = sum(layer.in_features * layer.out_features for layer in linears)
     rows = batch_size * (2 if sampler.settings.guided else 1)
     positions = rows * (generator.prefix_length + generator.layout.length)
     batch_token_seconds = token_seconds * batch_size
@@ -123,16 +131,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--compile", action="store_true", help="decode through Generator.compile_decoding (static KV caches) and torch.compile the tokenizer decoder")
+    parser.add_argument("--quantize", choices=["int8"], help="int8 generator weights (with --dtype bf16 or fp16)")
     parser.add_argument("--repeats", type=int, default=1, help="timed batches per row (the minimum is reported)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: "model:batch", run one row in this process
     args = parser.parse_args()
     if args.row:
         model, batch = args.row.split(":")
-        print(json.dumps(run_row(model, int(batch), args.device, args.dtype, args.compile, args.repeats)))
+        print(json.dumps(run_row(model, int(batch), args.device, args.dtype, args.compile, args.repeats,
+                                 args.quantize)))
         return
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     probes = machine_probes(args.device, DTYPES[args.dtype])
-    print(f"device: {name}; dtype {args.dtype}; compile {args.compile}; torch {torch.__version__}; probes: copy "
+    print(f"device: {name}; dtype {args.dtype}; quantize {args.quantize}; compile {args.compile}; "
+          f"torch {torch.__version__}; probes: copy "
           f"{probes['copy_gb_per_s']:.1f} GB/s (read + written), matrix product "
           f"{probes['matmul_gflop_per_s']:.0f} GFLOP/s\n")
     print("| model | batch | tokens s/img | decode s/img | total s/img | peak MB | tokens: weights GB/s | "
@@ -141,7 +152,8 @@ def main() -> None:
     for model in args.models:
         for batch in args.batch_sizes:
             command = [sys.executable, __file__, "--row", f"{model}:{batch}", "--device", args.device,
-                       "--dtype", args.dtype, "--repeats", str(args.repeats)] + (["--compile"] if args.compile else [])
+                       "--dtype", args.dtype, "--repeats", str(args.repeats)]
+            command += (["--compile"] if args.compile else []) + (["--quantize", args.quantize] if args.quantize else [])
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             row = json.loads(output.strip().splitlines()[-1])
             print(f"| {row['model']} | {row['batch']} | {row['tokens_s']:.3f} | {row['decode_s']:.3f} | "
