@@ -28,6 +28,7 @@ from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from arvis.config import Config, read_json
 from arvis.folders import json_object_or_none, replace_folder
+from arvis.nn.quantized import Int8Linear
 from arvis.registry import Registry
 
 CONFIG_FILE = "config.json"
@@ -59,9 +60,9 @@ class Component(nn.Module):
         """
         from arvis import __version__
 
-        if getattr(self, "weights_quantized", None):
-            raise ValueError(f"this {type(self).__name__} holds {self.weights_quantized} weights, an inference form "
-                             "that cannot be saved; save the float model it was quantized from")
+        if any(isinstance(module, Int8Linear) for module in self.modules()):
+            raise ValueError(f"this {type(self).__name__} holds int8 weights, an inference form that cannot be "
+                             "saved; save the float model it was quantized from")
         path = Path(path)
         header = {"type": type(self).__name__, "kind": self.kind, "arvis_version": __version__,
                   "config": self.config.to_dict()}

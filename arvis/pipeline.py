@@ -153,6 +153,8 @@ class Pipeline:
         (:mod:`arvis.nn.quantized`; needs ``dtype=torch.bfloat16`` or ``float16``; the tokenizer keeps ``dtype``)."""
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize and torch.device(device).type != "cpu":
+            raise ValueError(f"quantize='int8' runs torch's int8 kernel on the CPU only, got device={device}")
         if quantize and dtype not in ACTIVATION_DTYPES:
             raise ValueError(f"int8 weights run with bf16 or fp16 activations; pass dtype=torch.bfloat16 (or "
                              f"float16) with quantize='int8', got dtype={dtype}")

@@ -154,10 +154,10 @@ class Generator(Component):
         raise NotImplementedError
 
     def compile_decoding(self, **options) -> Generator:
-        """Decodes through ``torch.compile(**options)`` with static KV caches: every step of a sampler has the same
-        shapes, so one compiled graph serves them all (``mode="reduce-overhead"`` on a GPU replays it as a CUDA
-        graph). Samples are those of eager decoding up to float rounding. Returns the generator; one without a
-        KV-cached trunk raises ``ValueError``."""
+        """Decodes through ``torch.compile(**options)`` with static KV caches: the steps of one shape (a raster
+        sampler's one-token steps) share one compiled graph, which ``mode="reduce-overhead"`` on a GPU replays as a
+        CUDA graph (see :class:`arvis.nn.kv_cache.DecodingPasses`). Samples are those of eager decoding up to float
+        rounding. Returns the generator; one without a KV-cached trunk raises ``ValueError``."""
         trunk = getattr(self, "trunk", None)
         if not hasattr(trunk, "compile_decoding"):
             raise ValueError(f"{type(self).__name__} has no KV-cached trunk to compile for decoding")

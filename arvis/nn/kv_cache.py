@@ -18,6 +18,7 @@ Shapes: b batch, h heads, n new positions, t cached positions, T ``max_length``,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -45,7 +46,11 @@ class KVCache:
         """
         end = self.length + num_positions
         if end > self.max_length:
-            raise ValueError(f"KV cache overflow: {end} positions requested, capacity {self.max_length}")
+            raise ValueError(f"KV cache overflow: {end} positions requested, capacity {self.max_length} (a static "
+                             "cache also writes the keys of a store=False pass)")
+        if mask is not None and (mask.dtype != torch.bool or mask.shape[-1] != end):
+            raise ValueError(f"a static cache pads boolean masks over the {end} filled and new positions, got a "
+                             f"{mask.dtype} mask of shape {tuple(mask.shape)}")
         self.slots = torch.arange(self.length, end, device=device)
         if mask is None:
             return (torch.arange(self.max_length, device=device) < end).expand(num_positions, -1)
@@ -111,15 +116,18 @@ class KVCache:
 class DecodingPasses:
     """A trunk's layer stack, run eagerly or, after :meth:`compile`, through ``torch.compile`` on decoding passes.
 
-    ``compile`` makes the trunk's new caches static, so every decoding step has the same shapes and one compiled
-    graph (with ``mode="reduce-overhead"`` on a GPU: one CUDA-graph replay) serves all of them. A pass without a
-    cache (training, teacher forcing), a pass on a dynamic cache, and the first pass on a fresh static cache
-    (which allocates its buffers) run eagerly.
+    ``compile`` makes the trunk's new caches static, so the decoding steps of one shape share one compiled graph
+    (a raster sampler's one-token steps all do). With ``mode="reduce-overhead"`` on a GPU a step is a CUDA-graph
+    replay; the graph is recorded again for each new cache, whose buffers are new (the buffers are marked static
+    without a guard, so this re-records rather than recompiles), and outputs kept across steps must be cloned,
+    since the next replay overwrites them. A pass without a cache (training, teacher forcing), a pass on a dynamic
+    cache, and the first pass on a fresh static cache (which allocates its buffers) run eagerly.
     """
 
     def __init__(self, layer_stack: Callable[..., Tensor]) -> None:
         self.layer_stack = layer_stack
         self.compiled_stack: Callable[..., Tensor] | None = None
+        self.options: dict | None = None
 
     @property
     def compiled(self) -> bool:
@@ -127,7 +135,15 @@ class DecodingPasses:
 
     def compile(self, **options) -> None:
         """``options`` go to ``torch.compile`` (e.g. ``mode="reduce-overhead"``, ``fullgraph=True``)."""
+        self.options = options
         self.compiled_stack = torch.compile(self.layer_stack, **options)
+
+    def __deepcopy__(self, memo: dict) -> DecodingPasses:
+        """A copy for the copied trunk: its layer stack, compiled anew (the compiled function wraps the original)."""
+        copied = DecodingPasses(copy.deepcopy(self.layer_stack, memo))
+        if self.options is not None:
+            copied.compile(**self.options)
+        return copied
 
     def __call__(self, cache: KVCache | None, *args) -> Tensor:
         if self.compiled_stack is not None and cache is not None and cache.static and cache.length:

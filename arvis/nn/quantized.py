@@ -2,17 +2,21 @@
 their weights.
 
 Each output channel of a weight matrix gets a symmetric scale, max|w| / 127 rounded to the activations' dtype, and
-its int8 codes round(w / scale); activations stay in bf16 or fp16. With a few rows on the CPU the product runs in
-torch's int8 weight kernel (``aten._weight_int8pack_mm``: about 1.4x faster than bf16's ``F.linear`` on GPT-B's
-layer products with 4 rows here, and slower from 16 rows on, ``benchmarks/int8_products.py``); more rows, or
-another device, multiply by the dequantised weights in the activations' dtype instead.
+its int8 codes round(w / scale); activations stay in bf16 or fp16. With up to 8 rows on the CPU (and an input
+width that is a multiple of 16, which the kernel needs) the product runs in torch's int8 weight kernel
+(``aten._weight_int8pack_mm``; faster than bf16's ``F.linear`` with 1 to 4 rows, slower from 8 on: the table in
+docs/results.md, from ``benchmarks/int8_products.py``); otherwise it multiplies by the weights dequantised in
+the activations' dtype, which costs a pass over the weights per call. The two paths round differently, so a
+batch on one side of the 8-row boundary gets other last bits than on the other. CPU only
+(:func:`quantize_int8_` refuses other devices: the dequantised path there would be slower than bf16).
 
 torchao's ``Int8WeightOnlyConfig`` was measured too (torchao 0.18 on torch 2.14): it runs but, with bf16
 activations, spends 21 ms on those products against bf16's 16 ms (its tensor subclass adds a dispatch per call),
 and with fp32 activations 133 ms; the kernel above, called directly, takes 12 ms.
 
-A quantized model is an inference form: it cannot be saved (:func:`quantize_int8_` marks it so), and it is built
-from a loaded float model with ``arvis.load(..., dtype=torch.bfloat16, quantize="int8")``.
+A quantized model is an inference form: it cannot be saved (``save_pretrained`` refuses a model holding an
+:class:`Int8Linear`), and it is built from a loaded float model with
+``arvis.load(..., dtype=torch.bfloat16, quantize="int8")``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 INT8_KERNEL_MAX_ROWS = 8
+INT8_KERNEL_IN_MULTIPLE = 16  # the kernel reads its input 16 channels at a time and does not check (torch 2.14)
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -43,7 +48,8 @@ class Int8Linear(nn.Module):
         if weight.dtype not in ACTIVATION_DTYPES:
             raise ValueError(f"int8 weights run with bf16 or fp16 activations, but this layer is {weight.dtype}: "
                              "load the model with dtype=torch.bfloat16 (or float16) before quantizing")
-        scales = (weight.float().abs().amax(dim=1) / 127).clamp(min=torch.finfo(weight.dtype).tiny).to(weight.dtype)
+        largest = weight.float().abs().amax(dim=1)
+        scales = torch.where(largest > 0, largest / 127, 1.0).to(weight.dtype)  # an all-zero row gets codes 0
         codes = torch.round(weight.float() / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
         bias = layer.bias.detach().clone() if layer.bias is not None else None
         return cls(codes, scales, bias)
@@ -62,8 +68,9 @@ class Int8Linear(nn.Module):
         if x.dtype != self.scales.dtype:
             raise ValueError(f"this int8 layer takes {self.scales.dtype} inputs, got {x.dtype}")
         rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS:
-            out = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, self.in_features), self.codes, self.scales)
+        if x.device.type == "cpu" and 0 < rows <= INT8_KERNEL_MAX_ROWS and self.in_features % INT8_KERNEL_IN_MULTIPLE == 0:
+            flat = x.reshape(rows, self.in_features).contiguous()
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scales)
             out = out.reshape(*x.shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
         return F.linear(x, self.dequantized(), self.bias)
@@ -73,14 +80,17 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int8_(module: nn.Module) -> nn.Module:
-    """Replaces every ``nn.Linear`` inside ``module`` (bf16 or fp16) by an :class:`Int8Linear`, in place; returns
-    ``module``, which can no longer be saved (its state dict is no longer the float model's)."""
+    """Replaces every ``nn.Linear`` inside ``module`` (bf16 or fp16, on the CPU) by an :class:`Int8Linear`, in place;
+    returns ``module``, which can no longer be saved (its state dict is no longer the float model's)."""
     replacements = [(name, child) for name, child in module.named_modules() if isinstance(child, nn.Linear)]
     if not replacements:
         raise ValueError(f"{type(module).__name__} has no linear layers to quantize")
+    devices = {child.weight.device.type for _, child in replacements}
+    if devices != {"cpu"}:
+        raise ValueError(f"int8 weights run torch's int8 kernel on the CPU only; this model is on {sorted(devices)} "
+                         "(use dtype=torch.bfloat16 without quantize there)")
     for name, child in replacements:
         owner_name, _, attribute = name.rpartition(".")
         owner = module.get_submodule(owner_name) if owner_name else module
         setattr(owner, attribute, Int8Linear.from_linear(child))
-    module.weights_quantized = "int8"
     return module

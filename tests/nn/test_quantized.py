@@ -67,3 +67,38 @@ def test_an_int8_pipeline_samples_close_to_bf16_and_cannot_be_saved(tiny_pipelin
 def test_quantize_needs_linear_layers():
     with pytest.raises(ValueError, match="no linear layers"):
         quantize_int8_(nn.Sequential(nn.ReLU()))
+
+
+@pytest.mark.parametrize("in_features", [8, 24, 100])
+def test_input_widths_the_kernel_cannot_read_take_the_dequantized_product(in_features):
+    """torch's int8 kernel reads 16 channels at a time unchecked: other widths gave 1e37s or crashed."""
+    torch.manual_seed(0)
+    quantized = Int8Linear.from_linear(nn.Linear(in_features, 32).to(torch.bfloat16))
+    x = torch.randn(4, in_features, dtype=torch.bfloat16)
+    expected = F.linear(x.float(), quantized.dequantized().float(), quantized.bias.float())
+    torch.testing.assert_close(quantized(x).float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_a_non_contiguous_input_is_accepted():
+    quantized = Int8Linear.from_linear(_layer())
+    x = torch.randn(64, 3, dtype=torch.bfloat16).t()  # (3, 64), last dimension strided
+    torch.testing.assert_close(quantized(x), quantized(x.contiguous()), atol=0, rtol=0)
+
+
+def test_small_fp16_weights_keep_all_127_levels():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 16).to(torch.float16)
+    with torch.no_grad():
+        layer.weight.mul_(0.01)  # max |w| about 0.001: a scale below fp16's smallest normal number
+        layer.weight[3] = 0.0
+    quantized = Int8Linear.from_linear(layer)
+    assert (quantized.codes.abs().amax(dim=1)[torch.arange(16) != 3] == 127).all()
+    assert (quantized.codes[3] == 0).all()
+
+
+def test_int8_is_refused_off_the_cpu(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    with pytest.raises(ValueError, match="CPU only"):
+        arvis.load(tmp_path / "p", device="cuda", dtype=torch.bfloat16, quantize="int8")
+    with pytest.raises(ValueError, match="CPU only"):
+        quantize_int8_(nn.Sequential(nn.Linear(16, 16, device="meta", dtype=torch.bfloat16)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -70,6 +72,25 @@ def test_a_static_cache_hides_unwritten_slots_and_refuses_overflow():
         cache.static_mask(None, 4, torch.device("cpu"))
     with pytest.raises(ValueError, match="static_mask"):
         KVCache(1, 5, static=True).append(0, keys, keys)
+    with pytest.raises(ValueError, match="boolean masks over the 4"):
+        cache.static_mask(causal[:, :3], 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="boolean masks"):
+        cache.static_mask(causal.float(), 2, torch.device("cpu"))
+
+
+def test_a_copy_of_a_compiled_generator_decodes_with_its_own_weights():
+    model, condition = _model_and_condition("raster-tiny")
+    model.compile_decoding(backend="eager")
+    copied = copy.deepcopy(model)
+    assert copied.trunk.decoding.compiled and copied.trunk.decoding.layer_stack.__self__ is copied.trunk
+    with torch.no_grad():
+        for parameter in copied.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    eager_copy = copy.deepcopy(copied)
+    eager_copy.trunk.decoding.compiled_stack = None  # the same weights, decoded eagerly with a dynamic cache
+    assert not eager_copy.new_cache(6).static
+    assert torch.equal(_samples(copied, condition)[0], _samples(eager_copy, condition)[0])
+    assert not torch.equal(_samples(copied, condition)[0], _samples(model, condition)[0])
 
 
 def test_a_generator_without_a_trunk_refuses_to_compile():
