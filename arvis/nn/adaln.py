@@ -152,7 +152,7 @@ class AdaLNTrunk(nn.Module):
 
     def new_cache(self, max_length: int) -> KVCache:
         """An empty KV cache for ``max_length`` positions (static once :meth:`compile_decoding` was called)."""
-        return KVCache(len(self.blocks), max_length, static=self.decoding.compiled)
+        return self.decoding.new_cache(len(self.blocks), max_length)
 
     def compile_decoding(self, **options) -> None:
         """Decodes with static KV caches through ``torch.compile(**options)`` (see :class:`DecodingPasses`)."""
@@ -163,12 +163,7 @@ class AdaLNTrunk(nn.Module):
         """x (b, n, c), condition (b, d) -> (b, n, c)."""
         check_additions(additions, len(self.blocks))
         block_condition = self.shared_ada_lin(condition) if self.shared_ada_lin is not None else condition
-        if cache is not None and cache.static:
-            mask = cache.static_mask(mask, x.shape[1], x.device)
-        x = self.decoding(cache, x, block_condition, mask, cache, store, additions)
-        if cache is not None and store:
-            cache.advance(x.shape[1])
-        return x
+        return self.decoding(x, block_condition, mask=mask, cache=cache, store=store, additions=additions)
 
     def _block_stack(self, x: Tensor, block_condition: Tensor, mask: Tensor | None, cache: KVCache | None,
                      store: bool, additions: Mapping[int, Tensor] | None) -> Tensor:

@@ -145,7 +145,20 @@ class DecodingPasses:
             copied.compile(**self.options)
         return copied
 
-    def __call__(self, cache: KVCache | None, *args) -> Tensor:
-        if self.compiled_stack is not None and cache is not None and cache.static and cache.length:
-            return self.compiled_stack(*args)
-        return self.layer_stack(*args)
+    def new_cache(self, num_layers: int, max_length: int) -> KVCache:
+        """An empty KV cache for ``max_length`` positions: static once :meth:`compile` was called."""
+        return KVCache(num_layers, max_length, static=self.compiled)
+
+    def __call__(self, x: Tensor, conditioning: Tensor | None, *, mask: Tensor | None, cache: KVCache | None,
+                 store: bool, additions) -> Tensor:
+        """One pass of the layer stack ``layer_stack(x, conditioning, mask, cache, store, additions)``: a static
+        cache's mask over every slot is built first, and the cache advances after a stored pass."""
+        static = cache is not None and cache.static
+        if static:
+            mask = cache.static_mask(mask, x.shape[1], x.device)
+        stack = self.compiled_stack if self.compiled_stack is not None and static and cache.length \
+            else self.layer_stack
+        x = stack(x, conditioning, mask, cache, store, additions)
+        if cache is not None and store:
+            cache.advance(x.shape[1])
+        return x

@@ -89,7 +89,7 @@ class LlamaTrunk(nn.Module):
 
     def new_cache(self, max_length: int) -> KVCache:
         """An empty KV cache for ``max_length`` positions (static once :meth:`compile_decoding` was called)."""
-        return KVCache(len(self.layers), max_length, static=self.decoding.compiled)
+        return self.decoding.new_cache(len(self.layers), max_length)
 
     def compile_decoding(self, **options) -> None:
         """Decodes with static KV caches through ``torch.compile(**options)`` (see :class:`DecodingPasses`)."""
@@ -106,12 +106,7 @@ class LlamaTrunk(nn.Module):
             raise ValueError(f"positions must be (n,) = ({x.shape[1]},) position ids, got {tuple(positions.shape)}")
         check_additions(additions, len(self.layers))
         rope = self.rope.rows(positions) if self.rope is not None else None
-        if cache is not None and cache.static:
-            mask = cache.static_mask(mask, x.shape[1], x.device)
-        x = self.decoding(cache, x, rope, mask, cache, store, additions)
-        if cache is not None and store:
-            cache.advance(x.shape[1])
-        return x
+        return self.decoding(x, rope, mask=mask, cache=cache, store=store, additions=additions)
 
     def _layer_stack(self, x: Tensor, rope: Tensor | None, mask: Tensor | None, cache: KVCache | None,
                      store: bool, additions: Mapping[int, Tensor] | None) -> Tensor:
