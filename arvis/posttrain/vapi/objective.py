@@ -1,0 +1,85 @@
+"""VA-π's objective (VA-π, variational policy alignment: arXiv 2512.19680, CVPR 2026), as pure functions.
+
+The token sequence is the latent of a VAE whose decoder is the frozen tokenizer; the AR policy run under teacher
+forcing on the ground-truth ids x* is the posterior. One optimiser step (upstream ``train_c2i_grpo.py``):
+
+1. the context x* is noised (:func:`noise_context`: each id replaced by a uniform code with probability ξ);
+2. one no-grad teacher-forced pass gives logits (b, l, v); G sequences per image are drawn from them position by
+   position (:func:`sample_per_position`: no free-running rollout) with their log-probabilities;
+3. the frozen tokenizer decodes them; the reward is −(MSE + λ_p·LPIPS) against the real image
+   (:func:`reconstruction_reward`);
+4. advantages are normalised within each image's group of G (:func:`group_advantages`);
+5. the gradient pass recomputes the log-probabilities on the same contexts and minimises
+   :func:`policy_loss` (per-token PPO clip) + β · cross-entropy of the ground truth on the noised context.
+
+Shapes: b images, g samples per image, l tokens, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor
+
+
+def noise_context(tokens: Tensor, probability: float, vocab_size: int, rng: torch.Generator | None) -> Tensor:
+    """tokens (b, l) long -> a copy whose ids are each replaced, with ``probability``, by a uniform id in
+    [0, vocab_size) (VA-π's ξ; upstream's C2I script: 0, T2I: 0.5, Janus: 1). ξ = 0 returns ``tokens`` itself."""
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"the context noise probability must be in [0, 1], got {probability}")
+    if probability == 0.0:
+        return tokens
+    replace = torch.rand(tokens.shape, generator=rng, device=tokens.device) < probability
+    random_ids = torch.randint(0, vocab_size, tokens.shape, generator=rng, device=tokens.device)
+    return torch.where(replace, random_ids, tokens)
+
+
+def sample_per_position(logits: Tensor, group_size: int, rng: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """logits (b, l, v) of one teacher-forced pass -> (samples (b, g, l) long, their log-probabilities (b, g, l)):
+    every position drawn independently from its softmax (temperature 1, no top-k/top-p), g times."""
+    if group_size < 1:
+        raise ValueError(f"the group size must be at least 1, got {group_size}")
+    log_probs = logits.float().log_softmax(-1)
+    flat = rearrange(log_probs, "b l v -> (b l) v").exp()
+    draws = torch.multinomial(flat, group_size, replacement=True, generator=rng)  # ((b l), g)
+    samples = rearrange(draws, "(b l) g -> b g l", b=logits.shape[0])
+    return samples, gathered_log_probs(log_probs, samples)
+
+
+def gathered_log_probs(log_probs: Tensor, samples: Tensor) -> Tensor:
+    """log_probs (b, l, v) and samples (b, g, l) -> each sample's per-token log-probabilities (b, g, l)."""
+    expanded = repeat(log_probs, "b l v -> b g l v", g=samples.shape[1])
+    return expanded.gather(-1, samples[..., None])[..., 0]
+
+
+def reconstruction_reward(decoded: Tensor, images: Tensor, *, mse_weight: float = 1.0, lpips=None,
+                          lpips_weight: float = 1.0) -> Tensor:
+    """decoded (n, c, h, w) and images (n, c, h, w), both in [-1, 1] -> rewards (n,) = −(mse_weight · per-image MSE
+    + lpips_weight · LPIPS) (LPIPS only when ``lpips`` is given: a module mapping two image batches to (n,))."""
+    if decoded.shape != images.shape:
+        raise ValueError(f"decoded images {tuple(decoded.shape)} and real images {tuple(images.shape)} differ in shape")
+    cost = mse_weight * (decoded.float() - images.float()).pow(2).mean(dim=(1, 2, 3))
+    if lpips is not None:
+        cost = cost + lpips_weight * lpips(decoded.float(), images.float()).float()
+    return -cost
+
+
+def group_advantages(rewards: Tensor, clip: float = 5.0) -> Tensor:
+    """rewards (b, g) -> advantages (b, g): (r − group mean) / (group std + 1e-8), the std with n − 1, clipped to
+    ±clip (upstream's GRPO normalisation). A group of identical rewards gives 0."""
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"expected rewards (images, samples per image) with at least 2 samples, got "
+                         f"{tuple(rewards.shape)}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return (centred / (rewards.std(dim=1, keepdim=True) + 1e-8)).clamp(-clip, clip)
+
+
+def policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float = 0.2) -> Tensor:
+    """Per-token PPO clip, meaned over tokens then sequences: log_probs, old_log_probs (b, g, l), advantages (b, g)
+    -> scalar mean_seq mean_t −min(ρA, clip(ρ, 1 ± clip)A), ρ = exp(log_probs − old_log_probs). With one optimiser
+    step per rollout ρ = 1, the clip never acts and the gradient is −mean(A · ∇log π) (group-normalised
+    REINFORCE), as upstream."""
+    ratio = (log_probs - old_log_probs.detach()).exp()
+    advantage = advantages.detach()[..., None]
+    clipped = ratio.clamp(1 - clip, 1 + clip)
+    return (-torch.minimum(ratio * advantage, clipped * advantage)).mean(dim=-1).mean()
