@@ -18,7 +18,7 @@ Shapes: b images, g samples per image, l tokens, v vocabulary.
 from __future__ import annotations
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor
 
 
@@ -48,7 +48,7 @@ def sample_per_position(logits: Tensor, group_size: int, rng: torch.Generator | 
 
 def gathered_log_probs(log_probs: Tensor, samples: Tensor) -> Tensor:
     """log_probs (b, l, v) and samples (b, g, l) -> each sample's per-token log-probabilities (b, g, l)."""
-    expanded = repeat(log_probs, "b l v -> b g l v", g=samples.shape[1])
+    expanded = log_probs[:, None].expand(-1, samples.shape[1], -1, -1)  # a view: no (b, g, l, v) copy
     return expanded.gather(-1, samples[..., None])[..., 0]
 
 
