@@ -98,6 +98,18 @@ VARIANTS = {  # name -> (what the row says, generator lowered, generator int8, t
 }
 
 
+def _arvis_side(sampler, labels, batch: int):
+    """The timed arvis side: sample one batch with ``sampler`` and decode it, for any (generator, tokenizer)."""
+    from arvis.samplers.logits import per_sample_generators
+
+    def ours(generator, tokenizer) -> None:
+        sampled = sampler(generator, labels, rng=per_sample_generators(0, 0, batch))
+        with torch.inference_mode():
+            tokenizer.decode(sampled)
+
+    return ours
+
+
 def _variant_sides(generator, tokenizer, greedy, sample_greedy, ours, names=tuple(VARIANTS)) -> tuple[dict, dict]:
     """arvis's variants ``names`` of (generator, tokenizer): their timed functions and how often each one's greedy
     tokens agree with fp32's."""
@@ -122,7 +134,6 @@ def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: fl
 
     from arvis.convert.llamagen import convert_llamagen_gpt, convert_llamagen_vq
     from arvis.samplers import sampler_for
-    from arvis.samplers.logits import per_sample_generators
 
     torch.manual_seed(0)
     vq = VQ_models["VQ-16"](codebook_size=16384, codebook_embed_dim=8)
@@ -149,10 +160,7 @@ def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: fl
                                 sample_logits=True)
             vq.decode_code(sequence, shape=[batch, 8, 16, 16])
 
-    def ours(generator=generator, tokenizer=tokenizer) -> None:
-        sampled = sampler(generator, labels, rng=per_sample_generators(0, 0, batch))
-        with torch.inference_mode():
-            tokenizer.decode(sampled)
+    ours = _arvis_side(sampler, labels, batch)
 
     lossy, agreement = _variant_sides(
         generator, tokenizer, greedy,
@@ -161,7 +169,7 @@ def llamagen_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: fl
     row = {"model": "LlamaGen GPT-B + VQ-16 (256 tokens + decode), cfg 2.0", "batch": batch,
            "logits_max_abs_difference": logits_difference,
            "greedy_identical": bool(torch.equal(greedy, upstream_greedy.long())), **agreement,
-           **_interleaved(official, {"arvis": ours, **lossy,
+           **_interleaved(official, {"arvis": lambda: ours(generator, tokenizer), **lossy,
                                      "official_bf16": lambda: official(gpt_bf16, vq_bf16)}, rounds, batch)}
     if sjd_passes_per_token:
         row["speculative_jacobi"] = _speculative_jacobi_estimate(gpt, vq, generate, generator, tokenizer,
@@ -223,7 +231,6 @@ def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float =
 
     from arvis.convert.var import convert_var_generator, convert_var_tokenizer
     from arvis.samplers import sampler_for
-    from arvis.samplers.logits import per_sample_generators
 
     torch.manual_seed(0)
     vae, var = build_vae_var(device="cpu", depth=16, shared_aln=False, attn_l2_norm=True, flash_if_available=False,
@@ -260,10 +267,7 @@ def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float =
         with torch.no_grad():
             var.autoregressive_infer_cfg(batch, labels, g_seed=0, cfg=1.5, top_k=900, top_p=0.96)
 
-    def ours(generator=generator, tokenizer=tokenizer) -> None:
-        sampled = sampler(generator, labels, rng=per_sample_generators(0, 0, batch))
-        with torch.inference_mode():
-            tokenizer.decode(sampled)
+    ours = _arvis_side(sampler, labels, batch)
 
     lossy, agreement = _variant_sides(
         generator, tokenizer, greedy,
@@ -278,7 +282,7 @@ def var_worker(repo: str, batch: int, rounds: int, sjd_passes_per_token: float =
         lossy["official_bf16"] = lambda: official(var_bf16)
     except (RuntimeError, TypeError) as error:  # upstream's AdaLN and phi convs cast their inputs to float32
         row["official_bf16_error"] = str(error).splitlines()[0][:200]
-    return {**row, **_interleaved(official, {"arvis": ours, **lossy}, rounds, batch)}
+    return {**row, **_interleaved(official, {"arvis": lambda: ours(generator, tokenizer), **lossy}, rounds, batch)}
 
 
 WORKERS = {"llamagen": llamagen_worker, "var": var_worker}

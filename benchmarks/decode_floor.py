@@ -43,22 +43,33 @@ def probe_seconds(layers: list[nn.Linear], rows: int, repeats: int, product) -> 
     return best
 
 
-def step_seconds(generator, batch: int, steps: int, filled: int) -> float:
-    """Mean time of one guided decoding step (2b rows) on a cache holding ``filled`` tokens."""
+def guided_cache(generator, batch: int, filled: int):
+    """The guided condition (2b rows), a one-token input and a KV cache holding the prefix and ``filled - 1``
+    tokens, for timing or profiling steps at that fill (call under ``torch.inference_mode``)."""
     from arvis.conditions import Condition
 
     labels = torch.arange(batch) % generator.num_classes
     condition = Condition.cat([Condition(labels=labels), generator.null_condition(batch)])
-    token = torch.zeros(2 * batch, 1, dtype=torch.long)
+    cache = generator.new_cache(2 * batch)
+    generator.step(None, condition, cache)
+    generator.step(torch.zeros(2 * batch, filled - 1, dtype=torch.long), condition, cache)
+    return condition, torch.zeros(2 * batch, 1, dtype=torch.long), cache
+
+
+def run_steps(generator, condition, token, cache, steps: int) -> None:
+    """``steps`` decoding steps, each rewound so that the cache keeps its fill."""
+    for _ in range(steps):
+        generator.step(token, condition, cache)
+        cache.rewind(cache.length - 1)
+
+
+def step_seconds(generator, batch: int, steps: int, filled: int) -> float:
+    """Mean time of one guided decoding step (2b rows) on a cache holding ``filled`` tokens."""
     with torch.inference_mode():
-        cache = generator.new_cache(2 * batch)
-        generator.step(None, condition, cache)
-        generator.step(torch.zeros(2 * batch, filled - 1, dtype=torch.long), condition, cache)
-        generator.step(token, condition, cache)  # warm-up
+        condition, token, cache = guided_cache(generator, batch, filled)
+        run_steps(generator, condition, token, cache, 1)  # warm-up
         start = time.perf_counter()
-        for _ in range(steps):
-            generator.step(token, condition, cache)
-            cache.rewind(cache.length - 1)  # keep the cache at the same fill
+        run_steps(generator, condition, token, cache, steps)
         return (time.perf_counter() - start) / steps
 
 
@@ -95,21 +106,11 @@ def main() -> None:
               "threads": torch.get_num_threads()}
     print(json.dumps(result))
     if args.profile:
-        from arvis.conditions import Condition
-
-        labels = torch.arange(args.batch_size)
-        condition = Condition.cat([Condition(labels=labels), generator.null_condition(args.batch_size)])
-        token = torch.zeros(rows, 1, dtype=torch.long)
         with torch.inference_mode():
-            cache = generator.new_cache(rows)
-            generator.step(None, condition, cache)
-            generator.step(torch.zeros(rows, 127, dtype=torch.long), condition, cache)
+            condition, token, cache = guided_cache(generator, args.batch_size, filled=128)
             with torch.profiler.profile() as profiler:
-                for _ in range(20):
-                    generator.step(token, condition, cache)
-                    cache.rewind(cache.length - 1)
+                run_steps(generator, condition, token, cache, 20)
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-
 
 if __name__ == "__main__":
     main()

@@ -262,7 +262,7 @@ class VARGenerator(Generator):
                                            label_smoothing=self.config.label_smoothing)
 
     def new_cache(self, batch_size: int) -> VARCache:
-        return VARCache(len(self.trunk.blocks), self.layout.length, static=self.trunk.decoding.compiled)
+        return self.trunk.new_cache(self.layout.length, VARCache)
 
     def codebook(self) -> Tensor:
         """(v, e) code vectors, for samplers that feed soft mixtures of codes (VAR's ``more_smooth``)."""

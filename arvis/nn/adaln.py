@@ -150,9 +150,10 @@ class AdaLNTrunk(nn.Module):
 
         self.decoding = DecodingPasses(self._block_stack)
 
-    def new_cache(self, max_length: int) -> KVCache:
-        """An empty KV cache for ``max_length`` positions (static once :meth:`compile_decoding` was called)."""
-        return self.decoding.new_cache(len(self.blocks), max_length)
+    def new_cache(self, max_length: int, cache_class: type[KVCache] = KVCache) -> KVCache:
+        """An empty KV cache (``cache_class``: VAR's keeps its sampling state too) for ``max_length`` positions,
+        static once :meth:`compile_decoding` was called."""
+        return self.decoding.new_cache(len(self.blocks), max_length, cache_class)
 
     def compile_decoding(self, **options) -> None:
         """Decodes with static KV caches through ``torch.compile(**options)`` (see :class:`DecodingPasses`)."""

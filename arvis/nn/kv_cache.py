@@ -145,9 +145,10 @@ class DecodingPasses:
             copied.compile(**self.options)
         return copied
 
-    def new_cache(self, num_layers: int, max_length: int) -> KVCache:
-        """An empty KV cache for ``max_length`` positions: static once :meth:`compile` was called."""
-        return KVCache(num_layers, max_length, static=self.compiled)
+    def new_cache(self, num_layers: int, max_length: int, cache_class: type[KVCache] = KVCache) -> KVCache:
+        """An empty ``cache_class`` (a :class:`KVCache` or a subclass taking its arguments) for ``max_length``
+        positions: static once :meth:`compile` was called."""
+        return cache_class(num_layers, max_length, static=self.compiled)
 
     def __call__(self, x: Tensor, conditioning: Tensor | None, *, mask: Tensor | None, cache: KVCache | None,
                  store: bool, additions) -> Tensor:

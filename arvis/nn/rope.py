@@ -70,7 +70,8 @@ def apply_rope(x: Tensor, table: Tensor) -> Tensor:
         cos, sin = table.unbind(-1)
         rotated = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1)
     else:
-        rotated = torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * torch.view_as_complex(table.contiguous()))
+        rotation = torch.view_as_complex(table.contiguous())  # (n, d/2) cos + i·sin
+        rotated = torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * rotation)
     return rearrange(rotated, "... p two -> ... (p two)").type_as(x)
 
 
