@@ -30,7 +30,7 @@ from arvis.train.loop import (ProgressLog, RunFolders, build_dataset, check_imag
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
 from arvis.train.preview import save_preview
 from arvis.train.recipe import run_as_script, run_entry_point
-from arvis.train.tokens import ConditionedTokens, encode_dataset, read_tokens
+from arvis.train.tokens import ConditionedTokens, encode_dataset, read_tokens, with_conditions
 
 __all__ = ["GeneratorTrainConfig", "build_generator", "encode_dataset", "main", "train_generator"]
 
@@ -157,18 +157,6 @@ def caption_tokenizer() -> TextTokenizer:
     from arvis.data.captions import caption_vocabulary
 
     return TextTokenizer.word_level(caption_vocabulary())
-
-
-def with_conditions(token_data, generator: Generator, text_tokenizer: TextTokenizer | None,
-                    dataset) -> ConditionedTokens:
-    """TensorDataset(tokens, labels) -> :class:`ConditionedTokens` with the fields the generator takes (the
-    dataset's captions, encoded and padded, for a text-conditional one)."""
-    tokens, labels = token_data.tensors
-    if "prompt" not in generator.condition_fields:
-        return ConditionedTokens(tokens, labels=labels)
-    captions = [dataset.caption(index) for index in range(len(dataset))]
-    prompt, mask = text_tokenizer.encode(captions, generator.prompt_length)
-    return ConditionedTokens(tokens, prompt=prompt, prompt_mask=mask)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,6 +35,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from arvis.conditions import Condition
 from arvis.folders import write_file_atomically
 from arvis.tokenizers.base import Tokenizer
+
+if TYPE_CHECKING:
+    from arvis.generators.base import Generator
+    from arvis.text import TextTokenizer
 
 FORMAT_NAME = "arvis-pretokenized-v1"
 TOKEN_DTYPE = torch.int32
@@ -244,3 +248,15 @@ def _check_latent_values(latents: torch.Tensor, path: Path) -> None:
         raise ValueError(f"token file {path}: latents must be float16 or float32, got {latents.dtype}")
     if not torch.isfinite(latents).all():
         raise ValueError(f"token file {path} holds non-finite latents (NaN or inf); pretokenize again")
+
+
+def with_conditions(token_data, generator: Generator, text_tokenizer: TextTokenizer | None,
+                    dataset) -> ConditionedTokens:
+    """TensorDataset(tokens, labels) -> :class:`ConditionedTokens` with the fields the generator takes (the
+    dataset's captions, encoded and padded, for a text-conditional one)."""
+    tokens, labels = token_data.tensors
+    if "prompt" not in generator.condition_fields:
+        return ConditionedTokens(tokens, labels=labels)
+    captions = [dataset.caption(index) for index in range(len(dataset))]
+    prompt, mask = text_tokenizer.encode(captions, generator.prompt_length)
+    return ConditionedTokens(tokens, prompt=prompt, prompt_mask=mask)

@@ -11,6 +11,7 @@ from arvis.posttrain.vapi.objective import (
     group_advantages,
     noise_context,
     policy_loss,
+    reconstruction_costs,
     reconstruction_reward,
     sample_per_position,
 )
@@ -42,12 +43,26 @@ def test_samples_follow_each_positions_softmax_and_carry_their_log_probs():
 
 def test_rewards_are_negative_reconstruction_costs():
     images = torch.rand(3, 3, 8, 8) * 2 - 1
-    assert torch.equal(reconstruction_reward(images, images), torch.zeros(3))
+    mse, distance = reconstruction_costs(images, images)
+    assert distance is None and torch.equal(reconstruction_reward(mse), torch.zeros(3))
     shifted = images + 0.5
-    torch.testing.assert_close(reconstruction_reward(shifted, images, mse_weight=2.0), torch.full((3,), -0.5))
+    torch.testing.assert_close(reconstruction_reward(reconstruction_costs(shifted, images)[0], mse_weight=2.0),
+                               torch.full((3,), -0.5))
     lpips = lambda a, b: torch.ones(a.shape[0])  # noqa: E731
-    torch.testing.assert_close(reconstruction_reward(shifted, images, lpips=lpips, lpips_weight=0.5),
-                               torch.full((3,), -0.75))
+    mse, distance = reconstruction_costs(shifted, images, lpips)
+    torch.testing.assert_close(reconstruction_reward(mse, distance, lpips_weight=0.5), torch.full((3,), -0.75))
+
+
+def test_clip_costs_take_the_mean_lpips_over_frames():
+    clips = torch.zeros(2, 3, 4, 8, 8)
+    shifted = clips.clone()
+    shifted[1, :, 0] = 1.0  # one of clip 1's four frames differs everywhere
+    frame_lpips = lambda a, b: (a - b).abs().flatten(1).mean(1)  # noqa: E731  (1 where a frame differs)
+    mse, distance = reconstruction_costs(shifted, clips, frame_lpips)
+    torch.testing.assert_close(mse, torch.tensor([0.0, 0.25]))
+    torch.testing.assert_close(distance, torch.tensor([0.0, 0.25]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        reconstruction_costs(clips, clips[:, :, :2])
 
 
 def test_advantages_have_zero_mean_per_group_and_vanish_for_identical_rewards():

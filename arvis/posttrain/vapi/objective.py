@@ -7,7 +7,7 @@ forcing on the ground-truth ids x* is the posterior. One optimiser step (upstrea
 2. one no-grad teacher-forced pass gives logits (b, l, v); G sequences per image are drawn from them position by
    position (:func:`sample_per_position`: no free-running rollout) with their log-probabilities;
 3. the frozen tokenizer decodes them; the reward is −(MSE + λ_p·LPIPS) against the real image
-   (:func:`reconstruction_reward`);
+   (:func:`reconstruction_costs`, :func:`reconstruction_reward`);
 4. advantages are normalised within each image's group of G (:func:`group_advantages`);
 5. the gradient pass recomputes the log-probabilities on the same contexts and minimises
    :func:`policy_loss` (per-token PPO clip) + β · cross-entropy of the ground truth on the noised context.
@@ -52,16 +52,31 @@ def gathered_log_probs(log_probs: Tensor, samples: Tensor) -> Tensor:
     return expanded.gather(-1, samples[..., None])[..., 0]
 
 
-def reconstruction_reward(decoded: Tensor, images: Tensor, *, mse_weight: float = 1.0, lpips=None,
-                          lpips_weight: float = 1.0) -> Tensor:
-    """decoded (n, c, h, w) and images (n, c, h, w), both in [-1, 1] -> rewards (n,) = −(mse_weight · per-image MSE
-    + lpips_weight · LPIPS) (LPIPS only when ``lpips`` is given: a module mapping two image batches to (n,))."""
+def reconstruction_costs(decoded: Tensor, images: Tensor, lpips=None) -> tuple[Tensor, Tensor | None]:
+    """decoded and images (n, c, h, w), or clips (n, c, t, h, w), both in [-1, 1] -> (per-item MSE (n,), LPIPS
+    (n,) or None without ``lpips``: a module mapping two (m, 3, h, w) image batches to (m,) distances; a clip's
+    is the mean over its frames)."""
     if decoded.shape != images.shape:
         raise ValueError(f"decoded images {tuple(decoded.shape)} and real images {tuple(images.shape)} differ in shape")
-    cost = mse_weight * (decoded.float() - images.float()).pow(2).mean(dim=(1, 2, 3))
-    if lpips is not None:
-        cost = cost + lpips_weight * lpips(decoded.float(), images.float()).float()
-    return -cost
+    if decoded.ndim not in (4, 5):
+        raise ValueError(f"expected images (n, c, h, w) or clips (n, c, t, h, w), got {tuple(decoded.shape)}")
+    decoded, images = decoded.float(), images.float()
+    mse = (decoded - images).pow(2).flatten(1).mean(dim=1)
+    if lpips is None:
+        return mse, None
+    if decoded.ndim == 4:
+        return mse, lpips(decoded, images).float()
+    frames = decoded.shape[2]
+    distance = lpips(rearrange(decoded, "n c t h w -> (n t) c h w"), rearrange(images, "n c t h w -> (n t) c h w"))
+    return mse, rearrange(distance.float(), "(n t) -> n t", t=frames).mean(dim=1)
+
+
+def reconstruction_reward(mse: Tensor, distance: Tensor | None = None, *, mse_weight: float = 1.0,
+                          lpips_weight: float = 1.0) -> Tensor:
+    """Per-sample costs from :func:`reconstruction_costs` -> rewards −(mse_weight · MSE + lpips_weight · LPIPS)
+    (the LPIPS term only when ``distance`` is given), of the same shape."""
+    cost = mse_weight * mse
+    return -cost if distance is None else -(cost + lpips_weight * distance)
 
 
 def group_advantages(rewards: Tensor, clip: float = 5.0) -> Tensor:
@@ -74,12 +89,25 @@ def group_advantages(rewards: Tensor, clip: float = 5.0) -> Tensor:
     return (centred / (rewards.std(dim=1, keepdim=True) + 1e-8)).clamp(-clip, clip)
 
 
-def policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float = 0.2) -> Tensor:
+def k3_divergence(log_probs: Tensor, reference_log_probs: Tensor) -> Tensor:
+    """The per-token k3 estimate of KL(π_θ ‖ π_ref) on tokens drawn from the policy: exp(r) − r − 1 with
+    r = log π_ref − log π_θ (>= 0, and 0 where the two agree); shapes (b, g, l) -> (b, g, l). Upstream's optional
+    GRPO KL term (coefficient 0.01), which no released script enables."""
+    difference = reference_log_probs.detach() - log_probs
+    return difference.exp() - difference - 1
+
+
+def policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float = 0.2,
+                penalty: Tensor | None = None) -> Tensor:
     """Per-token PPO clip, meaned over tokens then sequences: log_probs, old_log_probs (b, g, l), advantages (b, g)
-    -> scalar mean_seq mean_t −min(ρA, clip(ρ, 1 ± clip)A), ρ = exp(log_probs − old_log_probs). With one optimiser
-    step per rollout ρ = 1, the clip never acts and the gradient is −mean(A · ∇log π) (group-normalised
-    REINFORCE), as upstream."""
+    -> scalar mean_seq mean_t [−min(ρA, clip(ρ, 1 ± clip)A) + penalty], ρ = exp(log_probs − old_log_probs), with
+    an optional per-token ``penalty`` (b, g, l) (the weighted :func:`k3_divergence`). With one optimiser step per
+    rollout ρ = 1, the clip never acts and the gradient is −mean(A · ∇log π) (group-normalised REINFORCE), as
+    upstream."""
     ratio = (log_probs - old_log_probs.detach()).exp()
     advantage = advantages.detach()[..., None]
     clipped = ratio.clamp(1 - clip, 1 + clip)
-    return (-torch.minimum(ratio * advantage, clipped * advantage)).mean(dim=-1).mean()
+    per_token = -torch.minimum(ratio * advantage, clipped * advantage)
+    if penalty is not None:
+        per_token = per_token + penalty
+    return per_token.mean(dim=-1).mean()

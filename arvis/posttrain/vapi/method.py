@@ -1,0 +1,256 @@
+"""The ``vapi`` post-training method: VA-π's pixel-aware policy alignment of a generator on real images.
+
+``accelerate launch -m arvis.train.posttrain --method vapi --pipeline DIR [key=value ...]``
+
+Each micro-batch of the shared loop is one VA-π rollout and update (upstream ``train_c2i_grpo.py``; the
+objective's pieces are in :mod:`arvis.posttrain.vapi.objective`): for B real images with ground-truth ids x*,
+
+1. the context x* is noised with probability ξ (``context_noise``); VAR's next-scale inputs are built from the
+   noised ids;
+2. one teacher-forced pass ``generator(noised, condition, targets=x*)`` gives the logits; G sequences per image
+   (``group_size``) are drawn from them position by position, with their log-probabilities;
+3. the frozen tokenizer decodes the B·G sequences, and the reward is −(MSE + λ_p·LPIPS) against the real image;
+4. group-normalised advantages; the loss is the per-token PPO clip + β·CE(x*) on the noised context
+   (``ce_weight``), plus an optional k3 KL to the starting generator (``kl_weight``, off as in every released
+   script).
+
+**Deliberate deviation: one pass, in eval mode.** Upstream takes its old log-probabilities in eval mode and its
+gradient pass in train mode (dropout and label dropout), so ρ ≠ 1 at its first step. arvis runs the pass in eval
+mode (no dropout, no label dropout), where the old and the new pass would give the same logits, so the one pass
+serves as both: ρ = 1 exactly, the clip never acts (as upstream's, at one optimiser step per rollout) and the
+update is group-normalised REINFORCE + β·CE. It saves upstream's second forward pass.
+
+LPIPS needs local VGG16 and LPIPS v0.1 weights (``lpips_vgg_path``/``lpips_lin_path`` or the ``ARVIS_LPIPS_*``
+variables); without them the reward is MSE only, logged at setup and recorded in every step's metrics
+(``reward_has_lpips``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from einops import rearrange, repeat
+from torch import Tensor
+
+from arvis.config import Config
+from arvis.conditions import Condition
+from arvis.generators.base import Generator
+from arvis.pipeline import Pipeline
+from arvis.posttrain.base import METHODS, PostTrainingMethod, TrainingContext
+from arvis.posttrain.vapi.data import ImagesWithTokens, real_images_with_tokens
+from arvis.posttrain.vapi.objective import (gathered_log_probs, group_advantages, k3_divergence, noise_context,
+                                            policy_loss, reconstruction_costs, reconstruction_reward,
+                                            sample_per_position)
+from arvis.tokenizers.lpips import LPIPS, resolve_lpips
+from arvis.train.options import DataConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VAPiConfig(Config):
+    """Settings of the ``vapi`` method (defaults: upstream's C2I script).
+
+    Attributes:
+        group_size: G, sequences drawn per image (upstream 8).
+        context_noise: ξ, the probability that a context id is replaced by a uniform code (C2I script 0, T2I 0.5,
+            Janus 1).
+        ce_weight: β, the weight of the ground truth's cross-entropy on the noised context (0.1).
+        clip: the PPO ratio clip ε (0.2; inactive here, see the module docstring).
+        advantage_clip: advantages are clipped to ± this (5).
+        kl_weight: weight of the per-token k3 KL to the starting generator (upstream's optional 0.01; 0 = off).
+        policy_weight: weight of the policy term (1); 0 trains on β·CE alone, without rollouts: the CE-only
+            fine-tuning control on the same images, noise and steps.
+        mse_weight, lpips_weight: the reward's weights of the per-image MSE and LPIPS (1 and 1).
+        lpips_vgg_path, lpips_lin_path: local LPIPS weights (None reads ``ARVIS_LPIPS_VGG`` / ``ARVIS_LPIPS_LIN``);
+            without both files the reward is MSE only.
+        data: the real images (their size must be the tokenizer's; glyphs by default, 1000 of them).
+        num_images: use this many items of the data, evenly spaced (e.g. about 1% of an image folder); None: all.
+        decode_batch_size: sequences decoded at once for the reward.
+        encode_batch_size: images encoded at once when the ground-truth ids are made.
+        sample_seed: seed of the context noise and the draws (one stream per process, step and micro-batch).
+    """
+
+    group_size: int = 8
+    context_noise: float = 0.0
+    ce_weight: float = 0.1
+    clip: float = 0.2
+    advantage_clip: float = 5.0
+    kl_weight: float = 0.0
+    policy_weight: float = 1.0
+    mse_weight: float = 1.0
+    lpips_weight: float = 1.0
+    lpips_vgg_path: str | None = None
+    lpips_lin_path: str | None = None
+    data: DataConfig = DataConfig(num_samples=1000)
+    num_images: int | None = None
+    decode_batch_size: int = 64
+    encode_batch_size: int = 256
+    sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("context_noise", "ce_weight", "clip", "advantage_clip", "kl_weight", "policy_weight",
+                     "mse_weight", "lpips_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.context_noise > 1:
+            raise ValueError(f"context_noise is a probability in [0, 1], got {self.context_noise}")
+        if not 0 < self.clip < 1:
+            raise ValueError(f"clip must lie in (0, 1) (upstream 0.2), got {self.clip}")
+        if self.advantage_clip <= 0:
+            raise ValueError(f"advantage_clip must be > 0 (upstream 5), got {self.advantage_clip}")
+        if self.policy_weight == 0 and (self.ce_weight == 0 or self.kl_weight > 0):
+            raise ValueError("policy_weight 0 (the CE-only control) needs ce_weight > 0 and no KL term")
+        if self.mse_weight == 0 and self.lpips_weight == 0:
+            raise ValueError("the reward needs mse_weight > 0 or lpips_weight > 0")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (advantages are normalised within a group), got "
+                             f"{self.group_size}")
+        for name in ("decode_batch_size", "encode_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_images is not None and self.num_images < 1:
+            raise ValueError(f"num_images must be >= 1 (or null for all the data), got {self.num_images}")
+        if self.sample_seed < 0:
+            raise ValueError(f"sample_seed must be >= 0, got {self.sample_seed}")
+
+
+@METHODS.register
+class VAPi(PostTrainingMethod):
+    """VA-π: the generator as the posterior of a VAE whose decoder is the frozen tokenizer, aligned by a
+    reconstruction reward on real images (GRPO on per-position samples) plus a noised-context prior term."""
+
+    name = "vapi"
+    config_class = VAPiConfig
+    description = "VA-π: pixel-aware policy alignment with the tokenizer's reconstruction reward"
+
+    def __init__(self, config: VAPiConfig, pipeline: Pipeline, **kwargs) -> None:
+        super().__init__(config, pipeline, **kwargs)
+        self.lpips: LPIPS | None = None
+        self.process_index = 0
+        self.step = self.micro_batch = 0
+
+    def setup(self, accelerator: Accelerator) -> None:
+        """Freezes the tokenizer (and the starting generator, the KL reference), loads LPIPS if its files exist."""
+        self.pipeline.tokenizer.requires_grad_(False)
+        self.pipeline.generator.requires_grad_(False)
+        self.process_index = accelerator.process_index
+        if self.config.lpips_weight > 0:
+            self.lpips = resolve_lpips(self.config.lpips_vgg_path, self.config.lpips_lin_path)
+            if self.lpips is not None:
+                self.lpips.to(accelerator.device)
+        if accelerator.is_main_process:
+            logger.info("vapi: the reward is %s", self.reward_terms)
+
+    @property
+    def reward_terms(self) -> str:
+        terms = [f"{self.config.mse_weight:g}·MSE"] if self.config.mse_weight > 0 else []
+        if self.lpips is not None:
+            terms.append(f"{self.config.lpips_weight:g}·LPIPS")
+        return "−(" + " + ".join(terms) + ")" + ("" if self.lpips is not None or self.config.lpips_weight == 0
+                                                  else " (LPIPS weights not found: MSE only)")
+
+    def prepare_data(self, accelerator: Accelerator) -> ImagesWithTokens:
+        config = self.config
+        return real_images_with_tokens(self.pipeline, config.data, config.num_images,
+                                       batch_size=config.encode_batch_size, device=accelerator.device)
+
+    def build_model(self) -> Generator:
+        model = copy.deepcopy(self.pipeline.generator)
+        return model.requires_grad_(True)
+
+    def before_step(self, step: int) -> None:
+        self.step, self.micro_batch = step, 0
+
+    def random_stream(self, device: torch.device) -> torch.Generator:
+        """This micro-batch's generator: a function of (sample_seed, process, step, micro-batch) alone, so a
+        resumed run draws what an uninterrupted one would."""
+        entropy = [self.config.sample_seed, self.process_index, self.step, self.micro_batch]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        self.micro_batch += 1
+        return torch.Generator(device).manual_seed(seed)
+
+    def loss(self, context: TrainingContext, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """batch: pixels (b, c, ...) in [0, 1], tokens (b, l) (x*), condition fields -> (loss, metrics)."""
+        config = self.config
+        pixels, tokens, condition = ImagesWithTokens.split(batch)
+        rng = self.random_stream(context.device)
+        noised = noise_context(tokens, config.context_noise, context.unwrapped.vocab_size, rng)
+        with context.eval_mode():
+            output = context.model(noised, condition, targets=tokens)
+        log_probs = output.logits.float().log_softmax(-1)  # (b, l, v), in the generator's order
+        entropy = -(log_probs.detach().exp() * log_probs.detach()).sum(-1).mean()
+        metrics = {"cross_entropy": output.loss.detach(), "gt_accuracy": output.metrics["accuracy"],
+                   "entropy": entropy}
+        loss = config.ce_weight * output.loss
+        if config.policy_weight > 0:
+            policy, rollout_metrics = self.policy_term(context.unwrapped, log_probs, pixels, noised, condition,
+                                                       tokens, rng)
+            loss = loss + config.policy_weight * policy
+            metrics.update(rollout_metrics)
+        return loss, metrics
+
+    def policy_term(self, generator: Generator, log_probs: Tensor, pixels: Tensor, noised: Tensor,
+                    condition: Condition, tokens: Tensor, rng: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """Steps 2-4 on one teacher-forced pass's log_probs (b, l, v): G draws per position, their rewards and
+        advantages -> (the per-token PPO loss, with the weighted KL if any; its metrics)."""
+        config = self.config
+        samples, old_log_probs = sample_per_position(log_probs.detach(), config.group_size, rng)
+        mse, distance = self.sample_costs(generator, samples, pixels)
+        rewards = reconstruction_reward(mse, distance, mse_weight=config.mse_weight, lpips_weight=config.lpips_weight)
+        advantages = group_advantages(rewards, config.advantage_clip)
+        new_log_probs = gathered_log_probs(log_probs, samples)
+        metrics = {"reward": rewards.mean(), "reward_group_std": rewards.std(dim=1).mean(), "mse": mse.mean(),
+                   "reward_has_lpips": torch.tensor(float(distance is not None))}
+        if distance is not None:
+            metrics["lpips"] = distance.mean()
+        penalty = None
+        if config.kl_weight > 0:
+            divergence = k3_divergence(new_log_probs, self.reference_log_probs(noised, condition, tokens, samples))
+            penalty = config.kl_weight * divergence
+            metrics["kl"] = divergence.detach().mean()
+        policy = policy_loss(new_log_probs, old_log_probs, advantages, config.clip, penalty)
+        metrics["policy_loss"] = policy.detach()
+        return policy, metrics
+
+    @torch.no_grad()
+    def sample_costs(self, generator: Generator, samples: Tensor, pixels: Tensor
+                             ) -> tuple[Tensor, Tensor | None]:
+        """samples (b, g, l) in the generator's order and the real pixels (b, c, ...) in [0, 1] -> per-sample
+        MSE (b, g) and LPIPS (b, g) (None without LPIPS) of the frozen tokenizer's decodings, in [-1, 1] and not
+        clamped (as upstream)."""
+        tokenizer, group = self.pipeline.tokenizer, samples.shape[1]
+        flat = generator.to_layout_order(rearrange(samples, "b g l -> (b g) l"))
+        reference = repeat(pixels.float() * 2 - 1, "b ... -> (b g) ...", g=group)
+        costs = []
+        for chunk in torch.arange(len(flat), device=flat.device).split(self.config.decode_batch_size):
+            decoded = signed_range(tokenizer, tokenizer.decode(flat[chunk]))
+            costs.append(reconstruction_costs(decoded, reference[chunk], self.lpips))
+        mse = rearrange(torch.cat([mse for mse, _ in costs]), "(b g) -> b g", g=group)
+        if self.lpips is None:
+            return mse, None
+        return mse, rearrange(torch.cat([distance for _, distance in costs]), "(b g) -> b g", g=group)
+
+    @torch.no_grad()
+    def reference_log_probs(self, noised: Tensor, condition: Condition, tokens: Tensor, samples: Tensor) -> Tensor:
+        """The starting generator's log-probabilities (b, g, l) of the samples on the same noised context."""
+        logits = self.pipeline.generator(noised, condition, targets=tokens).logits
+        return gathered_log_probs(logits.float().log_softmax(-1), samples)
+
+    def export(self, model: Generator) -> Pipeline:
+        pipeline = self.pipeline
+        return Pipeline(pipeline.tokenizer, model.eval(), pipeline.sampling, text_tokenizer=pipeline.text_tokenizer,
+                        text_encoder=pipeline.text_encoder)
+
+
+def signed_range(tokenizer, pixels: Tensor) -> Tensor:
+    """Pixels in ``tokenizer``'s range -> the same linearly mapped to [-1, 1], unclamped (the reward's range)."""
+    low, high = tokenizer.pixel_range
+    return (pixels.float() - low) * (2 / (high - low)) - 1
