@@ -4,7 +4,7 @@
     python benchmarks/vapi_step.py --tokenizer vq-f16 --generator llamagen-b --batch-size 4 --repeats 3
 
 Both sides run the same random-weight generator and tokenizer on the same real-image batch (uniform noise pixels:
-the time does not depend on them), in eval mode, with the same draws, decoding and reward:
+the time does not depend on them), in eval mode, with the same random stream (so the same noise and draws), decoding and reward:
 
 * **arvis** (``VAPi.loss`` + backward): one teacher-forced pass over the B images, with gradients; the G draws
   per image and their log-probabilities come from it.
@@ -46,8 +46,9 @@ def upstream_structured_update(method: VAPi, model, pixels, tokens, labels, rng)
     with torch.no_grad():
         old_logits = model(noised, labels, targets=tokens).logits
     samples, old_log_probs = sample_per_position(old_logits, config.group_size, rng)
-    mse, _ = method.sample_costs(model, samples, pixels)
-    advantages = group_advantages(reconstruction_reward(mse), config.advantage_clip)
+    mse, distance = method.sample_costs(model, samples, pixels)
+    rewards = reconstruction_reward(mse, distance, mse_weight=config.mse_weight, lpips_weight=config.lpips_weight)
+    advantages = group_advantages(rewards, config.advantage_clip)
     group = config.group_size
     output = model(repeat(noised, "b l -> (b g) l", g=group), repeat(labels, "b -> (b g)", g=group),
                    targets=repeat(tokens, "b l -> (b g) l", g=group))
@@ -92,7 +93,8 @@ def main() -> None:
 
     def upstream_update() -> None:
         model.zero_grad(set_to_none=True)
-        upstream_structured_update(method, model, pixels, tokens, labels, torch.Generator().manual_seed(0))
+        method.before_step(0)
+        upstream_structured_update(method, model, pixels, tokens, labels, method.random_stream(torch.device("cpu")))
 
     def reward_only() -> None:
         samples = torch.randint(0, generator.vocab_size, (args.batch_size, args.group_size, generator.layout.length))

@@ -128,21 +128,6 @@ def test_cli_generate_and_sample_take_prompts(text_pipeline, tmp_path, capsys):
     assert "text-conditional; pass prompts" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_t5_folder(tmp_path_factory):
-    """A randomly initialised 2-layer T5 encoder and a word-level tokenizer, saved as transformers saves them
-    (built here: nothing is downloaded)."""
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
-
-    folder = tmp_path_factory.mktemp("t5") / "tiny-t5"
-    torch.manual_seed(0)
-    T5EncoderModel(T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2)) \
-        .save_pretrained(folder, safe_serialization=True)
-    words = TextTokenizer.word_level(caption_vocabulary()).tokenizer
-    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(folder)
-    return folder
-
-
 def test_frozen_text_encoder_pipeline_samples_and_round_trips(tiny_t5_folder, tmp_path):
     from arvis.text import FrozenTextEncoder
 

@@ -53,7 +53,8 @@ class TrainingContext:
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[nn.Module]:
         """Runs the block with the model in eval mode (no dropout, no label dropout) and restores its mode after
-        (train mode inside a training step): for no-grad passes inside a step (rollouts, old log-probabilities).
+        (train mode inside a training step): for no-grad passes inside a step (rollouts, old log-probabilities),
+        or a gradient pass that must match them (VA-π's one pass: call ``context.model`` inside the block).
         Yields the unwrapped model."""
         with eval_mode(self.unwrapped):
             yield self.unwrapped

@@ -1,7 +1,7 @@
 """Token files and encoded datasets: the tokens a generator trains on, from images encoded here or from a file.
 
-Shared by generator training (:mod:`arvis.train.generator`) and pre-tokenization (:mod:`arvis.train.pretokenize`),
-which both import from here (and not from each other).
+Shared by generator training (:mod:`arvis.train.generator`), pre-tokenization (:mod:`arvis.train.pretokenize`) and
+post-training on real images (:mod:`arvis.posttrain.vapi`), which import from here (and not from each other).
 
 File format (shapes: n images, r rows, l tokens per image, e latent dimension)::
 
@@ -38,7 +38,7 @@ from arvis.tokenizers.base import Tokenizer
 
 if TYPE_CHECKING:
     from arvis.generators.base import Generator
-    from arvis.text import TextTokenizer
+    from arvis.text import FrozenTextEncoder, TextTokenizer
 
 FORMAT_NAME = "arvis-pretokenized-v1"
 TOKEN_DTYPE = torch.int32
@@ -250,10 +250,11 @@ def _check_latent_values(latents: torch.Tensor, path: Path) -> None:
         raise ValueError(f"token file {path} holds non-finite latents (NaN or inf); pretokenize again")
 
 
-def with_conditions(token_data, generator: Generator, text_tokenizer: TextTokenizer | None,
+def with_conditions(token_data, generator: Generator, text_tokenizer: TextTokenizer | FrozenTextEncoder | None,
                     dataset) -> ConditionedTokens:
     """TensorDataset(tokens, labels) -> :class:`ConditionedTokens` with the fields the generator takes (the
-    dataset's captions, encoded and padded, for a text-conditional one)."""
+    dataset's captions, encoded and padded by ``text_tokenizer`` (or features of a frozen encoder), for a
+    text-conditional one)."""
     tokens, labels = token_data.tensors
     if "prompt" not in generator.condition_fields:
         return ConditionedTokens(tokens, labels=labels)

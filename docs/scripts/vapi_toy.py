@@ -26,6 +26,7 @@ from arvis.data import GlyphDataset
 from arvis.eval.glyph_classifier import load_glyph_classifier
 from arvis.eval.glyph_metrics import glyph_metrics
 from arvis.eval.images import to_uint8_chw
+from arvis.folders import write_file_atomically
 from arvis.posttrain.vapi import VAPi, VAPiConfig
 from arvis.posttrain.vapi.data import ImagesWithTokens
 from arvis.posttrain.vapi.objective import sample_per_position
@@ -82,6 +83,8 @@ def main() -> None:
     real = to_uint8_chw(real, value_range=(0, 1))
     classifier = load_glyph_classifier()
     labels = torch.arange(args.num_samples) % start.generator.num_classes
+    if any("=" not in run for run in args.runs):
+        parser.error("give each post-trained pipeline as NAME=PIPELINE_DIR")
     rows = {"start": args.start, **dict(run.split("=", 1) for run in args.runs)}
     print("| pipeline | fd-glyphs, CFG 1 | accuracy, CFG 1 | fd-glyphs, CFG 2 | accuracy, CFG 2 | held-out reward "
           "| held-out NLL | entropy |")
@@ -98,8 +101,7 @@ def main() -> None:
               f"{row['accuracy_cfg2']:.1%} | {row['held_out_reward']:.4f} | {row['held_out_nll']:.4f} | "
               f"{row['entropy']:.4f} |", flush=True)
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1)
+        write_file_atomically(args.json, lambda path: path.write_text(json.dumps(results, indent=1)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from arvis.posttrain.vapi import VAPi, VAPiConfig
 from arvis.posttrain.vapi.objective import group_advantages, noise_context
 from arvis.samplers import NextScaleSettings
 from arvis.testing import randomize_parameters_
-from arvis.text import TextTokenizer
+from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import TOKENIZERS
 from arvis.train.posttrain import PostTrainConfig, post_train
 
@@ -73,7 +73,8 @@ def test_a_post_training_run_trains_the_generator_and_leaves_the_tokenizer_and_t
                if not torch.equal(trained.generator.state_dict()[name], value)]
     assert changed
     assert trained.sampling == tiny_pipeline.sampling
-    assert history[-1]["reward_has_lpips"] == 0.0 and history[-1]["reward"] < 0
+    assert history[-1]["reward_has_lpips"] == 0.0 and history[-1]["mse"] > 0
+    assert history[-1]["reward"] == pytest.approx(-history[-1]["mse"])  # MSE only: no LPIPS weights here
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.5])
@@ -172,20 +173,30 @@ def test_var_noises_the_ids_before_the_next_scale_inputs_and_trains(var_pipeline
     model.teacher_forcing_inputs = lambda tokens: fed.append(tokens) or original(tokens)
     _, metrics, gradients = _step(method, model, batch)
     assert 0.2 < (fed[0] != batch["tokens"]).float().mean() < 0.8
-    assert metrics["reward"] < 0 and any(g.abs().sum() > 0 for g in gradients.values())
+    assert metrics["mse"] > 0 and any(g.abs().sum() > 0 for g in gradients.values())
+    frozen = {name for name, p in var_pipeline.generator.named_parameters() if not p.requires_grad}
+    assert frozen and frozen == {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert all(name.startswith("quantizer.") for name in frozen)  # the frozen codebook stays frozen
+    assert all(name in gradients for name, p in model.named_parameters() if p.requires_grad)
 
 
-def test_a_text_conditional_generator_trains_on_the_captions(tmp_path):
-    text_tokenizer = TextTokenizer.word_level(caption_vocabulary())
-    preset = GENERATORS.preset("raster-t2i-tiny").replace(text_vocab_size=text_tokenizer.vocab_size,
-                                                          prompt_length=12)
+@pytest.mark.parametrize("prompts", ["learned table", "frozen encoder"])
+def test_a_text_conditional_generator_trains_on_the_captions(prompts, tmp_path, request):
+    preset = GENERATORS.preset("raster-t2i-tiny")
+    if prompts == "learned table":
+        text = {"text_tokenizer": TextTokenizer.word_level(caption_vocabulary())}
+        preset = preset.replace(text_vocab_size=text["text_tokenizer"].vocab_size, prompt_length=12)
+    else:
+        text = {"text_encoder": FrozenTextEncoder.load(request.getfixturevalue("tiny_t5_folder"))}
+        preset = preset.replace(text_vocab_size=None, text_feature_dim=16, prompt_length=12)
     generator = randomize_parameters_(GENERATORS.class_for_config(preset)(preset))
-    pipeline = Pipeline(TOKENIZERS.build("vq-tiny"), generator, text_tokenizer=text_tokenizer)
+    pipeline = Pipeline(TOKENIZERS.build("vq-tiny"), generator, **text)
     method = _method(pipeline, tmp_path)
     batch = _batch(method)
     assert set(batch) == {"pixels", "tokens", "prompt", "prompt_mask"}
-    _, metrics, _ = _step(method, method.build_model(), batch)
-    assert metrics["reward"] < 0
+    assert batch["prompt"].is_floating_point() == (prompts == "frozen encoder")
+    _, metrics, gradients = _step(method, method.build_model(), batch)
+    assert metrics["mse"] > 0 and gradients
     with pytest.raises(ValueError, match="num_images"):
         _method(pipeline, tmp_path, num_images=4).prepare_data(CPU)
 
@@ -198,6 +209,7 @@ def test_a_text_conditional_generator_trains_on_the_captions(tmp_path):
     ({"mse_weight": 0.0, "lpips_weight": 0.0}, "reward"),
     ({"policy_weight": 0.0, "ce_weight": 0.0}, "CE-only"),
     ({"num_images": 0}, "num_images"),
+    ({"lpips_weight": 0.0, "lpips_vgg_path": "vgg.pth"}, "lpips_weight is 0"),
 ])
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -214,3 +226,61 @@ def test_data_that_does_not_fit_the_pipeline_is_refused(tiny_pipeline, tmp_path)
         _method(tiny_pipeline, tmp_path, num_images=9).prepare_data(CPU)
     subset = _method(tiny_pipeline, tmp_path, num_images=3).prepare_data(CPU)
     assert len(subset) == 3 and subset[2]["labels"] == 7  # evenly spaced: items 0, 4 (rounded from 3.5), 7
+
+
+def test_each_group_is_scored_against_its_own_image(tiny_pipeline, tmp_path, monkeypatch):
+    """A decoder whose image is the grey level its first id names: draw j of image i costs (level − image i)²."""
+    method = _method(tiny_pipeline, tmp_path)
+    monkeypatch.setattr(tiny_pipeline.tokenizer, "decode",
+                        lambda tokens: (tokens[:, 0].float() / 32 - 1)[:, None, None, None].expand(-1, 3, 16, 16))
+    pixels = torch.stack([torch.full((3, 16, 16), 0.25), torch.full((3, 16, 16), 0.75)])  # -0.5 and 0.5 in [-1, 1]
+    first_ids = torch.tensor([[16, 16, 48], [48, 16, 16]])  # levels -0.5 or 0.5
+    samples = first_ids[..., None].expand(-1, -1, 16)
+    mse, distance = method.sample_costs(tiny_pipeline.generator, samples, pixels)
+    assert distance is None
+    torch.testing.assert_close(mse, torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
+
+
+def test_lpips_enters_the_reward_and_the_metrics(tiny_pipeline, tmp_path):
+    method = _method(tiny_pipeline, tmp_path, lpips_weight=0.5)
+    assert method.lpips is None and "MSE only" in method.reward_terms
+    method.lpips = lambda images, references: torch.ones(len(images))
+    _, metrics, _ = _step(method, method.build_model(), _batch(method))
+    assert metrics["reward_has_lpips"] == 1 and metrics["lpips"] == 1
+    torch.testing.assert_close(metrics["reward"], -(metrics["mse"] + 0.5))
+
+
+def test_setup_refuses_missing_lpips_files_and_an_empty_reward(tiny_pipeline, tmp_path):
+    with pytest.raises(ValueError, match="lpips_vgg_path .* not a file"):
+        _method(tiny_pipeline, tmp_path, lpips_vgg_path=str(tmp_path / "absent.pth"))
+    with pytest.raises(ValueError, match="reward would be empty"):
+        _method(tiny_pipeline, tmp_path, mse_weight=0.0)
+
+
+def test_a_distilled_pipeline_is_refused(tiny_pipeline, tmp_path):
+    from arvis.posttrain.distilled_decoding import DistilledRaster
+
+    distilled = DistilledRaster.from_teacher(tiny_pipeline.generator, tiny_pipeline.tokenizer, split=4)
+    pipeline = Pipeline(tiny_pipeline.tokenizer, distilled.eval())
+    with pytest.raises(ValueError, match="token vectors"):
+        VAPi(VAPiConfig(), pipeline, pipeline_path="x", output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("which", ["har", "larp"])
+def test_hierarchical_and_video_generators_train(which, tmp_path):
+    torch.manual_seed(0)
+    if which == "har":
+        tokenizer = TOKENIZERS.build("restok-tiny").eval()
+        generator = GENERATORS.build("har-tiny")
+        data = {"image_size": 16, "num_samples": 8}
+    else:
+        tokenizer = TOKENIZERS.build("larp-tiny", prior=False).eval()
+        randomize_parameters_(tokenizer.output_proj)  # zero-initialised: give the clips some content
+        generator = GENERATORS.build("sequence-tiny")
+        data = {"name": "moving_glyphs", "image_size": 16, "num_frames": 4, "num_samples": 8}
+    pipeline = Pipeline(tokenizer, randomize_parameters_(generator).eval())
+    method = _method(pipeline, tmp_path, data=data)
+    batch = _batch(method)
+    assert batch["pixels"].shape[1:] == tokenizer.pixel_shape
+    _, metrics, gradients = _step(method, method.build_model(), batch)
+    assert metrics["mse"] > 0 and gradients and all(torch.isfinite(g).all() for g in gradients.values())

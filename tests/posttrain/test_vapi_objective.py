@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from arvis.posttrain.vapi.objective import (
     gathered_log_probs,
     group_advantages,
+    k3_divergence,
     noise_context,
     policy_loss,
     reconstruction_costs,
@@ -99,3 +100,15 @@ def test_the_clip_acts_once_the_policy_has_moved():
     loss = policy_loss(moved, old, torch.ones(1, 1))
     assert loss.item() == pytest.approx(-1.2)
     assert torch.autograd.grad(loss, moved)[0].item() == 0.0  # clipped: no gradient for a positive advantage
+
+
+def test_the_k3_divergence_is_zero_at_the_reference_and_pulls_the_policy_back_to_it():
+    reference = torch.tensor([[[-1.0, -2.0, -0.5]]])
+    log_probs = torch.tensor([[[-0.5, -2.5, -0.5]]], requires_grad=True)
+    divergence = k3_divergence(log_probs, reference)
+    r = reference - log_probs.detach()
+    torch.testing.assert_close(divergence.detach(), r.exp() - r - 1)
+    assert divergence[0, 0, 2] == 0 and (divergence >= 0).all()
+    divergence.sum().backward()
+    # above the reference the gradient is positive (descent lowers log π), below it negative, at it zero
+    assert log_probs.grad[0, 0, 0] > 0 and log_probs.grad[0, 0, 1] < 0 and log_probs.grad[0, 0, 2] == 0

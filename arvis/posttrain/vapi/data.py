@@ -47,28 +47,29 @@ def evenly_spaced(dataset: Dataset, count: int | None) -> Dataset:
         return dataset
     if count > len(dataset):
         raise ValueError(f"num_images is {count}, but the data holds {len(dataset)} items")
-    return Subset(dataset, torch.linspace(0, len(dataset) - 1, count).round().long().tolist())
+    return Subset(dataset, torch.linspace(0, len(dataset) - 1, count, dtype=torch.float64).round().long().tolist())
 
 
 def real_images_with_tokens(pipeline: Pipeline, data: DataConfig, num_images: int | None, *, batch_size: int,
                             device: torch.device) -> ImagesWithTokens:
     """The data ``data`` describes (``num_images`` of it, evenly spaced), each item encoded once by the pipeline's
     tokenizer (in memory) and given the condition its generator takes (class ids, or glyph captions encoded by
-    the pipeline's text tokenizer). ``ValueError`` if the images do not fit the tokenizer or the classes the
-    generator."""
+    the pipeline's text tokenizer or frozen text encoder). ``ValueError`` if the images do not fit the tokenizer
+    or the classes the generator."""
     tokenizer, generator = pipeline.tokenizer, pipeline.generator
     check_image_size(tokenizer, data)
     text = "prompt" in generator.condition_fields
     if text and (data.name != "glyphs" or num_images is not None):
         raise ValueError("a text-conditional generator is post-trained on the glyph data with their captions: use "
                          "data.name=glyphs and set data.num_samples instead of num_images")
-    if text and pipeline.text_tokenizer is None:
-        raise ValueError("the pipeline's generator takes text prompts but the pipeline has no text tokenizer to "
-                         "encode the captions with")
-    dataset = build_dataset(data.replace(random_flip=False, crop="center"))
+    if data.random_flip or data.crop != "center":
+        raise ValueError("VA-π scores each draw against the real image its ids were encoded from: leave "
+                         "data.random_flip false and data.crop center")
+    dataset = build_dataset(data)
     if "labels" in generator.condition_fields and dataset_num_classes(dataset) != generator.num_classes:
         raise ValueError(f"the data has {dataset_num_classes(dataset)} classes but the generator models "
                          f"{generator.num_classes}; post-train on the classes it was trained on")
     images = evenly_spaced(dataset, num_images)
     token_data = encode_dataset(tokenizer, images, batch_size, device)
-    return ImagesWithTokens(images, with_conditions(token_data, generator, pipeline.text_tokenizer, images))
+    prompt_encoder = pipeline.text_tokenizer or pipeline.text_encoder  # the one the pipeline has, if any
+    return ImagesWithTokens(images, with_conditions(token_data, generator, prompt_encoder, images))

@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,6 +109,8 @@ class VAPiConfig(Config):
             raise ValueError(f"advantage_clip must be > 0 (upstream 5), got {self.advantage_clip}")
         if self.policy_weight == 0 and (self.ce_weight == 0 or self.kl_weight > 0):
             raise ValueError("policy_weight 0 (the CE-only control) needs ce_weight > 0 and no KL term")
+        if self.lpips_weight == 0 and (self.lpips_vgg_path is not None or self.lpips_lin_path is not None):
+            raise ValueError("LPIPS weights are named but lpips_weight is 0; set lpips_weight > 0 or drop the paths")
         if self.mse_weight == 0 and self.lpips_weight == 0:
             raise ValueError("the reward needs mse_weight > 0 or lpips_weight > 0")
         if self.group_size < 2:
@@ -133,29 +136,45 @@ class VAPi(PostTrainingMethod):
 
     def __init__(self, config: VAPiConfig, pipeline: Pipeline, **kwargs) -> None:
         super().__init__(config, pipeline, **kwargs)
+        generator = pipeline.generator
+        if generator.token_spec.latent_dim is not None:
+            raise ValueError(f"vapi draws token ids from a teacher-forced pass over ids; {type(generator).__name__} "
+                             f"models token vectors (latent_dim {generator.token_spec.latent_dim}): post-train the "
+                             "pipeline it was made from instead")
         self.lpips: LPIPS | None = None
         self.process_index = 0
         self.step = self.micro_batch = 0
 
     def setup(self, accelerator: Accelerator) -> None:
-        """Freezes the tokenizer (and the starting generator, the KL reference), loads LPIPS if its files exist."""
+        """Freezes the tokenizer and loads LPIPS if its files exist. ``ValueError`` if LPIPS files named in the
+        config are missing, or if the reward would be empty (``mse_weight`` 0 and no LPIPS)."""
+        config = self.config
         self.pipeline.tokenizer.requires_grad_(False)
-        self.pipeline.generator.requires_grad_(False)
         self.process_index = accelerator.process_index
-        if self.config.lpips_weight > 0:
-            self.lpips = resolve_lpips(self.config.lpips_vgg_path, self.config.lpips_lin_path)
+        named = {"lpips_vgg_path": config.lpips_vgg_path, "lpips_lin_path": config.lpips_lin_path}
+        for name, path in named.items():
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} is {path!r}, which is not a file; give the local LPIPS weights file or "
+                                 "leave it null for an MSE-only reward")
+        if config.lpips_weight > 0:
+            self.lpips = resolve_lpips(config.lpips_vgg_path, config.lpips_lin_path)
             if self.lpips is not None:
                 self.lpips.to(accelerator.device)
+        if self.lpips is None and config.mse_weight == 0:
+            raise ValueError("mse_weight is 0 and LPIPS's weights were not found, so the reward would be empty: put "
+                             "the LPIPS files on local disk (lpips_vgg_path / lpips_lin_path) or set mse_weight > 0")
         if accelerator.is_main_process:
             logger.info("vapi: the reward is %s", self.reward_terms)
 
     @property
     def reward_terms(self) -> str:
-        terms = [f"{self.config.mse_weight:g}·MSE"] if self.config.mse_weight > 0 else []
+        """The reward in words, e.g. "−(1·MSE) (LPIPS weights not found: MSE only)"."""
+        config = self.config
+        terms = [f"{config.mse_weight:g}·MSE"] if config.mse_weight > 0 else []
         if self.lpips is not None:
-            terms.append(f"{self.config.lpips_weight:g}·LPIPS")
-        return "−(" + " + ".join(terms) + ")" + ("" if self.lpips is not None or self.config.lpips_weight == 0
-                                                  else " (LPIPS weights not found: MSE only)")
+            terms.append(f"{config.lpips_weight:g}·LPIPS")
+        missing = self.lpips is None and config.lpips_weight > 0
+        return "−(" + " + ".join(terms) + ")" + (" (LPIPS weights not found: MSE only)" if missing else "")
 
     def prepare_data(self, accelerator: Accelerator) -> ImagesWithTokens:
         config = self.config
@@ -163,8 +182,12 @@ class VAPi(PostTrainingMethod):
                                        batch_size=config.encode_batch_size, device=accelerator.device)
 
     def build_model(self) -> Generator:
+        """A copy of the pipeline's generator, trainable where it was (VAR's quantizer stays frozen). Without the
+        KL term the starting generator is not needed on the device again and moves to the CPU."""
         model = copy.deepcopy(self.pipeline.generator)
-        return model.requires_grad_(True)
+        if self.config.kl_weight == 0:
+            self.pipeline.generator.to("cpu")
+        return model
 
     def before_step(self, step: int) -> None:
         self.step, self.micro_batch = step, 0
@@ -181,58 +204,66 @@ class VAPi(PostTrainingMethod):
         """batch: pixels (b, c, ...) in [0, 1], tokens (b, l) (x*), condition fields -> (loss, metrics)."""
         config = self.config
         pixels, tokens, condition = ImagesWithTokens.split(batch)
+        generator: Generator = context.unwrapped
         rng = self.random_stream(context.device)
-        noised = noise_context(tokens, config.context_noise, context.unwrapped.vocab_size, rng)
+        noised = noise_context(tokens, config.context_noise, generator.vocab_size, rng)
         with context.eval_mode():
             output = context.model(noised, condition, targets=tokens)
         log_probs = output.logits.float().log_softmax(-1)  # (b, l, v), in the generator's order
-        entropy = -(log_probs.detach().exp() * log_probs.detach()).sum(-1).mean()
-        metrics = {"cross_entropy": output.loss.detach(), "gt_accuracy": output.metrics["accuracy"],
-                   "entropy": entropy}
-        loss = config.ce_weight * output.loss
+        targets = generator.from_layout_order(tokens)
+        cross_entropy = -log_probs.gather(-1, targets[..., None]).mean()  # plain CE (no label smoothing)
+        detached = log_probs.detach()
+        metrics = {"cross_entropy": cross_entropy.detach(), "gt_accuracy": output.metrics["accuracy"],
+                   "entropy": -(detached.exp() * detached).sum(-1).mean()}
+        loss = config.ce_weight * cross_entropy
         if config.policy_weight > 0:
-            policy, rollout_metrics = self.policy_term(context.unwrapped, log_probs, pixels, noised, condition,
-                                                       tokens, rng)
+            policy, divergence, rollout_metrics = self.policy_terms(generator, log_probs, pixels, noised,
+                                                                    condition, tokens, rng)
             loss = loss + config.policy_weight * policy
+            if divergence is not None:
+                loss = loss + config.kl_weight * divergence
             metrics.update(rollout_metrics)
         return loss, metrics
 
-    def policy_term(self, generator: Generator, log_probs: Tensor, pixels: Tensor, noised: Tensor,
-                    condition: Condition, tokens: Tensor, rng: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def policy_terms(self, generator: Generator, log_probs: Tensor, pixels: Tensor, noised: Tensor,
+                     condition: Condition, tokens: Tensor, rng: torch.Generator
+                     ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         """Steps 2-4 on one teacher-forced pass's log_probs (b, l, v): G draws per position, their rewards and
-        advantages -> (the per-token PPO loss, with the weighted KL if any; its metrics)."""
+        advantages -> (the PPO loss, the mean k3 KL to the starting generator or None, their metrics). The old
+        log-probabilities are the pass's own, detached: ρ = 1 exactly."""
         config = self.config
-        samples, old_log_probs = sample_per_position(log_probs.detach(), config.group_size, rng)
+        samples, _ = sample_per_position(log_probs.detach(), config.group_size, rng)
         mse, distance = self.sample_costs(generator, samples, pixels)
         rewards = reconstruction_reward(mse, distance, mse_weight=config.mse_weight, lpips_weight=config.lpips_weight)
         advantages = group_advantages(rewards, config.advantage_clip)
         new_log_probs = gathered_log_probs(log_probs, samples)
-        metrics = {"reward": rewards.mean(), "reward_group_std": rewards.std(dim=1).mean(), "mse": mse.mean(),
+        policy = policy_loss(new_log_probs, new_log_probs.detach(), advantages, config.clip)
+        metrics = {"policy_loss": policy.detach(), "reward": rewards.mean(),
+                   "reward_group_std": rewards.std(dim=1).mean(), "mse": mse.mean(),
                    "reward_has_lpips": torch.tensor(float(distance is not None))}
         if distance is not None:
             metrics["lpips"] = distance.mean()
-        penalty = None
+        divergence = None
         if config.kl_weight > 0:
-            divergence = k3_divergence(new_log_probs, self.reference_log_probs(noised, condition, tokens, samples))
-            penalty = config.kl_weight * divergence
-            metrics["kl"] = divergence.detach().mean()
-        policy = policy_loss(new_log_probs, old_log_probs, advantages, config.clip, penalty)
-        metrics["policy_loss"] = policy.detach()
-        return policy, metrics
+            reference = self.reference_log_probs(noised, condition, tokens, samples)
+            divergence = k3_divergence(new_log_probs, reference).mean(dim=-1).mean()
+            metrics["kl"] = divergence.detach()
+        return policy, divergence, metrics
 
     @torch.no_grad()
     def sample_costs(self, generator: Generator, samples: Tensor, pixels: Tensor
-                             ) -> tuple[Tensor, Tensor | None]:
+                     ) -> tuple[Tensor, Tensor | None]:
         """samples (b, g, l) in the generator's order and the real pixels (b, c, ...) in [0, 1] -> per-sample
         MSE (b, g) and LPIPS (b, g) (None without LPIPS) of the frozen tokenizer's decodings, in [-1, 1] and not
-        clamped (as upstream)."""
+        clamped, computed in float32 outside the loop's autocast (as upstream)."""
         tokenizer, group = self.pipeline.tokenizer, samples.shape[1]
         flat = generator.to_layout_order(rearrange(samples, "b g l -> (b g) l"))
         reference = repeat(pixels.float() * 2 - 1, "b ... -> (b g) ...", g=group)
         costs = []
-        for chunk in torch.arange(len(flat), device=flat.device).split(self.config.decode_batch_size):
-            decoded = signed_range(tokenizer, tokenizer.decode(flat[chunk]))
-            costs.append(reconstruction_costs(decoded, reference[chunk], self.lpips))
+        with torch.autocast(flat.device.type, enabled=False):
+            for chunk, real in zip(flat.split(self.config.decode_batch_size),
+                                   reference.split(self.config.decode_batch_size), strict=True):
+                costs.append(reconstruction_costs(signed_range(tokenizer, tokenizer.decode(chunk)), real, self.lpips))
         mse = rearrange(torch.cat([mse for mse, _ in costs]), "(b g) -> b g", g=group)
         if self.lpips is None:
             return mse, None

@@ -47,9 +47,10 @@ def sample_per_position(logits: Tensor, group_size: int, rng: torch.Generator | 
 
 
 def gathered_log_probs(log_probs: Tensor, samples: Tensor) -> Tensor:
-    """log_probs (b, l, v) and samples (b, g, l) -> each sample's per-token log-probabilities (b, g, l)."""
-    expanded = log_probs[:, None].expand(-1, samples.shape[1], -1, -1)  # a view: no (b, g, l, v) copy
-    return expanded.gather(-1, samples[..., None])[..., 0]
+    """log_probs (b, l, v) and samples (b, g, l) -> each sample's per-token log-probabilities (b, g, l), gathered
+    with a (b, l, g) index: no (b, g, l, v) tensor, forward or backward."""
+    index = rearrange(samples, "b g l -> b l g")
+    return rearrange(log_probs.gather(-1, index), "b l g -> b g l")
 
 
 def reconstruction_costs(decoded: Tensor, images: Tensor, lpips=None) -> tuple[Tensor, Tensor | None]:
