@@ -4,7 +4,8 @@
     python benchmarks/vapi_step.py --tokenizer vq-f16 --generator llamagen-b --batch-size 4 --repeats 3
 
 Both sides run the same random-weight generator and tokenizer on the same real-image batch (uniform noise pixels:
-the time does not depend on them), in eval mode, with the same random stream (so the same noise and draws), decoding and reward:
+the time does not depend on them), in eval mode, with the same random stream (so the same noise and draws),
+decoding and reward:
 
 * **arvis** (``VAPi.loss`` + backward): one teacher-forced pass over the B images, with gradients; the G draws
   per image and their log-probabilities come from it.

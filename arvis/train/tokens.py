@@ -260,4 +260,4 @@ def with_conditions(token_data, generator: Generator, text_tokenizer: TextTokeni
         return ConditionedTokens(tokens, labels=labels)
     captions = [dataset.caption(index) for index in range(len(dataset))]
     prompt, mask = text_tokenizer.encode(captions, generator.prompt_length)
-    return ConditionedTokens(tokens, prompt=prompt, prompt_mask=mask)
+    return ConditionedTokens(tokens, prompt=prompt.cpu(), prompt_mask=mask.cpu())  # on the CPU, as the tokens

@@ -20,9 +20,17 @@ from arvis.samplers import NextScaleSettings
 from arvis.testing import randomize_parameters_
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import TOKENIZERS
+from arvis.tokenizers.lpips import LIN_ENV, VGG_ENV
 from arvis.train.posttrain import PostTrainConfig, post_train
 
 CPU = types.SimpleNamespace(device=torch.device("cpu"), process_index=0, is_main_process=True)
+
+
+@pytest.fixture(autouse=True)
+def no_lpips_from_the_environment(monkeypatch):
+    """These tests choose LPIPS themselves: weights the environment names must not change them."""
+    monkeypatch.delenv(VGG_ENV, raising=False)
+    monkeypatch.delenv(LIN_ENV, raising=False)
 
 
 def _method(pipeline: Pipeline, tmp_path, **settings) -> VAPi:
@@ -222,6 +230,9 @@ def test_data_that_does_not_fit_the_pipeline_is_refused(tiny_pipeline, tmp_path)
              output_dir=tmp_path).prepare_data(CPU)
     with pytest.raises(ValueError, match="classes"):
         _method(tiny_pipeline, tmp_path, data={"image_size": 16, "num_samples": 8, "num_classes": 4}).prepare_data(CPU)
+    with pytest.raises(ValueError, match="random_flip"):
+        _method(tiny_pipeline, tmp_path, data={"image_size": 16, "num_samples": 8, "random_flip": True}
+                ).prepare_data(CPU)
     with pytest.raises(ValueError, match="holds 8"):
         _method(tiny_pipeline, tmp_path, num_images=9).prepare_data(CPU)
     subset = _method(tiny_pipeline, tmp_path, num_images=3).prepare_data(CPU)
@@ -230,7 +241,7 @@ def test_data_that_does_not_fit_the_pipeline_is_refused(tiny_pipeline, tmp_path)
 
 def test_each_group_is_scored_against_its_own_image(tiny_pipeline, tmp_path, monkeypatch):
     """A decoder whose image is the grey level its first id names: draw j of image i costs (level − image i)²."""
-    method = _method(tiny_pipeline, tmp_path)
+    method = _method(tiny_pipeline, tmp_path, decode_batch_size=4)  # two chunks: 4 + 2 draws
     monkeypatch.setattr(tiny_pipeline.tokenizer, "decode",
                         lambda tokens: (tokens[:, 0].float() / 32 - 1)[:, None, None, None].expand(-1, 3, 16, 16))
     pixels = torch.stack([torch.full((3, 16, 16), 0.25), torch.full((3, 16, 16), 0.75)])  # -0.5 and 0.5 in [-1, 1]
@@ -250,11 +261,40 @@ def test_lpips_enters_the_reward_and_the_metrics(tiny_pipeline, tmp_path):
     torch.testing.assert_close(metrics["reward"], -(metrics["mse"] + 0.5))
 
 
-def test_setup_refuses_missing_lpips_files_and_an_empty_reward(tiny_pipeline, tmp_path):
+def test_setup_refuses_missing_lpips_files_and_an_empty_reward(tiny_pipeline, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="lpips_vgg_path .* not a file"):
         _method(tiny_pipeline, tmp_path, lpips_vgg_path=str(tmp_path / "absent.pth"))
     with pytest.raises(ValueError, match="reward would be empty"):
         _method(tiny_pipeline, tmp_path, mse_weight=0.0)
+    (tmp_path / "vgg.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="LPIPS was asked for \\(lpips_vgg_path\\) but did not load"):
+        _method(tiny_pipeline, tmp_path, lpips_vgg_path=str(tmp_path / "vgg.pth"))  # the lin heads are missing
+    monkeypatch.setenv(VGG_ENV, str(tmp_path / "absent.pth"))
+    with pytest.raises(ValueError, match="LPIPS was asked for \\(ARVIS_LPIPS_VGG\\)"):
+        _method(tiny_pipeline, tmp_path)
+    assert _method(tiny_pipeline, tmp_path, policy_weight=0.0).lpips is None  # the CE-only control loads none
+
+
+def test_the_kl_is_its_own_term_once_the_policy_has_moved(tiny_pipeline, tmp_path):
+    method = _method(tiny_pipeline, tmp_path, kl_weight=0.3, policy_weight=0.5, ce_weight=0.1)
+    model = method.build_model()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
+    loss, metrics, _ = _step(method, model, _batch(method))
+    assert metrics["kl"] > 0
+    torch.testing.assert_close(loss.detach(), 0.1 * metrics["cross_entropy"] + 0.5 * metrics["policy_loss"]
+                               + 0.3 * metrics["kl"])
+
+
+def test_rewards_are_float32_under_bf16_autocast(tiny_pipeline, tmp_path):
+    method = _method(tiny_pipeline, tmp_path)
+    batch = _batch(method)
+    samples = batch["tokens"][:, None].expand(-1, 2, -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mse, _ = method.sample_costs(tiny_pipeline.generator, samples, batch["pixels"])
+    torch.testing.assert_close(mse, method.sample_costs(tiny_pipeline.generator, samples, batch["pixels"])[0],
+                               rtol=0, atol=0)
 
 
 def test_a_distilled_pipeline_is_refused(tiny_pipeline, tmp_path):

@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ from arvis.posttrain.vapi.data import ImagesWithTokens, real_images_with_tokens
 from arvis.posttrain.vapi.objective import (gathered_log_probs, group_advantages, k3_divergence, noise_context,
                                             policy_loss, reconstruction_costs, reconstruction_reward,
                                             sample_per_position)
-from arvis.tokenizers.lpips import LPIPS, resolve_lpips
+from arvis.tokenizers.lpips import LIN_ENV, LPIPS, VGG_ENV, resolve_lpips
 from arvis.train.options import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,9 @@ class VAPi(PostTrainingMethod):
         self.step = self.micro_batch = 0
 
     def setup(self, accelerator: Accelerator) -> None:
-        """Freezes the tokenizer and loads LPIPS if its files exist. ``ValueError`` if LPIPS files named in the
-        config are missing, or if the reward would be empty (``mse_weight`` 0 and no LPIPS)."""
+        """Freezes the tokenizer and loads LPIPS if its files exist (not for the CE-only control). ``ValueError``
+        if LPIPS was asked for (a path in the config or the ``ARVIS_LPIPS_*`` variables) but did not load, or if
+        the reward would be empty (``mse_weight`` 0 and no LPIPS); with nothing asked the reward is MSE only."""
         config = self.config
         self.pipeline.tokenizer.requires_grad_(False)
         self.process_index = accelerator.process_index
@@ -156,11 +158,16 @@ class VAPi(PostTrainingMethod):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} is {path!r}, which is not a file; give the local LPIPS weights file or "
                                  "leave it null for an MSE-only reward")
-        if config.lpips_weight > 0:
+        if config.lpips_weight > 0 and config.policy_weight > 0:
             self.lpips = resolve_lpips(config.lpips_vgg_path, config.lpips_lin_path)
+            asked = [where for where, path in (*named.items(), (VGG_ENV, os.environ.get(VGG_ENV)),
+                                               (LIN_ENV, os.environ.get(LIN_ENV))) if path is not None]
+            if self.lpips is None and asked:
+                raise ValueError(f"LPIPS was asked for ({', '.join(asked)}) but did not load: give both files, the "
+                                 "VGG16 backbone and the LPIPS lin heads, or neither for an MSE-only reward")
             if self.lpips is not None:
                 self.lpips.to(accelerator.device)
-        if self.lpips is None and config.mse_weight == 0:
+        if self.lpips is None and config.mse_weight == 0 and config.policy_weight > 0:
             raise ValueError("mse_weight is 0 and LPIPS's weights were not found, so the reward would be empty: put "
                              "the LPIPS files on local disk (lpips_vgg_path / lpips_lin_path) or set mse_weight > 0")
         if accelerator.is_main_process:
@@ -173,7 +180,7 @@ class VAPi(PostTrainingMethod):
         terms = [f"{config.mse_weight:g}·MSE"] if config.mse_weight > 0 else []
         if self.lpips is not None:
             terms.append(f"{config.lpips_weight:g}·LPIPS")
-        missing = self.lpips is None and config.lpips_weight > 0
+        missing = self.lpips is None and config.lpips_weight > 0 and config.policy_weight > 0
         return "−(" + " + ".join(terms) + ")" + (" (LPIPS weights not found: MSE only)" if missing else "")
 
     def prepare_data(self, accelerator: Accelerator) -> ImagesWithTokens:
@@ -182,12 +189,9 @@ class VAPi(PostTrainingMethod):
                                        batch_size=config.encode_batch_size, device=accelerator.device)
 
     def build_model(self) -> Generator:
-        """A copy of the pipeline's generator, trainable where it was (VAR's quantizer stays frozen). Without the
-        KL term the starting generator is not needed on the device again and moves to the CPU."""
-        model = copy.deepcopy(self.pipeline.generator)
-        if self.config.kl_weight == 0:
-            self.pipeline.generator.to("cpu")
-        return model
+        """A copy of the pipeline's generator, trainable where it was (VAR's quantizer stays frozen); the
+        pipeline's own stays as it is, the KL term's reference."""
+        return copy.deepcopy(self.pipeline.generator)
 
     def before_step(self, step: int) -> None:
         self.step, self.micro_batch = step, 0
@@ -237,7 +241,7 @@ class VAPi(PostTrainingMethod):
         rewards = reconstruction_reward(mse, distance, mse_weight=config.mse_weight, lpips_weight=config.lpips_weight)
         advantages = group_advantages(rewards, config.advantage_clip)
         new_log_probs = gathered_log_probs(log_probs, samples)
-        policy = policy_loss(new_log_probs, new_log_probs.detach(), advantages, config.clip)
+        policy = policy_loss(new_log_probs, new_log_probs.detach(), advantages, config.clip)  # ρ = 1
         metrics = {"policy_loss": policy.detach(), "reward": rewards.mean(),
                    "reward_group_std": rewards.std(dim=1).mean(), "mse": mse.mean(),
                    "reward_has_lpips": torch.tensor(float(distance is not None))}

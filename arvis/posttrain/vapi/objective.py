@@ -4,13 +4,15 @@ The token sequence is the latent of a VAE whose decoder is the frozen tokenizer;
 forcing on the ground-truth ids x* is the posterior. One optimiser step (upstream ``train_c2i_grpo.py``):
 
 1. the context x* is noised (:func:`noise_context`: each id replaced by a uniform code with probability ξ);
-2. one no-grad teacher-forced pass gives logits (b, l, v); G sequences per image are drawn from them position by
-   position (:func:`sample_per_position`: no free-running rollout) with their log-probabilities;
+2. one teacher-forced pass gives logits (b, l, v); G sequences per image are drawn from them position by
+   position (:func:`sample_per_position`: no free-running rollout) with their log-probabilities (upstream: a
+   no-grad pass in eval mode; arvis: the gradient pass itself, also in eval mode, see :mod:`.method`);
 3. the frozen tokenizer decodes them; the reward is −(MSE + λ_p·LPIPS) against the real image
    (:func:`reconstruction_costs`, :func:`reconstruction_reward`);
 4. advantages are normalised within each image's group of G (:func:`group_advantages`);
-5. the gradient pass recomputes the log-probabilities on the same contexts and minimises
-   :func:`policy_loss` (per-token PPO clip) + β · cross-entropy of the ground truth on the noised context.
+5. the gradient pass (upstream: a second pass, in train mode) gives the log-probabilities on the same contexts,
+   and the loss is :func:`policy_loss` (per-token PPO clip) + β · cross-entropy of the ground truth on the noised
+   context (+ an optional :func:`k3_divergence` to the starting policy).
 
 Shapes: b images, g samples per image, l tokens, v vocabulary.
 """
@@ -93,22 +95,17 @@ def group_advantages(rewards: Tensor, clip: float = 5.0) -> Tensor:
 def k3_divergence(log_probs: Tensor, reference_log_probs: Tensor) -> Tensor:
     """The per-token k3 estimate of KL(π_θ ‖ π_ref) on tokens drawn from the policy: exp(r) − r − 1 with
     r = log π_ref − log π_θ (>= 0, and 0 where the two agree); shapes (b, g, l) -> (b, g, l). Upstream's optional
-    GRPO KL term (coefficient 0.01), which no released script enables."""
+    GRPO KL term (coefficient 0.01, added per token), which no released script enables."""
     difference = reference_log_probs.detach() - log_probs
     return difference.exp() - difference - 1
 
 
-def policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float = 0.2,
-                penalty: Tensor | None = None) -> Tensor:
+def policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float = 0.2) -> Tensor:
     """Per-token PPO clip, meaned over tokens then sequences: log_probs, old_log_probs (b, g, l), advantages (b, g)
-    -> scalar mean_seq mean_t [−min(ρA, clip(ρ, 1 ± clip)A) + penalty], ρ = exp(log_probs − old_log_probs), with
-    an optional per-token ``penalty`` (b, g, l) (the weighted :func:`k3_divergence`). With one optimiser step per
-    rollout ρ = 1, the clip never acts and the gradient is −mean(A · ∇log π) (group-normalised REINFORCE), as
-    upstream."""
+    -> scalar mean_seq mean_t −min(ρA, clip(ρ, 1 ± clip)A), ρ = exp(log_probs − old_log_probs). With one optimiser
+    step per rollout ρ = 1, the clip never acts and the gradient is −mean(A · ∇log π) (group-normalised
+    REINFORCE), as upstream."""
     ratio = (log_probs - old_log_probs.detach()).exp()
     advantage = advantages.detach()[..., None]
     clipped = ratio.clamp(1 - clip, 1 + clip)
-    per_token = -torch.minimum(ratio * advantage, clipped * advantage)
-    if penalty is not None:
-        per_token = per_token + penalty
-    return per_token.mean(dim=-1).mean()
+    return (-torch.minimum(ratio * advantage, clipped * advantage)).mean(dim=-1).mean()
