@@ -77,3 +77,25 @@ def test_two_process_tokenizer_training_keeps_ranks_identical(tmp_path):
                                rtol=2e-3, atol=0)
     checkpoint = tmp_path / "two" / "tokenizer-checkpoints" / "checkpoint-5"
     assert (checkpoint / "metadata.json").is_file() and (checkpoint / "model_1.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_vapi_of_a_var_pipeline_keeps_ranks_identical(tmp_path):
+    """VAR's frozen quantizer stays out of DDP's reduction (it once failed at the second step), and both ranks
+    end with the same weights after their own rollouts."""
+    from arvis.generators.base import GENERATORS
+    from arvis.pipeline import Pipeline
+    from arvis.testing import randomize_parameters_
+
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS.build("var-vae-tiny").eval()
+    generator = randomize_parameters_(GENERATORS.build("var-tiny"), std=0.05)
+    generator.bind_tokenizer(tokenizer)
+    Pipeline(tokenizer, generator.eval()).save_pretrained(tmp_path / "start")
+    result = _torchrun("arvis.train.posttrain", tmp_path / "two", [
+        "method=vapi", f"pipeline={tmp_path / 'start'}", "method_config.data.image_size=16",
+        "method_config.data.num_samples=16", "method_config.group_size=2", "method_config.context_noise=0.5",
+        "run.batch_size=2", "run.max_steps=3", "run.progress=false", "run.log_every=1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "weights identical on 2 processes" in result.stderr
+    assert len(re.findall(r"step=\d+ loss=", result.stderr)) == 3
