@@ -18,11 +18,13 @@ objective's pieces are in :mod:`arvis.posttrain.vapi.objective`): for B real ima
 gradient pass in train mode (dropout and label dropout), so ρ ≠ 1 at its first step. arvis runs the pass in eval
 mode (no dropout, no label dropout), where the old and the new pass would give the same logits, so the one pass
 serves as both: ρ = 1 exactly, the clip never acts (as upstream's, at one optimiser step per rollout) and the
-update is group-normalised REINFORCE + β·CE. It saves upstream's second forward pass.
+update is group-normalised REINFORCE + β·CE. The pass also runs once per image, not once per draw (upstream's
+gradient pass repeats each image's context G times): the same gradient, without upstream's second forward pass
+and with G times fewer sequences in the gradient pass.
 
 LPIPS needs local VGG16 and LPIPS v0.1 weights (``lpips_vgg_path``/``lpips_lin_path`` or the ``ARVIS_LPIPS_*``
-variables); without them the reward is MSE only, logged at setup and recorded in every step's metrics
-(``reward_has_lpips``).
+variables). With none named the reward is MSE only, logged at setup and recorded in every step's metrics
+(``reward_has_lpips``); named weights that do not load are an error.
 """
 
 from __future__ import annotations
