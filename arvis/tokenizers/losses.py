@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from arvis.config import Config
 from arvis.tokenizers import adversarial
 from arvis.tokenizers.discriminators import PatchDiscriminator, VideoDiscriminatorConfig, VideoTransformerDiscriminator
-from arvis.tokenizers.lpips import LPIPS, resolve_lpips
+from arvis.tokenizers.lpips import LPIPS, resolve_lpips, to_signed_range
 
 DISCRIMINATORS = ("patch", "video_transformer")
 
@@ -181,7 +181,8 @@ class VQGANLoss(nn.Module):
             terms["l1"] = F.l1_loss(fake, real)
             weights["l1"] = config.l1_weight
         if self.lpips is not None:
-            terms["perceptual"] = self.lpips(self._lpips_range(fake), self._lpips_range(real)).mean()
+            terms["perceptual"] = self.lpips(to_signed_range(fake, self.pixel_range),
+                                             to_signed_range(real, self.pixel_range)).mean()
             weights["perceptual"] = config.perceptual_weight
         if self.discriminator_active(step):
             logits = self.discriminator(self._judged(reconstruction))
@@ -191,13 +192,6 @@ class VQGANLoss(nn.Module):
         logs = {name: value.detach() for name, value in {**terms, **tokenizer_losses}.items()}
         logs["total"] = total.detach()
         return total, logs
-
-    def _lpips_range(self, pixels: Tensor) -> Tensor:
-        """Pixels in ``pixel_range`` -> [-1, 1] (the identity for [-1, 1] tokenizers)."""
-        low, high = self.pixel_range
-        if (low, high) == (-1.0, 1.0):
-            return pixels
-        return (pixels - low) * (2.0 / (high - low)) - 1.0
 
     def _judged(self, pixels: Tensor) -> Tensor:
         """What the discriminator sees: whole clips (video transformer, which checks their shape) or images and

@@ -132,6 +132,15 @@ class LPIPS(nn.Module):
         return model
 
 
+def to_signed_range(pixels: Tensor, pixel_range: tuple[float, float]) -> Tensor:
+    """Pixels in ``pixel_range`` -> the same mapped linearly to [-1, 1], unclamped: LPIPS's input range (the
+    identity for [-1, 1] pixels)."""
+    low, high = pixel_range
+    if (low, high) == (-1.0, 1.0):
+        return pixels
+    return (pixels - low) * (2.0 / (high - low)) - 1.0
+
+
 def _unit_channels(features: Tensor) -> Tensor:
     """(b, c, h, w) -> the same with each position's channel vector scaled to unit length."""
     norm = torch.sqrt(torch.sum(features**2, dim=1, keepdim=True))

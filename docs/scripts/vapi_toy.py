@@ -32,7 +32,7 @@ from arvis.eval.images import to_uint8_chw
 from arvis.folders import write_file_atomically
 from arvis.posttrain.vapi import VAPi, VAPiConfig
 from arvis.posttrain.vapi.data import ImagesWithTokens
-from arvis.posttrain.vapi.objective import sample_per_position
+from arvis.posttrain.vapi.objective import draw_per_position
 from arvis.samplers.logits import per_sample_generators
 
 HELD_OUT_SEED = 777
@@ -47,7 +47,7 @@ def held_out_scores(pipeline, held_out: ImagesWithTokens, scorer: VAPi) -> dict[
         pixels, tokens, condition = ImagesWithTokens.split(batch)
         output = generator(tokens, condition, targets=tokens)
         log_probs = output.logits.log_softmax(-1)
-        samples, _ = sample_per_position(output.logits, 8, rng)
+        samples = draw_per_position(log_probs, 8, rng)
         mse, _ = scorer.sample_costs(generator, samples, pixels)
         rewards.append(-mse.flatten())
         nll += output.loss.item() * len(tokens)

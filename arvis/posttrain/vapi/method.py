@@ -48,10 +48,10 @@ from arvis.generators.base import Generator
 from arvis.pipeline import Pipeline
 from arvis.posttrain.base import METHODS, PostTrainingMethod, TrainingContext
 from arvis.posttrain.vapi.data import ImagesWithTokens, real_images_with_tokens
-from arvis.posttrain.vapi.objective import (gathered_log_probs, group_advantages, k3_divergence, noise_context,
-                                            policy_loss, reconstruction_costs, reconstruction_reward,
-                                            sample_per_position)
-from arvis.tokenizers.lpips import LIN_ENV, LPIPS, VGG_ENV, resolve_lpips
+from arvis.posttrain.vapi.objective import (draw_per_position, gathered_log_probs, group_advantages, k3_divergence,
+                                            noise_context, policy_loss, reconstruction_costs,
+                                            reconstruction_reward)
+from arvis.tokenizers.lpips import LIN_ENV, LPIPS, VGG_ENV, resolve_lpips, to_signed_range
 from arvis.train.options import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class VAPi(PostTrainingMethod):
         advantages -> (the PPO loss, the mean k3 KL to the starting generator or None, their metrics). The old
         log-probabilities are the pass's own, detached: ρ = 1 exactly."""
         config = self.config
-        samples, _ = sample_per_position(log_probs.detach(), config.group_size, rng)
+        samples = draw_per_position(log_probs.detach(), config.group_size, rng)
         mse, distance = self.sample_costs(generator, samples, pixels)
         rewards = reconstruction_reward(mse, distance, mse_weight=config.mse_weight, lpips_weight=config.lpips_weight)
         advantages = group_advantages(rewards, config.advantage_clip)
@@ -264,12 +264,13 @@ class VAPi(PostTrainingMethod):
         clamped, computed in float32 outside the loop's autocast (as upstream)."""
         tokenizer, group = self.pipeline.tokenizer, samples.shape[1]
         flat = generator.to_layout_order(rearrange(samples, "b g l -> (b g) l"))
-        reference = repeat(pixels.float() * 2 - 1, "b ... -> (b g) ...", g=group)
+        reference = repeat(to_signed_range(pixels.float(), (0.0, 1.0)), "b ... -> (b g) ...", g=group)
         costs = []
         with torch.autocast(flat.device.type, enabled=False):
             for chunk, real in zip(flat.split(self.config.decode_batch_size),
                                    reference.split(self.config.decode_batch_size), strict=True):
-                costs.append(reconstruction_costs(signed_range(tokenizer, tokenizer.decode(chunk)), real, self.lpips))
+                decoded = to_signed_range(tokenizer.decode(chunk).float(), tokenizer.pixel_range)
+                costs.append(reconstruction_costs(decoded, real, self.lpips))
         mse = rearrange(torch.cat([mse for mse, _ in costs]), "(b g) -> b g", g=group)
         if self.lpips is None:
             return mse, None
@@ -285,9 +286,3 @@ class VAPi(PostTrainingMethod):
         pipeline = self.pipeline
         return Pipeline(pipeline.tokenizer, model.eval(), pipeline.sampling, text_tokenizer=pipeline.text_tokenizer,
                         text_encoder=pipeline.text_encoder)
-
-
-def signed_range(tokenizer, pixels: Tensor) -> Tensor:
-    """Pixels in ``tokenizer``'s range -> the same linearly mapped to [-1, 1], unclamped (the reward's range)."""
-    low, high = tokenizer.pixel_range
-    return (pixels.float() - low) * (2 / (high - low)) - 1

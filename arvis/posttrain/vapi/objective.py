@@ -39,13 +39,18 @@ def noise_context(tokens: Tensor, probability: float, vocab_size: int, rng: torc
 def sample_per_position(logits: Tensor, group_size: int, rng: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """logits (b, l, v) of one teacher-forced pass -> (samples (b, g, l) long, their log-probabilities (b, g, l)):
     every position drawn independently from its softmax (temperature 1, no top-k/top-p), g times."""
+    log_probs = logits.float().log_softmax(-1)
+    samples = draw_per_position(log_probs, group_size, rng)
+    return samples, gathered_log_probs(log_probs, samples)
+
+
+def draw_per_position(log_probs: Tensor, group_size: int, rng: torch.Generator | None) -> Tensor:
+    """log_probs (b, l, v) (normalised) -> samples (b, g, l) long: every position drawn independently, g times."""
     if group_size < 1:
         raise ValueError(f"the group size must be at least 1, got {group_size}")
-    log_probs = logits.float().log_softmax(-1)
     flat = rearrange(log_probs, "b l v -> (b l) v").exp()
     draws = torch.multinomial(flat, group_size, replacement=True, generator=rng)  # ((b l), g)
-    samples = rearrange(draws, "(b l) g -> b g l", b=logits.shape[0])
-    return samples, gathered_log_probs(log_probs, samples)
+    return rearrange(draws, "(b l) g -> b g l", b=log_probs.shape[0])
 
 
 def gathered_log_probs(log_probs: Tensor, samples: Tensor) -> Tensor:
