@@ -32,6 +32,7 @@ def generate(
     class_labels: Sequence[int] | None = None,
     *,
     prompts: Sequence[str] | None = None,
+    control: torch.Tensor | None = None,
     num_samples: int = 1,
     seed: int = 0,
     sampler: str | None = None,
@@ -49,6 +50,9 @@ def generate(
             (labels ``[0, 1]`` with ``num_samples=2`` give classes 0, 0, 1, 1).
         prompts: prompt strings of a text-conditional pipeline, used like ``class_labels`` (each is padded to the
             generator's prompt length; a longer one, or a word outside the text vocabulary, is an error).
+        control: control maps of a ControlAR pipeline, (n, c, H, W) float in [0, 1] (a mask or an edge map at
+            the tokenizer's image size; :mod:`arvis.data.control` computes them from images), one per class label
+            or prompt, or one (c, H, W) map for all of them.
         num_samples: images per class label or prompt.
         seed: image i of the call draws from its own ``torch.Generator`` seeded by
             (seed, i), so the same seed, conditions and settings give identical images
@@ -75,7 +79,7 @@ def generate(
         pipeline = load(pipeline, device=device or "cpu")
     elif device is not None and torch.device(device) != pipeline.device:
         raise ValueError(f"the pipeline is on {pipeline.device}, not {device}; move it with pipeline.to({str(device)!r})")
-    condition = pipeline.condition(class_labels, prompts)
+    condition = pipeline.condition(class_labels, prompts, control)
     condition = condition.select(torch.arange(condition.batch_size, device=condition.device)
                                  .repeat_interleave(num_samples))
     sampler = pipeline.sampler(sampler, **sampling)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from arvis.data.control import CONTROL_KINDS
 from arvis.samplers.options import add_sampling_arguments, sampling_overrides
 from arvis.train.recipe import USER_ERRORS, report_user_error
 
@@ -73,8 +74,10 @@ def _generate(args: argparse.Namespace) -> None:
     from arvis.visualize import clip_grid, image_grid, save_clip_frames, save_gif
 
     rows = args.labels if args.labels is not None else args.prompt
-    images = arvis.generate(args.pipeline, class_labels=args.labels, prompts=args.prompt, num_samples=args.num_samples,
-                            seed=args.seed, output_type="pt", progress=True, **sampling_overrides(args))
+    pipeline = arvis.load(args.pipeline)
+    images = arvis.generate(pipeline, class_labels=args.labels, prompts=args.prompt, control=_control(args, pipeline),
+                            num_samples=args.num_samples, seed=args.seed, output_type="pt", progress=True,
+                            **sampling_overrides(args))
     is_video = images.ndim == 5
     out = Path(args.out or ("samples.gif" if is_video else "samples.png"))
     if is_video:
@@ -95,6 +98,30 @@ def _generate(args: argparse.Namespace) -> None:
             save_clip_frames(clip, Path(args.frames) / f"sample_{index:05d}")
         result["frames"] = str(args.frames)
     print(json.dumps(result))
+
+
+def _control(args: argparse.Namespace, pipeline):
+    """The control map named by --control / --control-from (None without either), one for every grid row."""
+    from arvis.data.control import control_from_file, control_from_image
+
+    if args.control_kind is not None and args.control_from is None:
+        raise ValueError("--control-kind says which map --control-from computes; give --control-from PHOTO too")
+    if (args.control or args.control_from) and "control" not in pipeline.generator.condition_fields:
+        raise ValueError("this pipeline takes no control map (it is not a ControlAR pipeline); drop --control and "
+                         "--control-from")
+    if args.control is not None:
+        return control_from_file(args.control, pipeline.generator.control_shape[0])
+    if args.control_from is None:
+        return None
+    trained_on = getattr(pipeline.generator.config, "control_kind", None)
+    if args.control_kind is not None and trained_on is not None and args.control_kind != trained_on:
+        raise ValueError(f"this pipeline was trained on {trained_on} maps; drop --control-kind or pass "
+                         f"--control-kind {trained_on}")
+    kind = args.control_kind or trained_on
+    if kind is None:
+        raise ValueError("this pipeline does not record which control maps it was trained on: name them with "
+                         "--control-kind mask|edges")
+    return control_from_image(args.control_from, kind)
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -179,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     rows = gen.add_mutually_exclusive_group(required=True)
     rows.add_argument("--labels", type=int, nargs="+", help="class ids, one grid row each")
     rows.add_argument("--prompt", action="append", help="a text prompt (repeat for more), one grid row each")
+    control = gen.add_mutually_exclusive_group()
+    control.add_argument("--control", default=None, help="ControlAR: a control map image (a mask or an edge map, white "
+                         "= 1) at the tokenizer's image size, used for every row")
+    control.add_argument("--control-from", default=None, help="ControlAR: a photo whose control map (--control-kind) "
+                         "is computed by the operators the training data used")
+    gen.add_argument("--control-kind", choices=sorted(CONTROL_KINDS), default=None,
+                     help="the map --control-from computes (default: the kind the pipeline was trained on)")
     gen.add_argument("--num-samples", type=positive_int, default=8, help="images per class or prompt")
     gen.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(gen, "default: the pipeline's setting")

@@ -74,13 +74,16 @@ class Pipeline:
         return sampler_name_of(self.sampling)
 
     def condition(self, class_labels: Sequence[int] | torch.Tensor | None = None,
-                  prompts: Sequence[str] | None = None) -> Condition:
-        """The generator's condition for these class ids and/or prompt strings, on the pipeline's device.
-        Raises ``ValueError`` for a field the generator does not take, a missing one it needs, or a bad value."""
-        given = {name for name, value in (("labels", class_labels), ("prompt", prompts)) if value is not None}
+                  prompts: Sequence[str] | None = None, control: torch.Tensor | None = None) -> Condition:
+        """The generator's condition for these class ids and/or prompt strings (and control maps), on the
+        pipeline's device. ``control`` is (n, c, H, W) float in [0, 1], one map per class id or prompt, or one map
+        ((c, H, W) or (1, c, H, W)) for all of them. Raises ``ValueError`` for a field the generator does not
+        take, a missing one it needs, or a bad value."""
+        given = {name for name, value in (("labels", class_labels), ("prompt", prompts), ("control", control))
+                 if value is not None}
         takes = self.generator.condition_fields
         if given != takes:
-            described = {"labels": "class_labels", "prompt": "prompts"}
+            described = {"labels": "class_labels", "prompt": "prompts", "control": "control"}
             raise ValueError(f"this pipeline's generator is conditioned on "
                              f"{sorted(described.get(name, name) for name in takes)}, got "
                              f"{sorted(described[name] for name in given) or 'nothing'}")
@@ -92,6 +95,9 @@ class Pipeline:
                 raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r:.80}")
             encode = (self.text_encoder or self.text_tokenizer).encode
             fields["prompt"], fields["prompt_mask"] = encode(prompts, self.generator.prompt_length)
+        if control is not None:
+            rows = len(fields["labels"]) if "labels" in fields else len(fields["prompt"])
+            fields["control"] = control_rows(control, rows).to(fields["labels" if "labels" in fields else "prompt"].device)
         return self.generator.check_condition(Condition(**fields).to(self.device))
 
     @property
@@ -271,3 +277,19 @@ def check_compatible(tokenizer: Tokenizer, generator: Generator) -> None:
         )
     tokenizer.token_spec.check_serves(generator.token_spec, "generator")
     generator.check_tokenizer(tokenizer)
+
+
+def control_rows(control: torch.Tensor, rows: int) -> torch.Tensor:
+    """Control maps for ``rows`` conditions: (rows, c, H, W) as given, or one map ((c, H, W) or (1, c, H, W))
+    repeated; ``ValueError`` for anything else (the generator checks size, channels and range)."""
+    if not isinstance(control, torch.Tensor) or not control.is_floating_point() or control.ndim not in (3, 4):
+        raise ValueError(f"control must be a float tensor (n, c, H, W) or (c, H, W) in [0, 1], got "
+                         f"{getattr(control, 'dtype', type(control).__name__)} {tuple(getattr(control, 'shape', ()))}")
+    if control.ndim == 3:
+        control = control[None]
+    if control.shape[0] == 1 and rows > 1:
+        return control.expand(rows, -1, -1, -1)
+    if control.shape[0] != rows:
+        raise ValueError(f"got {control.shape[0]} control maps for {rows} class ids or prompts: give one map per "
+                         "condition, or one map for all")
+    return control

@@ -274,6 +274,9 @@ def _condition_policy(pipeline: Pipeline, labels: Sequence[int] | None,
                       prompts: Sequence[str] | None) -> dict[str, Any]:
     """The protocol's ``labels`` entry: balanced or cycled class ids, or cycled prompts for a text pipeline."""
     takes_prompts = "prompt" in pipeline.generator.condition_fields
+    if "control" in pipeline.generator.condition_fields:
+        raise ValueError("this pipeline's generator takes a control map per sample (ControlAR), which sample sets do "
+                         "not draw; sample it with arvis.generate(..., control=maps) or docs/scripts/controlar_toy.py")
     if not takes_prompts:
         if prompts is not None:
             raise ValueError("this pipeline's generator is class-conditional; pass labels, not prompts")

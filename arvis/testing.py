@@ -21,7 +21,7 @@ def randomize_parameters_(module: torch.nn.Module, std: float = 0.1, seed: int =
 def example_condition(model, batch_size: int = 3, seed: int = 0):
     """A :class:`arvis.conditions.Condition` with every field ``model`` takes, rows differing: class ids (the
     null class last), prompts of different lengths (the last one empty, the null prompt): token ids, or random
-    features for a generator that takes prompt features."""
+    features for a generator that takes prompt features, control maps of uniform noise in [0, 1]."""
     from arvis.conditions import Condition
 
     rng = torch.Generator().manual_seed(seed)
@@ -35,10 +35,13 @@ def example_condition(model, batch_size: int = 3, seed: int = 0):
         mask = torch.zeros(batch_size, length, dtype=torch.bool)
         for row in range(batch_size - 1):
             mask[row, length - 1 - (row * 2) % length:] = True
-        if model.config.text_vocab_size is None:
-            features = torch.randn(batch_size, length, model.config.text_feature_dim, generator=rng)
+        config = getattr(model, "base", model).config  # a wrapper (ControlAR) takes its base's prompts
+        if config.text_vocab_size is None:
+            features = torch.randn(batch_size, length, config.text_feature_dim, generator=rng)
             fields["prompt"] = features * mask[..., None]
         else:
-            fields["prompt"] = torch.randint(1, model.config.text_vocab_size, (batch_size, length), generator=rng) * mask
+            fields["prompt"] = torch.randint(1, config.text_vocab_size, (batch_size, length), generator=rng) * mask
         fields["prompt_mask"] = mask
+    if "control" in model.condition_fields:
+        fields["control"] = torch.rand(batch_size, *model.control_shape, generator=rng)
     return Condition(**fields)

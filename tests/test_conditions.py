@@ -81,7 +81,7 @@ def test_guidance_runs_the_joint_null_condition(name, monkeypatch):
     null = model.null_condition(2)
     for ran in seen:
         assert ran.batch_size == 4 and ran.fields == condition.fields
-        for field in ("labels", "prompt", "prompt_mask"):
+        for field in ("labels", "prompt", "prompt_mask", "control"):
             if getattr(condition, field) is not None:
                 assert torch.equal(getattr(ran, field)[:2], getattr(condition, field))
                 assert torch.equal(getattr(ran, field)[2:], getattr(null, field))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +239,23 @@ class Generator(Component):
     def check_tokens(self, tokens: Tensor) -> None:
         """Raises ``ValueError`` naming the problem if ``tokens`` do not fit this component."""
         check_token_ids(tokens, self.layout.length, self.vocab_size)
+
+
+def wrapped_spec(generator: Generator) -> dict[str, Any]:
+    """{"type": class name, "config": dict}: how a wrapper's config names the generator it wraps (a Distilled
+    Decoding teacher, a ControlAR base)."""
+    return {"type": type(generator).__name__, "config": generator.config.to_dict()}
+
+
+def build_wrapped(spec: Any, expected: type[Generator], wrapper: str, role: str) -> Generator:
+    """The generator a wrapper's config names (:func:`wrapped_spec`), freshly initialised; ``ValueError`` unless
+    ``spec`` is such a dict naming a registered subclass of ``expected``."""
+    if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
+        raise ValueError(f"{wrapper}: {role} must be {{'type': ..., 'config': {{...}}}}, got {spec!r:.80}")
+    cls = GENERATORS.get_class(spec["type"])
+    if not issubclass(cls, expected):
+        raise ValueError(f"{wrapper} wraps a {expected.__name__}, not a {spec['type']}")
+    return cls(cls.config_class.from_saved(spec["config"]))
 
 
 def check_batch(tokens: Tensor, condition: Condition) -> None:

@@ -181,7 +181,7 @@ class HARGenerator(LlamaGenerator):
         targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
         tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
         fed = [index for kind, index in self.plan if kind == TOKEN]
-        x = self._embed(self.plan, condition, tokens[:, fed])
+        x = self._embed(self.plan, self.drop_condition(condition), tokens[:, fed])
         mask = block_causal_mask(self.units, device=x.device)
         hidden = self.trunk(self.tok_dropout(x), mask=mask)
         return self.teacher_forcing_output(self.logits(hidden), targets)

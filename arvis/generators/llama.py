@@ -14,8 +14,10 @@ A generator here is embedding + trunk + head:
 
 Submodule names follow LlamaGen's checkpoints inside the blocks (``trunk.layers.{i}...``; folders saved by
 arvis 0.1 had ``layers.{i}...``, renamed on load by :meth:`LlamaGenerator.upgrade_state_dict`). The public seam
-for wrappers (Distilled Decoding, later ControlAR, SDAR, ...) is ``trunk``, :meth:`condition_embedding`,
-:meth:`embed_tokens`, :meth:`normed`, :meth:`logits` and :meth:`remove_token_embeddings`.
+for wrappers (Distilled Decoding, ControlAR, later SDAR, ...) is ``trunk``, :meth:`drop_condition` and
+:meth:`null_rows`, :meth:`condition_embedding`, :meth:`embed_tokens`, :meth:`normed`, :meth:`logits`,
+:meth:`step_output` and :meth:`remove_token_embeddings`, and for next-token ones :meth:`NextTokenLlama.attention_mask`,
+:meth:`NextTokenLlama.teacher_forcing_inputs` and :meth:`NextTokenLlama.absolute_positions`.
 """
 
 from __future__ import annotations
@@ -176,11 +178,22 @@ class LlamaGenerator(Generator):
                              "text tokenizer")
 
     def drop_condition(self, condition: Condition) -> Condition:
-        """The training-time condition dropout that happens outside the embeddings: prompts emptied with
-        probability ``class_dropout`` (class labels are dropped inside ``cls_embedding``, as upstream)."""
-        if not self.training or condition.prompt_mask is None:
+        """The training-time condition dropout (a no-op in eval mode), done here once, before
+        :meth:`condition_embedding`: each class label replaced by the null class, or each prompt emptied, with
+        probability ``class_dropout`` (upstream drops labels inside its label embedder; the draw is the same one).
+        A wrapper that must know which rows were dropped (ControlAR zeroes their control) reads
+        :meth:`null_rows` of the result."""
+        if not self.training:
             return condition
-        return condition.replace(prompt_mask=self.cls_embedding.drop_prompts(condition.prompt_mask))
+        if condition.prompt_mask is not None:
+            return condition.replace(prompt_mask=self.cls_embedding.drop_prompts(condition.prompt_mask))
+        return condition.replace(labels=self.cls_embedding.drop_labels(condition.labels))
+
+    def null_rows(self, condition: Condition) -> Tensor:
+        """(b,) bool: the rows that carry the null condition (the null class, or the empty prompt)."""
+        if condition.prompt_mask is not None:
+            return ~condition.prompt_mask.any(1)
+        return condition.labels == self.null_class
 
     def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
         """The null class, or the empty prompt: no real token, as (b, p) ids or (b, p, e) zero features."""
@@ -203,12 +216,12 @@ class LlamaGenerator(Generator):
         return self.trunk.rope.rows(torch.arange(start, start + count, device=device))
 
     def condition_embedding(self, condition: Condition | Tensor) -> Tensor:
-        """condition (class ids (b,) long, null class allowed, label dropout in training; or a prompt) -> the
-        prefix (b, prefix_length, d)."""
+        """condition (class ids (b,) long, null class allowed; or a prompt) -> the prefix (b, prefix_length, d).
+        Nothing is dropped here: training passes drop the condition first (:meth:`drop_condition`)."""
         condition = as_condition(condition)
         if self.takes_text:
             return self.cls_embedding(condition.prompt, condition.prompt_mask)
-        return rearrange(self.cls_embedding(condition.labels), "b d -> b 1 d")
+        return rearrange(self.cls_embedding.embed(condition.labels), "b d -> b 1 d")
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """tokens (b, n) long -> (b, n, d) input embeddings."""

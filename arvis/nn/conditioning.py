@@ -28,6 +28,10 @@ class ClassEmbedding(nn.Module):
         drop = torch.rand(labels.shape, device=labels.device) < self.dropout
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
+    def embed(self, labels: Tensor) -> Tensor:
+        """(b,) long -> (b, dim), without dropout (for a caller that dropped the labels itself)."""
+        return self.embedding(labels)
+
     def forward(self, labels: Tensor) -> Tensor:
-        """(b,) long -> (b, dim)."""
-        return self.embedding(self.drop_labels(labels))
+        """(b,) long -> (b, dim), the labels dropped first in training."""
+        return self.embed(self.drop_labels(labels))

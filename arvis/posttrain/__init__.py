@@ -7,5 +7,6 @@ Each method is registered in :data:`METHODS` and run by ``accelerate launch -m a
 from arvis.posttrain.base import METHODS, PostTrainingMethod, TeacherAdapters, TrainingContext
 from arvis.posttrain import distilled_decoding  # noqa: F401  (registers its generators, sampler and method)
 from arvis.posttrain import vapi  # noqa: F401  (registers its method)
+from arvis.posttrain import controlar  # noqa: F401  (registers its generator, sampler and method)
 
 __all__ = ["METHODS", "PostTrainingMethod", "TeacherAdapters", "TrainingContext"]

@@ -7,6 +7,8 @@ mixed per step under the CFG schedule, and the sampled token is fed to both halv
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -25,6 +27,11 @@ class NextTokenSampler(Sampler):
     name = "next-token"
     config_class = NextTokenSettings
     description = "one token per step with a KV cache (LlamaGen's decode loop)"
+
+    def step_options(self) -> dict[str, Any]:
+        """Keyword arguments of every ``model.step`` call, from the settings: none here; a sampler for generators
+        whose step takes a knob of its own (ControlAR's ``control_strength``) passes it this way."""
+        return {}
 
     @torch.inference_mode()
     def __call__(self, model: Generator, condition: Condition | Tensor, *, rng: RandomSource = None, prefix: Tensor | None = None,
@@ -51,12 +58,13 @@ class NextTokenSampler(Sampler):
         cache = model.new_cache(conditions.batch_size)
         tokens = torch.empty(condition.batch_size, length, dtype=torch.long, device=condition.device)
         inputs = None
+        options = self.step_options()
         if start:
-            model.step(None, conditions, cache)  # the condition prefix; the prefix tokens follow in one step
+            model.step(None, conditions, cache, **options)  # the condition prefix; the prefix tokens follow
             tokens[:, :start] = prefix
             inputs = feed_both(prefix, config)
         for step in range(start, length):
-            logits = guide(model.step(inputs, conditions, cache)[:, -1], config, step, num_steps)
+            logits = guide(model.step(inputs, conditions, cache, **options)[:, -1], config, step, num_steps)
             logits = filter_logits(logits, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
             tokens[:, step] = draw(logits[:, None], step)[:, 0]
             inputs = feed_both(tokens[:, step:step + 1], config)

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from arvis.config import read_json
+from arvis.transformers_folders import check_transformers_folder
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-REFUSED_PATTERNS = ("*.py", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "adapter_config.json")
 
 
 class FrozenTextEncoder:
@@ -37,16 +37,11 @@ class FrozenTextEncoder:
     def load(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> FrozenTextEncoder:
         from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-        folder = Path(folder)
-        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"text encoder folder {folder} lacks {missing}: put a T5 encoder saved by "
-                                    "transformers (save_pretrained(..., safe_serialization=True), e.g. "
-                                    "google/flan-t5-xl) and its fast tokenizer there")
-        refused = sorted(path.name for pattern in REFUSED_PATTERNS for path in folder.glob(pattern))
-        if refused:
-            raise ValueError(f"text encoder folder {folder} holds {refused}, which could run code when loaded; "
-                             "keep only config.json, model.safetensors and the tokenizer's JSON files")
+        folder = check_transformers_folder(
+            folder, what="text encoder", required=REQUIRED_FILES,
+            example="a T5 encoder saved by transformers (save_pretrained(..., safe_serialization=True), e.g. "
+                    "google/flan-t5-xl) and its fast tokenizer",
+            keep="config.json, model.safetensors and the tokenizer's JSON files")
         header = read_json(folder / "config.json")
         if not isinstance(header, dict) or header.get("model_type") != "t5" or "auto_map" in header:
             raise ValueError(f"{folder / 'config.json'} must be a plain T5 config (model_type 't5', no auto_map)")

@@ -84,3 +84,27 @@ def test_multi_token_steps_equal_teacher_forcing():
         after_six = model.step(tokens[:, 5:6], labels, cache)
     torch.testing.assert_close(after_five[:, 0], expected[:, 5], atol=1e-5, rtol=0)
     torch.testing.assert_close(after_six[:, 0], expected[:, 6], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["raster-tiny", "har-tiny"])
+def test_label_dropout_is_drawn_once_in_drop_condition_and_forward_uses_that_draw(preset):
+    from arvis.conditions import Condition
+
+    config = GENERATORS.preset(preset).replace(class_dropout=0.5, token_dropout=0.0, resid_dropout=0.0,
+                                               ffn_dropout=0.0)
+    generator = randomize_parameters_(GENERATORS.class_for_config(config)(config))
+    generator.train()
+    many = Condition(labels=torch.zeros(4000, dtype=torch.long))
+    torch.manual_seed(0)
+    dropped = generator.drop_condition(many)
+    assert abs(generator.null_rows(dropped).float().mean().item() - 0.5) < 0.03  # p, not 1 - (1 - p)^2
+    labels = torch.arange(8) % 10
+    tokens = torch.randint(generator.vocab_size, (8, generator.layout.length), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(3)
+    trained = generator(tokens, labels).logits
+    torch.manual_seed(3)
+    drawn = generator.drop_condition(Condition(labels=labels)).labels
+    assert (drawn == 10).any() and (drawn != 10).any()
+    generator.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(generator(tokens, drawn).logits, trained.detach(), atol=1e-6, rtol=0)

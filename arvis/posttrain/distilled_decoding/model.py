@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from arvis.config import Config
-from arvis.generators.base import GENERATORS, Generator
+from arvis.generators.base import Generator, build_wrapped, wrapped_spec
 from arvis.nn.linear import Linear
 from arvis.tokenizers.base import TokenLayout, TokenSpec
 
@@ -84,9 +84,9 @@ def teacher_spec(teacher: Generator) -> dict[str, Any]:
     unconditional mode it never uses, and dropping features of the noise inputs would make the target
     partly unpredictable. (DD1's released code does not say; this is arvis's choice.)
     """
-    config = {key: 0.0 if key.endswith("dropout") or key == "drop_path_rate" else value
-              for key, value in teacher.config.to_dict().items()}
-    return {"type": type(teacher).__name__, "config": config}
+    spec = wrapped_spec(teacher)
+    return {**spec, "config": {key: 0.0 if key.endswith("dropout") or key == "drop_path_rate" else value
+                               for key, value in spec["config"].items()}}
 
 
 class DistilledGenerator(Generator):
@@ -99,13 +99,7 @@ class DistilledGenerator(Generator):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        spec = config.teacher
-        if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
-            raise ValueError(f"{type(self).__name__}: teacher must be {{'type': ..., 'config': {{...}}}}, got {spec!r:.80}")
-        teacher_class = GENERATORS.get_class(spec["type"])
-        if not issubclass(teacher_class, self.teacher_class):
-            raise ValueError(f"{type(self).__name__} distils a {self.teacher_class.__name__}, not a {spec['type']}")
-        self.teacher = teacher_class(teacher_class.config_class.from_saved(spec["config"]))
+        self.teacher = build_wrapped(config.teacher, self.teacher_class, type(self).__name__, "teacher")
         if self.teacher.condition_fields != {"labels"}:
             raise ValueError(f"{type(self).__name__} distils class-conditional generators; this teacher is "
                              f"conditioned on {sorted(self.teacher.condition_fields)}")
