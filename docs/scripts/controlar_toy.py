@@ -105,7 +105,7 @@ def main() -> None:
           f"{recon['glyph_accuracy']:.1%} | {recon['fd_glyphs']:.3f} | | | |", flush=True)
 
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in rows}
-    for name, pipeline, strength in rows:  # warm-up
+    for _, pipeline, strength in rows:  # warm-up
         draw(pipeline, labels[:8], controls[:8] if strength is not None else None, strength)
     for _ in range(args.timing_batches):  # the rows in turn, so each sees the same machine load
         for name, pipeline, strength in rows:
