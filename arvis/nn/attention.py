@@ -38,6 +38,29 @@ def block_causal_mask(unit_lengths: Sequence[int], *, device: torch.device | str
     return units[None, :] <= units[:, None]
 
 
+def block_diffusion_mask(prefix_length: int, length: int, block_size: int, *,
+                         device: torch.device | str | None = None) -> Tensor:
+    """(P + 2l, P + 2l) boolean mask of block diffusion's training sequence [prefix (P); noisy x_t (l); clean x_0 (l)]
+    (BD3-LM's, as SDAR trains): the prefix is causal among itself and seen by every position; a noisy position of
+    block b sees the noisy positions of block b (bidirectionally) and the clean positions of blocks < b; a clean
+    position of block b sees the clean positions of blocks <= b. ``length`` must be a multiple of ``block_size``."""
+    if block_size < 1 or length % block_size:
+        raise ValueError(f"the sequence length {length} must be a positive multiple of the block size {block_size}")
+    total = prefix_length + 2 * length
+    index = torch.arange(total, device=device)
+    is_prefix = index < prefix_length
+    is_noisy = (index >= prefix_length) & (index < prefix_length + length)
+    block = torch.where(is_prefix, -1, ((index - prefix_length) % length) // block_size)
+    query_block, key_block = block[:, None], block[None, :]
+    prefix_keys = is_prefix[None, :] & (~is_prefix[:, None] | (index[None, :] <= index[:, None]))
+    noisy_query, noisy_key = is_noisy[:, None], is_noisy[None, :]
+    clean_query = ~is_prefix[:, None] & ~noisy_query
+    clean_key = ~is_prefix[None, :] & ~noisy_key
+    noisy_sees = noisy_query & ((noisy_key & (key_block == query_block)) | (clean_key & (key_block < query_block)))
+    clean_sees = clean_query & clean_key & (key_block <= query_block)
+    return prefix_keys | noisy_sees | clean_sees
+
+
 def with_key_padding(mask: Tensor | None, attendable: Tensor, num_queries: int, num_keys: int) -> Tensor:
     """Hides padding keys: mask (n, t) bool (None: every query sees every key) and ``attendable`` (b, k) bool over
     the first k keys (a prompt's positions; later keys are all kept) -> (b, 1, n, t). Every query still sees its

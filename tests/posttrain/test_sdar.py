@@ -1,0 +1,65 @@
+"""SDAR (work in progress): the block-diffusion mask and the model's passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arvis.conditions import Condition
+from arvis.generators.base import GENERATORS
+from arvis.nn.attention import block_diffusion_mask
+from arvis.posttrain.sdar.model import SDARRaster
+from arvis.testing import example_condition, randomize_parameters_
+
+
+def test_the_training_mask_matches_its_definition_at_l_8_and_b_2():
+    mask = block_diffusion_mask(1, 8, 2)
+    prefix, noisy, clean = 0, range(1, 9), range(9, 17)
+    block = {position: (position - 1) % 8 // 2 for position in [*noisy, *clean]}
+    for query in range(17):
+        for key in range(17):
+            if key == prefix:
+                expected = True
+            elif query == prefix:
+                expected = False
+            elif query in noisy:
+                expected = (key in noisy and block[key] == block[query]) or (key in clean and block[key] < block[query])
+            else:
+                expected = key in clean and block[key] <= block[query]
+            assert mask[query, key].item() == expected, (query, key)
+
+
+@pytest.mark.parametrize("base", ["raster-tiny", "raster-t2i-tiny"])
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_blockwise_cached_logits_equal_the_noisy_half_of_the_training_forward(base, block_size):
+    torch.manual_seed(0)
+    teacher = randomize_parameters_(GENERATORS.build(base)).eval()
+    model = randomize_parameters_(SDARRaster.from_base(teacher, block_size=block_size), seed=1).eval()
+    condition = example_condition(model)
+    condition = Condition.cat([condition, model.null_condition(3)])
+    tokens = torch.randint(64, (6, 16), generator=torch.Generator().manual_seed(2))
+    masked = torch.rand(6, 16, generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        full = model(tokens, condition, masked=masked, rate=torch.full((6,), 0.5)).logits
+        noisy = tokens.masked_fill(masked, model.mask_id)
+        cache = model.new_cache(6)
+        assert model.step(None, condition, cache).shape == (6, 0, 64)
+        stepped = []
+        for start in range(0, 16, block_size):
+            finished = tokens[:, start - block_size:start] if start else None
+            stepped.append(model.step(noisy[:, start:start + block_size], condition, cache, finished=finished))
+            assert cache.length == model.prefix_length + start
+    torch.testing.assert_close(torch.cat(stepped, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_the_training_masks_follow_the_rate_and_mask_at_least_one_token():
+    torch.manual_seed(0)
+    masked, rate = SDARRaster.draw_masks(2000, 16, torch.device("cpu"))
+    assert masked.any(1).all()
+    assert ((rate > 1e-3 - 1e-9) & (rate <= 1)).all()
+    high, low = rate > 0.9, rate < 0.1
+    assert masked[high].float().mean() > 0.85 and masked[low].float().mean() < 0.2
+    model = SDARRaster.from_base(GENERATORS.build("raster-tiny")).train()
+    loss = model(torch.randint(64, (4, 16)), torch.tensor([1, 2, 3, 4])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.mask_embedding.grad is not None
