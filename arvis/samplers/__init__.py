@@ -7,6 +7,7 @@ Each sampler registers in :data:`SAMPLERS` under its name with its own settings 
 from __future__ import annotations
 
 from arvis.samplers.base import SAMPLERS, Sampler, sampler_class, sampler_for, settings_for
+from arvis.samplers.blockwise import BlockwiseSampler, BlockwiseSettings
 from arvis.samplers.next_scale import NextScaleSampler
 from arvis.samplers.next_token import NextTokenSampler
 from arvis.samplers.next_unit import NextUnitSampler
@@ -14,7 +15,7 @@ from arvis.samplers.speculative_jacobi import SpeculativeJacobiSampler, Speculat
 from arvis.samplers.settings import (CategoricalSettings, NextScaleSettings, NextTokenSettings, NextUnitSettings,
                                      SamplerSettings)
 
-__all__ = ["CategoricalSettings", "NextScaleSampler", "NextScaleSettings", "NextTokenSampler", "NextTokenSettings",
+__all__ = ["BlockwiseSampler", "BlockwiseSettings", "CategoricalSettings", "NextScaleSampler", "NextScaleSettings", "NextTokenSampler", "NextTokenSettings",
            "NextUnitSampler", "NextUnitSettings", "SAMPLERS", "Sampler", "SamplerSettings", "SpeculativeJacobiSampler",
            "SpeculativeJacobiSettings", "sampler_class",
            "sampler_for", "settings_for"]

@@ -63,3 +63,70 @@ def test_the_training_masks_follow_the_rate_and_mask_at_least_one_token():
     loss = model(torch.randint(64, (4, 16)), torch.tensor([1, 2, 3, 4])).loss
     loss.backward()
     assert torch.isfinite(loss) and model.mask_embedding.grad is not None
+
+
+def _sdar(block_size: int = 4, base: str = "raster-tiny") -> SDARRaster:
+    torch.manual_seed(0)
+    teacher = randomize_parameters_(GENERATORS.build(base)).eval()
+    return randomize_parameters_(SDARRaster.from_base(teacher, block_size=block_size), seed=1).eval()
+
+
+def _counting(model, monkeypatch) -> list[int]:
+    calls = []
+    original = model.step
+
+    def counted(tokens, condition, cache, **options):
+        if tokens is not None:
+            calls.append(tokens.shape[1])
+        return original(tokens, condition, cache, **options)
+
+    monkeypatch.setattr(model, "step", counted)
+    return calls
+
+
+def test_dynamic_at_threshold_one_is_static_and_static_with_s_equal_b_commits_one_token_per_pass(monkeypatch):
+    from arvis.samplers import sampler_for
+
+    model = _sdar()
+    condition = torch.tensor([1, 2, 3])
+    seeds = lambda: [torch.Generator().manual_seed(10 + i) for i in range(3)]  # noqa: E731
+    static = sampler_for(model, "blockwise", commit_strategy="low_confidence_static", cfg_scale=2.0)
+    dynamic = sampler_for(model, "blockwise", commit_strategy="low_confidence_dynamic", confidence_threshold=1.0,
+                          cfg_scale=2.0)
+    assert torch.equal(static(model, condition, rng=seeds()), dynamic(model, condition, rng=seeds()))
+    calls = _counting(model, monkeypatch)
+    tokens = static(model, condition, rng=seeds())
+    assert calls == [4] * 16 and tokens.max() < 64  # S = B = 4: 4 passes per block, 4 blocks, nothing left masked
+    calls.clear()
+    sampler_for(model, "blockwise", confidence_threshold=0.0)(model, condition, rng=seeds())
+    assert calls == [4] * 4  # every drawn token is above θ = 0: one pass per block
+
+
+def test_block_size_one_decodes_like_an_ar_model():
+    from arvis.samplers import sampler_for
+
+    model = _sdar(block_size=1)
+    condition = torch.tensor([1, 2, 10])
+    tokens = sampler_for(model, "blockwise", top_k=1, denoising_steps=1)(model, condition)
+    with torch.no_grad():  # every token masked: noisy block i sees only the clean tokens before it
+        logits = model(tokens, condition, masked=torch.ones_like(tokens, dtype=torch.bool), rate=torch.ones(3)).logits
+    assert torch.equal(logits.argmax(-1), tokens)
+
+
+def test_same_seed_same_tokens_and_a_batch_equals_its_rows_alone():
+    from arvis.samplers import sampler_for
+
+    model = _sdar()
+    condition = example_condition(model)
+    sampler = sampler_for(model, "blockwise", cfg_scale=2.0, top_k=20, confidence_threshold=0.3)
+    seeds = lambda: [torch.Generator().manual_seed(20 + i) for i in range(3)]  # noqa: E731
+    together = sampler(model, condition, rng=seeds())
+    assert torch.equal(together, sampler(model, condition, rng=seeds()))
+    alone = torch.cat([sampler(model, condition.select([i]), rng=[seeds()[i]]) for i in range(3)])
+    assert torch.equal(together, alone)
+
+
+def test_commit_counts_split_the_block_with_the_remainder_first():
+    from arvis.samplers.blockwise import commit_counts
+
+    assert commit_counts(5, 2) == [3, 2] and commit_counts(4, 4) == [1, 1, 1, 1] and commit_counts(8, 3) == [3, 3, 2]

@@ -96,6 +96,10 @@ class SDARRaster(Generator):
         return self.base.num_classes
 
     @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
     def mask_id(self) -> int:
         """The input id of [MASK]: one past the vocabulary."""
         return self.vocab_size
