@@ -8,5 +8,6 @@ from arvis.posttrain.base import METHODS, PostTrainingMethod, TeacherAdapters, T
 from arvis.posttrain import distilled_decoding  # noqa: F401  (registers its generators, sampler and method)
 from arvis.posttrain import vapi  # noqa: F401  (registers its method)
 from arvis.posttrain import controlar  # noqa: F401  (registers its generator, sampler and method)
+from arvis.posttrain import sdar  # noqa: F401  (registers its generator and method)
 
 __all__ = ["METHODS", "PostTrainingMethod", "TeacherAdapters", "TrainingContext"]

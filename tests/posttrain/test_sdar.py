@@ -130,3 +130,43 @@ def test_commit_counts_split_the_block_with_the_remainder_first():
     from arvis.samplers.blockwise import commit_counts
 
     assert commit_counts(5, 2) == [3, 2] and commit_counts(4, 4) == [1, 1, 1, 1] and commit_counts(8, 3) == [3, 3, 2]
+
+
+def test_a_post_training_run_lowers_the_loss_and_exports_a_blockwise_pipeline(tiny_pipeline, tmp_path):
+    import arvis
+    from arvis.samplers import BlockwiseSettings
+    from arvis.train.posttrain import PostTrainConfig, post_train
+
+    path = tiny_pipeline.save_pretrained(tmp_path / "base")
+    before = {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    output, history = post_train(PostTrainConfig.from_dict({
+        "method": "sdar", "pipeline": str(path),
+        "method_config": {"block_size": 4, "data": {"image_size": 16, "num_samples": 64}},
+        "optim": {"learning_rate": 3e-3},
+        "run": {"output_dir": str(tmp_path / "run"), "max_steps": 30, "batch_size": 16, "progress": False,
+                "log_every": 1}}))
+    assert before == {p.name: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    assert len(history) == 30
+    trained = arvis.load(output)
+    from arvis.data import GlyphDataset
+
+    images, labels = GlyphDataset(64, image_size=16).tensors()  # the training images
+    tokens = tiny_pipeline.tokenizer.encode(tiny_pipeline.tokenizer.from_unit_range(images))
+    masked = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    start = SDARRaster.from_base(tiny_pipeline.generator).eval()
+    with torch.no_grad():
+        losses = [model(tokens, labels, masked=masked, rate=torch.full((64,), 0.5)).loss.item()
+                  for model in (start, trained.generator)]
+    assert losses[1] < losses[0] - 0.1, losses
+    assert isinstance(trained.generator, SDARRaster) and trained.sampler_name == "blockwise"
+    assert trained.sampling == BlockwiseSettings(cfg_scale=2.0, top_k=8, denoising_steps=4)
+    images = arvis.generate(trained, class_labels=[1, 2], output_type="pt")
+    assert images.shape == (2, 3, 16, 16)
+
+
+def test_the_method_refuses_a_block_size_that_does_not_divide_the_tokens(tiny_pipeline, tmp_path):
+    from arvis.posttrain.sdar import SDAR, SDARConfig
+
+    with pytest.raises(ValueError, match="block_size 3 does not divide the generator's 16 tokens"):
+        SDAR(SDARConfig.from_dict({"block_size": 3, "data": {"image_size": 16}}), tiny_pipeline, pipeline_path="x",
+             output_dir=tmp_path)

@@ -150,7 +150,8 @@ def test_cli_refuses_foreign_and_non_finite_settings(sampler, tmp_path, capsys):
     foreign = _foreign_setting(sampler)
     annotation = sampling_fields()[foreign][0]
     flag = ["--" + foreign.replace("_", "-")] + ([] if annotation is bool else
-                                                 ["constant"] if typing.get_origin(annotation) is typing.Literal
+                                                 [typing.get_args(annotation)[0]]
+                                                 if typing.get_origin(annotation) is typing.Literal
                                                  else ["1"])
     assert main(["generate", str(tmp_path / "p"), "--labels", "0", *flag, "--out", str(out)]) == 2
     assert f"['{foreign}'] is not a setting of the {sampler} sampler" in capsys.readouterr().err

@@ -1,1 +1,6 @@
-"""SDAR: blockwise masked diffusion over raster generators (work in progress: the model; the sampler and method are not built)."""
+"""SDAR: blockwise masked diffusion over raster generators (several tokens per pass)."""
+
+from arvis.posttrain.sdar.model import SDARRaster, SDARRasterConfig
+from arvis.posttrain.sdar.method import SDAR, SDARConfig
+
+__all__ = ["SDAR", "SDARConfig", "SDARRaster", "SDARRasterConfig"]

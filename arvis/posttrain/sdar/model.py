@@ -1,4 +1,4 @@
-"""SDAR: a raster generator turned into a blockwise masked-diffusion generator (work in progress: model only).
+"""SDAR: a raster generator turned into a blockwise masked-diffusion generator that decodes several tokens per pass.
 
 Cheng et al., "SDAR: A Synergistic Diffusion-AutoRegression Paradigm for Scalable Sequence Generation", 2025,
 https://arxiv.org/abs/2510.06303 (upstream JetAstra/SDAR; notes in ``shared/reference/posttraining.md`` §4).
@@ -154,8 +154,9 @@ class SDARRaster(Generator):
     def forward(self, tokens: Tensor, condition: Condition | Tensor, targets: Tensor | None = None, *,
                 masked: Tensor | None = None, rate: Tensor | None = None) -> GeneratorOutput:
         """Block-diffusion teacher forcing. tokens (b, l) long x_0, condition; ``masked`` (b, l) bool and ``rate``
-        (b,) (default: drawn, :meth:`draw_masks`) -> loss (Σ over masked positions of CE / p, ÷ l, averaged over
-        the batch) and the noisy half's logits (b, l, v), position i predicting token i."""
+        (b,) (default: drawn by :meth:`draw_masks` in training; in eval mode every token masked at rate 1, the
+        deterministic first-pass view of each block) -> loss (Σ over masked positions of CE / p, ÷ l, averaged
+        over the batch) and the noisy half's logits (b, l, v), position i predicting token i."""
         base = self.base
         self.check_tokens(tokens)
         condition = self.check_condition(condition)
@@ -163,8 +164,11 @@ class SDARRaster(Generator):
         if targets is not None:
             raise ValueError("SDAR's targets are its inputs (no shift): pass targets=None")
         batch, length = tokens.shape
-        if masked is None:
+        if masked is None and self.training:
             masked, rate = self.draw_masks(batch, length, tokens.device)
+        elif masked is None:
+            masked = torch.ones_like(tokens, dtype=torch.bool)
+            rate = torch.ones(batch, device=tokens.device)
         elif rate is None or masked.shape != tokens.shape or masked.dtype != torch.bool:
             raise ValueError(f"masked must be a (b, l) bool tensor given with its rate (b,), got "
                              f"{masked.dtype} {tuple(masked.shape)}")
