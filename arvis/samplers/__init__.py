@@ -15,7 +15,8 @@ from arvis.samplers.speculative_jacobi import SpeculativeJacobiSampler, Speculat
 from arvis.samplers.settings import (CategoricalSettings, NextScaleSettings, NextTokenSettings, NextUnitSettings,
                                      SamplerSettings)
 
-__all__ = ["BlockwiseSampler", "BlockwiseSettings", "CategoricalSettings", "NextScaleSampler", "NextScaleSettings", "NextTokenSampler", "NextTokenSettings",
+__all__ = ["BlockwiseSampler", "BlockwiseSettings",
+           "CategoricalSettings", "NextScaleSampler", "NextScaleSettings", "NextTokenSampler", "NextTokenSettings",
            "NextUnitSampler", "NextUnitSettings", "SAMPLERS", "Sampler", "SamplerSettings", "SpeculativeJacobiSampler",
            "SpeculativeJacobiSettings", "sampler_class",
            "sampler_for", "settings_for"]

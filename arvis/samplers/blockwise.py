@@ -8,7 +8,8 @@ returning every fed position's logits, :class:`arvis.posttrain.sdar.model.SDARRa
 
 1. the block is fed against the cache without being stored (the block before it, complete, goes in with its first
    pass and is stored then, so a block costs only its passes);
-2. with guidance the logits of [conditional; null] are mixed (at every pass); a token is drawn at every masked
+2. with guidance the logits of [conditional; null] are mixed at every pass, each position with the scale its token
+   index gets under the schedule; a token is drawn at every masked
    position (temperature, top-k, top-p), its confidence the probability it was drawn with;
 3. some masked positions are committed (never re-masked), n_s = B / S of them at pass s (the remainder going to the
    first passes): ``low_confidence_static`` the n_s most confident, ``sequential`` the n_s leftmost,
@@ -22,6 +23,7 @@ sample a row's tokens do not depend on the rest of the batch.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import torch
@@ -33,7 +35,8 @@ from arvis.samplers.guidance import feed_both, guidance_conditions, guide
 from arvis.samplers.logits import RandomSource, filter_logits, sample_categorical
 from arvis.samplers.settings import CategoricalSettings, setting
 
-STRATEGIES = ("low_confidence_dynamic", "low_confidence_static", "sequential")
+CommitStrategy = Literal["low_confidence_dynamic", "low_confidence_static", "sequential"]
+STRATEGIES = typing.get_args(CommitStrategy)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,8 +44,7 @@ class BlockwiseSettings(CategoricalSettings):
     """Settings of the ``blockwise`` sampler (SDAR)."""
 
     denoising_steps: int = setting(4, "SDAR: passes per block at most (S, 1..block size)")
-    commit_strategy: Literal["low_confidence_dynamic", "low_confidence_static", "sequential"] = setting(
-        "low_confidence_dynamic", "SDAR: which masked positions a pass commits")
+    commit_strategy: CommitStrategy = setting("low_confidence_dynamic", "SDAR: which masked positions a pass commits")
     confidence_threshold: float = setting(0.85, "SDAR dynamic commits: every position drawn above this probability")
 
     def __post_init__(self) -> None:
@@ -61,6 +63,8 @@ def commit_counts(block_size: int, steps: int) -> list[int]:
 def positions_to_commit(confidence: Tensor, masked: Tensor, count: int, strategy: str, threshold: float) -> Tensor:
     """confidence (b, B) float, masked (b, B) bool -> (b, B) bool: the masked positions this pass commits (at most
     the masked ones; ``count`` = n_s)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown commit strategy {strategy!r}; choose one of {list(STRATEGIES)}")
     if strategy == "sequential":
         order = torch.arange(masked.shape[1], device=masked.device).expand_as(masked).float()
         score = torch.where(masked, -order, torch.full_like(order, -float("inf")))
@@ -108,7 +112,9 @@ class BlockwiseSampler(Sampler):
                     break
                 logits = model.step(feed_both(current, settings), conditions, cache, finished=finished)
                 finished = None
-                logits = guide(logits, settings, start, length)
+                # each position guided at its own token index (the schedules run over the l tokens)
+                logits = torch.cat([guide(logits[:, j:j + 1], settings, start + j, length)
+                                    for j in range(logits.shape[1])], dim=1)
                 logits = filter_logits(logits, temperature=settings.temperature, top_k=settings.top_k,
                                        top_p=settings.top_p)
                 active = masked.any(1).nonzero()[:, 0].tolist()

@@ -7,7 +7,7 @@ Rows: the AR teacher with its stored sampler; each SDAR pipeline decoded statica
 dynamically at each ``--thresholds`` θ (S = B, so a block takes at most B passes). Every row uses the pipeline's
 guidance and filtering (CFG 2, top-p 0.9 for the quickstart), sample i seeded by i, classes balanced.
 
-Columns: model calls per image (passes over a block or one token, the prefix pass not counted, at batch 1 over
+Columns: model calls per image (passes that predict tokens: an AR step, or an SDAR pass over a block; at batch 1 over
 ``--call-samples`` samples), tokens per call, seconds per image at batch 1 and at batch 100 (the rows taken in
 turn after a warm-up, the median of ``--timing-repeats``), glyph accuracy and fd-glyphs of ``--num-samples``
 samples against 1000 rendered glyphs (seed 777).
@@ -44,12 +44,14 @@ def draw(pipeline, sampler, labels: torch.Tensor) -> torch.Tensor:
 
 
 def calls_per_image(pipeline, sampler, labels: torch.Tensor) -> float:
-    """Model calls per image at batch 1 (every step call but the prefix's)."""
+    """Model calls per image at batch 1 that predict tokens: every step of an AR generator (its prefix pass
+    predicts token 0), every step but the prefix's of an SDAR one."""
     generator, calls = pipeline.generator, [0]
     original = generator.step
+    counts_prefix = not isinstance(generator, SDARRaster)
 
     def counted(tokens, condition, cache, **options):
-        calls[0] += tokens is not None
+        calls[0] += tokens is not None or counts_prefix
         return original(tokens, condition, cache, **options)
 
     generator.step = counted
@@ -100,7 +102,7 @@ def main() -> None:
             for batch in (1, BATCH):
                 started = time.perf_counter()
                 draw(pipeline, sampler, labels[:batch])
-                timing[name][batch].append((time.perf_counter() - started) / batch)
+                timing[name][batch].append((time.perf_counter() - started) / len(labels[:batch]))
     print("| row | calls / image | tokens / call | s/image, batch 1 | s/image, batch 100 | glyph accuracy | "
           "fd-glyphs |")
     print("|---|---|---|---|---|---|---|")

@@ -89,7 +89,7 @@ def test_dynamic_at_threshold_one_is_static_and_static_with_s_equal_b_commits_on
 
     model = _sdar()
     condition = torch.tensor([1, 2, 3])
-    seeds = lambda: [torch.Generator().manual_seed(10 + i) for i in range(3)]  # noqa: E731
+    seeds = lambda: [torch.Generator().manual_seed(10 + i) for i in range(3)]
     static = sampler_for(model, "blockwise", commit_strategy="low_confidence_static", cfg_scale=2.0)
     dynamic = sampler_for(model, "blockwise", commit_strategy="low_confidence_dynamic", confidence_threshold=1.0,
                           cfg_scale=2.0)
@@ -102,24 +102,27 @@ def test_dynamic_at_threshold_one_is_static_and_static_with_s_equal_b_commits_on
     assert calls == [4] * 4  # every drawn token is above θ = 0: one pass per block
 
 
-def test_block_size_one_decodes_like_an_ar_model():
+def test_block_size_one_decodes_like_an_ar_model(monkeypatch):
     from arvis.samplers import sampler_for
 
     model = _sdar(block_size=1)
     condition = torch.tensor([1, 2, 10])
+    calls = _counting(model, monkeypatch)
     tokens = sampler_for(model, "blockwise", top_k=1, denoising_steps=1)(model, condition)
+    assert calls == [1] * 16  # one token per pass
     with torch.no_grad():  # every token masked: noisy block i sees only the clean tokens before it
         logits = model(tokens, condition, masked=torch.ones_like(tokens, dtype=torch.bool), rate=torch.ones(3)).logits
     assert torch.equal(logits.argmax(-1), tokens)
 
 
-def test_same_seed_same_tokens_and_a_batch_equals_its_rows_alone():
+@pytest.mark.parametrize("base", ["raster-tiny", "raster-t2i-tiny"])
+def test_same_seed_same_tokens_and_a_batch_equals_its_rows_alone(base):
     from arvis.samplers import sampler_for
 
-    model = _sdar()
+    model = _sdar(base=base)
     condition = example_condition(model)
     sampler = sampler_for(model, "blockwise", cfg_scale=2.0, top_k=20, confidence_threshold=0.3)
-    seeds = lambda: [torch.Generator().manual_seed(20 + i) for i in range(3)]  # noqa: E731
+    seeds = lambda: [torch.Generator().manual_seed(20 + i) for i in range(3)]
     together = sampler(model, condition, rng=seeds())
     assert torch.equal(together, sampler(model, condition, rng=seeds()))
     alone = torch.cat([sampler(model, condition.select([i]), rng=[seeds()[i]]) for i in range(3)])
@@ -130,6 +133,44 @@ def test_commit_counts_split_the_block_with_the_remainder_first():
     from arvis.samplers.blockwise import commit_counts
 
     assert commit_counts(5, 2) == [3, 2] and commit_counts(4, 4) == [1, 1, 1, 1] and commit_counts(8, 3) == [3, 3, 2]
+
+
+def test_dynamic_commits_are_upstreams_rule_and_sequential_takes_the_leftmost():
+    from arvis.samplers.blockwise import positions_to_commit
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        confidence = torch.rand(3, 8, generator=generator)
+        masked = torch.rand(3, 8, generator=generator) < 0.7
+        chosen = positions_to_commit(confidence, masked, 2, "low_confidence_dynamic", 0.6)
+        for row in range(3):
+            above = masked[row] & (confidence[row] > 0.6)
+            if above.sum() >= 2:  # upstream: every one above θ if at least n_s qualify ...
+                expected = above
+            else:  # ... else the n_s most confident masked ones
+                score = torch.where(masked[row], confidence[row], torch.tensor(-1.0))
+                expected = torch.zeros(8, dtype=torch.bool)
+                expected[score.topk(min(2, int(masked[row].sum()))).indices] = True
+            assert torch.equal(chosen[row], expected)
+    masked = torch.tensor([[False, True, True, False, True]])
+    assert positions_to_commit(torch.rand(1, 5), masked, 2, "sequential", 0.0).tolist() == [[False, True, True,
+                                                                                             False, False]]
+    with pytest.raises(ValueError, match="unknown commit strategy"):
+        positions_to_commit(torch.rand(1, 5), masked, 2, "greedy", 0.0)
+
+
+def test_guidance_schedules_give_each_position_its_own_token_index(monkeypatch):
+    from arvis.samplers import sampler_for
+    import arvis.samplers.blockwise as blockwise
+
+    seen = []
+    original = blockwise.guide
+    monkeypatch.setattr(blockwise, "guide", lambda logits, settings, step, num_steps: (
+        seen.append(step), original(logits, settings, step, num_steps))[1])
+    model = _sdar()
+    sampler_for(model, "blockwise", cfg_scale=2.0, cfg_schedule="linear", confidence_threshold=0.0)(
+        model, torch.tensor([1]))
+    assert seen == list(range(16))  # one pass per block, each of its 4 positions at its own index
 
 
 def test_a_post_training_run_lowers_the_loss_and_exports_a_blockwise_pipeline(tiny_pipeline, tmp_path):

@@ -66,13 +66,12 @@ from torch import Tensor, nn
 
 from arvis.conditions import Condition, as_condition
 from arvis.config import Config
-from arvis.generators.base import (GENERATORS, Generator, GeneratorOutput, StepOutput, build_wrapped, check_batch,
-                                   wrapped_spec)
+from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput, check_batch
 from arvis.generators.raster import RasterGenerator
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.mlp import GeluMLP
 from arvis.posttrain.controlar.encoder import ControlEncoder, ControlEncoderConfig
-from arvis.tokenizers.base import TokenLayout
+from arvis.posttrain.wrapped import RasterWrapper
 
 NUM_INJECTIONS = 3  # upstream's condition_layers
 
@@ -145,16 +144,14 @@ class ControlCache:
 
 
 @GENERATORS.register
-class ControlARRaster(Generator):
+class ControlARRaster(RasterWrapper):
     """A raster generator with ControlAR's control encoder and conditional decoding (or prefilling)."""
 
     config_class = ControlARRasterConfig
-    base_class = RasterGenerator
     samplers = ("controlled-next-token", "next-token", "speculative-jacobi")
 
     def __init__(self, config: ControlARRasterConfig) -> None:
         super().__init__(config)
-        self.base = build_wrapped(config.base, self.base_class, "ControlARRaster", "base")
         rows, cols = self.base.config.token_grid
         if config.image_size % rows or config.image_size % cols:
             raise ValueError(f"the control map side ({config.image_size} px) must be a multiple of the token grid "
@@ -183,35 +180,11 @@ class ControlARRaster(Generator):
                   control_kind: Literal["mask", "edges"] | None = None) -> ControlARRaster:
         """A ControlAR generator around a copy of ``base`` (its weights copied) for ``image_size``-pixel square
         control maps (the tokenizer's image side); ``encoder`` None is upstream c2i's ViT-small."""
-        if not isinstance(base, cls.base_class):
-            raise ValueError(f"ControlARRaster wraps a {cls.base_class.__name__}, got {type(base).__name__}")
-        config = cls.config_class(base=wrapped_spec(base), mode=mode,
-                                  encoder=encoder if encoder is not None else ControlEncoderConfig(),
-                                  image_size=image_size, control_channels=control_channels,
-                                  injection_init=injection_init, initializer_range=initializer_range,
-                                  control_kind=control_kind)
-        model = cls(config).to(next(base.parameters()).device)
-        model.base.load_state_dict(base.state_dict())
-        return model
+        return cls.wrap(base, mode=mode, encoder=encoder if encoder is not None else ControlEncoderConfig(),
+                        image_size=image_size, control_channels=control_channels, injection_init=injection_init,
+                        initializer_range=initializer_range, control_kind=control_kind)
 
-    @classmethod
-    def fit_config(cls, config, *, tokenizer, num_classes: int):
-        raise ValueError("ControlARRaster is made from a trained raster generator (ControlARRaster.from_base, or "
-                         "the controlar post-training method), not trained from a preset")
-
-    # ---- what the wrapper exposes ------------------------------------------------------------------------
-
-    @property
-    def layout(self) -> TokenLayout:
-        return self.base.layout
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.base.num_classes
+    # ---- what the wrapper changes of its base ------------------------------------------------------------
 
     @property
     def condition_fields(self) -> frozenset[str]:
@@ -224,10 +197,6 @@ class ControlARRaster(Generator):
         return self.base.prefix_length + extra
 
     @property
-    def prompt_length(self) -> int:
-        return self.base.prompt_length
-
-    @property
     def control_shape(self) -> tuple[int, int, int]:
         """(c, H, W) of one control map."""
         return self.config.control_channels, self.config.image_size, self.config.image_size
@@ -235,9 +204,6 @@ class ControlARRaster(Generator):
     def added_parameters(self) -> int:
         """Parameters beyond the base's: the encoder, the adapter and condition MLPs and the injections."""
         return sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.base.parameters())
-
-    def bind_tokenizer(self, tokenizer) -> None:
-        self.base.bind_tokenizer(tokenizer)
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raises ``ValueError`` unless ``tokenizer``'s images are the control maps' size (and the base agrees)."""
@@ -247,20 +213,10 @@ class ControlARRaster(Generator):
                              f"are {tokenizer.image_size[0]}x{tokenizer.image_size[1]}")
         self.base.check_tokenizer(tokenizer)
 
-    def compile_decoding(self, **options) -> ControlARRaster:
-        self.base.compile_decoding(**options)
-        return self
-
     def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
         """The base's null condition with zero control maps (whose features are zero anyway: null rows get none)."""
         return self.base.null_condition(batch_size, device).replace(
             control=torch.zeros(batch_size, *self.control_shape, device=device))
-
-    def check_labels(self, labels: Tensor, *, allow_null: bool = False) -> None:
-        self.base.check_labels(labels, allow_null=allow_null)
-
-    def check_prompt(self, prompt: Tensor, mask: Tensor) -> None:
-        self.base.check_prompt(prompt, mask)
 
     def check_condition(self, condition: Condition | Tensor, *, allow_null: bool = True) -> Condition:
         """The base's fields checked by the base, and ``control`` (b, c, H, W) float in [0, 1]."""

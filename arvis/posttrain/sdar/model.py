@@ -6,7 +6,8 @@ https://arxiv.org/abs/2510.06303 (upstream JetAstra/SDAR; notes in ``shared/refe
 Shapes: b batch, l tokens, B block size, P the base's prefix length, d width, v vocabulary.
 
 An :class:`SDARRaster` wraps a copy of a :class:`~arvis.generators.raster.RasterGenerator` (``self.base``) and adds
-one learned [MASK] input embedding. The input id ``v`` (one past the vocabulary) stands for [MASK]. There is no
+one learned [MASK] input embedding (a (d,) parameter beside the token table, never weight-decayed). The input id
+``v`` (one past the vocabulary) stands for [MASK]. There is no
 logit shift: the output at token i's position predicts token i (SDAR's choice), and token i keeps the RoPE row its
 input has in the base (grid cell i).
 
@@ -28,11 +29,11 @@ from torch import Tensor, nn
 
 from arvis.conditions import Condition, as_condition
 from arvis.config import Config
-from arvis.generators.base import GENERATORS, Generator, GeneratorOutput, build_wrapped, check_batch, wrapped_spec
+from arvis.generators.base import GENERATORS, GeneratorOutput, check_batch
 from arvis.generators.raster import RasterGenerator
 from arvis.nn.attention import block_diffusion_mask, with_key_padding
 from arvis.nn.kv_cache import KVCache
-from arvis.tokenizers.base import TokenLayout
+from arvis.posttrain.wrapped import RasterWrapper
 
 MIN_MASK_RATE = 1e-3  # p = (1 - 1e-3)·t + 1e-3, upstream's
 
@@ -53,17 +54,15 @@ class SDARRasterConfig(Config):
 
 
 @GENERATORS.register
-class SDARRaster(Generator):
+class SDARRaster(RasterWrapper):
     """Blockwise masked diffusion over a raster generator's tokens (see the module docstring)."""
 
     config_class = SDARRasterConfig
-    base_class = RasterGenerator
     unit = "block"
     samplers = ("blockwise",)
 
     def __init__(self, config: SDARRasterConfig) -> None:
         super().__init__(config)
-        self.base = build_wrapped(config.base, self.base_class, "SDARRaster", "base")
         if self.layout.length % config.block_size:
             raise ValueError(f"the {self.layout.length} tokens are not a whole number of blocks of "
                              f"{config.block_size}; choose a block size that divides them")
@@ -73,27 +72,7 @@ class SDARRaster(Generator):
     @classmethod
     def from_base(cls, base: RasterGenerator, *, block_size: int = 4) -> SDARRaster:
         """An SDAR generator around a copy of ``base`` (its weights copied)."""
-        model = cls(cls.config_class(base=wrapped_spec(base), block_size=block_size))
-        model = model.to(next(base.parameters()).device)
-        model.base.load_state_dict(base.state_dict())
-        return model
-
-    @classmethod
-    def fit_config(cls, config, *, tokenizer, num_classes: int):
-        raise ValueError("SDARRaster is made from a trained raster generator (SDARRaster.from_base), not trained "
-                         "from a preset")
-
-    @property
-    def layout(self) -> TokenLayout:
-        return self.base.layout
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.base.num_classes
+        return cls.wrap(base, block_size=block_size)
 
     @property
     def block_size(self) -> int:
@@ -103,33 +82,6 @@ class SDARRaster(Generator):
     def mask_id(self) -> int:
         """The input id of [MASK]: one past the vocabulary."""
         return self.vocab_size
-
-    @property
-    def condition_fields(self) -> frozenset[str]:
-        return self.base.condition_fields
-
-    @property
-    def prefix_length(self) -> int:
-        return self.base.prefix_length
-
-    @property
-    def prompt_length(self) -> int:
-        return self.base.prompt_length
-
-    def null_condition(self, batch_size: int, device: torch.device | str | None = None) -> Condition:
-        return self.base.null_condition(batch_size, device)
-
-    def check_labels(self, labels: Tensor, *, allow_null: bool = False) -> None:
-        self.base.check_labels(labels, allow_null=allow_null)
-
-    def check_prompt(self, prompt: Tensor, mask: Tensor) -> None:
-        self.base.check_prompt(prompt, mask)
-
-    def bind_tokenizer(self, tokenizer) -> None:
-        self.base.bind_tokenizer(tokenizer)
-
-    def check_tokenizer(self, tokenizer) -> None:
-        self.base.check_tokenizer(tokenizer)
 
     # ---- inputs and masks ------------------------------------------------------------------------------
 
@@ -198,7 +150,8 @@ class SDARRaster(Generator):
         """Feeds the condition prefix (``tokens=None``, first call, stored; -> (b, 0, v)) or a block's (b, n) ids
         (``mask_id`` at masked positions) against the cache, bidirectionally within it -> its logits (b, n, v),
         position i predicting its own token. ``finished`` (b, B): the block before, complete, fed first and stored
-        (it sees the cache and itself); the block itself is stored only with ``store=True``."""
+        (it sees the cache and itself); the block itself is stored only with ``store=True``. Only logits come
+        back (no ``output=``): the ``blockwise`` sampler is the one that drives it."""
         base = self.base
         condition = as_condition(condition)
         if tokens is None:
