@@ -38,7 +38,7 @@ from arvis.modeling import legacy_component_rule
 from arvis.nn.quantized import ACTIVATION_DTYPES, quantize_int8_
 from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
 from arvis.samplers.base import sampler_class, sampler_name_of, settings_from_legacy, settings_from_saved
-from arvis.samplers.settings import setting_names
+from arvis.samplers.settings import shared_values
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
@@ -120,8 +120,7 @@ class Pipeline:
         if name == self.sampler_name:
             base = self.sampling
         else:
-            fields = setting_names(sampler_class(self.generator, name).config_class)
-            shared = {key: value for key, value in self.sampling.to_dict().items() if key in fields}
+            shared = shared_values(self.sampling, sampler_class(self.generator, name).config_class)
             base = settings_for(self.generator, name, shared)
         return settings_for(self.generator, name, overrides, base=base)
 

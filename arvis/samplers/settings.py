@@ -29,6 +29,13 @@ def setting_names(settings_class: type) -> set[str]:
     return {field.name for field in dataclasses.fields(settings_class)}
 
 
+def shared_values(settings: SamplerSettings, settings_class: type) -> dict[str, Any]:
+    """The values of ``settings`` for the fields ``settings_class`` also has (guidance and filtering carried from
+    one sampler's settings to another's)."""
+    fields = setting_names(settings_class)
+    return {key: value for key, value in settings.to_dict().items() if key in fields}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerSettings(Config):
     """Base of every sampler's settings. Settings built directly (``NextTokenSettings(cfg_scale=2.0)``) are

@@ -36,7 +36,7 @@ from arvis.posttrain.controlar.encoder import (ControlEncoderConfig, load_backbo
                                               read_encoder_folder)
 from arvis.posttrain.controlar.model import ControlARRaster
 from arvis.posttrain.controlar.sampler import ControlledNextTokenSettings
-from arvis.samplers.settings import setting_names
+from arvis.samplers.settings import shared_values
 from arvis.train.loop import build_dataset, check_image_size, dataset_num_classes
 from arvis.train.options import DataConfig
 from arvis.train.tokens import ConditionedTokens, with_conditions
@@ -137,8 +137,7 @@ class ControlAR(PostTrainingMethod):
 
     def export(self, model: ControlARRaster) -> Pipeline:
         pipeline = self.pipeline
-        shared = {key: value for key, value in pipeline.sampling.to_dict().items()
-                  if key in setting_names(ControlledNextTokenSettings)}
+        shared = shared_values(pipeline.sampling, ControlledNextTokenSettings)
         return Pipeline(pipeline.tokenizer, model.eval(), ControlledNextTokenSettings(**shared),
                         text_tokenizer=pipeline.text_tokenizer, text_encoder=pipeline.text_encoder)
 

@@ -26,7 +26,7 @@ from arvis.pipeline import Pipeline
 from arvis.posttrain.base import METHODS, PostTrainingMethod, TeacherAdapters, TrainingContext
 from arvis.posttrain.sdar.model import SDARRaster
 from arvis.samplers.blockwise import BlockwiseSettings
-from arvis.samplers.settings import setting_names
+from arvis.samplers.settings import shared_values
 from arvis.train.loop import build_dataset, check_image_size, dataset_num_classes
 from arvis.train.options import DataConfig
 from arvis.train.tokens import ConditionedTokens, encode_dataset, with_conditions
@@ -93,8 +93,7 @@ class SDAR(PostTrainingMethod):
 
     def export(self, model: SDARRaster) -> Pipeline:
         pipeline = self.pipeline
-        shared = {key: value for key, value in pipeline.sampling.to_dict().items()
-                  if key in setting_names(BlockwiseSettings)}
+        shared = shared_values(pipeline.sampling, BlockwiseSettings)
         settings = BlockwiseSettings(**shared, denoising_steps=model.block_size)
         return Pipeline(pipeline.tokenizer, model.eval(), settings, text_tokenizer=pipeline.text_tokenizer,
                         text_encoder=pipeline.text_encoder)
