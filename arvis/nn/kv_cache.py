@@ -5,8 +5,8 @@ Buffers are allocated on the first write of each layer with the dtype and device
 layer at slots ``[length, length + n)`` and then calls :meth:`KVCache.advance`.
 
 * **Dynamic** (the default, fastest in eager mode): each pass attends to the filled slots only, a slice that
-  grows by a step's positions; a pass with ``store=False`` attends to the cache and its own positions without
-  writing anything.
+  grows by a step's positions; a pass with ``store=False`` attends to the cache and its own positions, its keys
+  written after the filled slots without advancing (so the next pass overwrites them).
 * **Static** (``static=True``, for ``torch.compile`` and CUDA graphs): every pass attends to all ``max_length``
   slots, the unfilled ones hidden by the mask :meth:`KVCache.static_mask` builds, and writes its keys with
   ``index_copy_`` at a slot tensor, so a step's shapes never change and one compiled graph serves every step.
@@ -60,20 +60,17 @@ class KVCache:
         """Writes (b, h, n, d) keys/values after the filled length; returns the keys/values to attend to:
         (b, h, length + n, d), or all (b, h, max_length, d) slots of a static cache.
 
-        With ``store=False`` a dynamic cache writes nothing: the cached keys/values are returned with the new
-        ones appended (a pass that reads the cache without changing it, e.g. SDAR's denoising steps).
+        With ``store=False`` (a pass that reads the cache without changing it, e.g. SDAR's denoising steps) the
+        keys are written after the filled slots, as a static cache does, and the cache does not advance: the
+        filled slots and length are unchanged and the next pass overwrites the scratch slots. Writing them there
+        is cheaper than concatenating them to a copy of the cache.
         """
         if self.static:
             return self._write_static(layer, keys, values)
-        if not store:
-            if self._keys[layer] is None:
-                return keys, values
-            cached_keys, cached_values = self._keys[layer], self._values[layer]
-            return (torch.cat([cached_keys[:, :, :self.length], keys], dim=2),
-                    torch.cat([cached_values[:, :, :self.length], values], dim=2))
         start, end = self.length, self.length + keys.shape[2]
         if end > self.max_length:
-            raise ValueError(f"KV cache overflow: {end} positions requested, capacity {self.max_length}")
+            raise ValueError(f"KV cache overflow: {end} positions requested, capacity {self.max_length}"
+                             + ("" if store else " (a store=False pass writes its keys after the filled slots)"))
         cached_keys, cached_values = self._buffers(layer, keys, values)
         cached_keys[:, :, start:end] = keys
         cached_values[:, :, start:end] = values

@@ -67,7 +67,9 @@ def test_a_read_only_pass_leaves_the_cache_as_it_was(kind):
         call(prefix, mask=causal_mask(4), cache=cache)
         peek = call(rest, mask=causal_mask(3, 7), cache=cache, store=False)
         assert cache.length == 4
+        call(torch.randn(2, 3, 32), mask=causal_mask(3, 7), cache=cache, store=False)  # other scratch keys
         again = call(rest, mask=causal_mask(3, 7), cache=cache, store=False)
+        call(torch.randn(2, 3, 32), mask=causal_mask(3, 7), cache=cache, store=False)
         stored = call(rest, mask=causal_mask(3, 7), cache=cache)
         assert cache.length == 7
     for result in (peek, again, stored):
