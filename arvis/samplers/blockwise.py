@@ -32,7 +32,7 @@ from torch import Tensor
 from arvis.conditions import Condition
 from arvis.samplers.base import SAMPLERS, Sampler
 from arvis.samplers.guidance import feed_both, guidance_conditions, guide
-from arvis.samplers.logits import RandomSource, filter_logits, sample_categorical
+from arvis.samplers.logits import RandomSource, cfg_scale_at, filter_logits, sample_categorical
 from arvis.samplers.settings import CategoricalSettings, setting
 
 CommitStrategy = Literal["low_confidence_dynamic", "low_confidence_static", "sequential"]
@@ -77,6 +77,18 @@ def positions_to_commit(confidence: Tensor, masked: Tensor, count: int, strategy
     return chosen
 
 
+def guide_block(logits: Tensor, settings: CategoricalSettings, start: int, length: int) -> Tensor:
+    """(2b, n, v) logits of [conditional; null] for tokens start..start+n−1 -> (b, n, v), each position guided at
+    its own token index (the schedules run over the l tokens); one mix when the scale is the same for all."""
+    if not settings.guided:
+        return logits
+    scales = {cfg_scale_at(settings.cfg_schedule, settings.cfg_scale, start + j, length, settings.cfg_start,
+                           settings.cfg_interval) for j in range(logits.shape[1])}
+    if len(scales) == 1:
+        return guide(logits, settings, start, length)
+    return torch.cat([guide(logits[:, j:j + 1], settings, start + j, length) for j in range(logits.shape[1])], dim=1)
+
+
 @SAMPLERS.register
 class BlockwiseSampler(Sampler):
     """Decodes a block generator block by block, committing several tokens per pass (see the module docstring)."""
@@ -112,9 +124,7 @@ class BlockwiseSampler(Sampler):
                     break
                 logits = model.step(feed_both(current, settings), conditions, cache, finished=finished)
                 finished = None
-                # each position guided at its own token index (the schedules run over the l tokens)
-                logits = torch.cat([guide(logits[:, j:j + 1], settings, start + j, length)
-                                    for j in range(logits.shape[1])], dim=1)
+                logits = guide_block(logits, settings, start, length)
                 logits = filter_logits(logits, temperature=settings.temperature, top_k=settings.top_k,
                                        top_p=settings.top_p)
                 active = masked.any(1).nonzero()[:, 0].tolist()

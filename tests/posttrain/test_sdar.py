@@ -211,3 +211,15 @@ def test_the_method_refuses_a_block_size_that_does_not_divide_the_tokens(tiny_pi
     with pytest.raises(ValueError, match="block_size 3 does not divide the generator's 16 tokens"):
         SDAR(SDARConfig.from_dict({"block_size": 3, "data": {"image_size": 16}}), tiny_pipeline, pipeline_path="x",
              output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_guiding_a_block_at_once_equals_guiding_each_position_at_its_index(schedule):
+    from arvis.samplers import BlockwiseSettings
+    from arvis.samplers.blockwise import guide_block
+    from arvis.samplers.guidance import guide
+
+    settings = BlockwiseSettings(cfg_scale=3.0, cfg_schedule=schedule)
+    logits = torch.randn(4, 5, 7)
+    each = torch.cat([guide(logits[:, j:j + 1], settings, 10 + j, 40) for j in range(5)], dim=1)
+    assert torch.equal(guide_block(logits, settings, 10, 40), each)
