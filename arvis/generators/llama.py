@@ -308,10 +308,10 @@ class NextTokenLlama(LlamaGenerator):
              every_position: bool = False) -> Tensor | StepOutput:
         """Feeds the condition prefix (``tokens=None``, first call) or the next (b, n) tokens; -> the logits (b, 1, v)
         of the token that follows the fed positions (``output="hidden"``: its trunk hidden state (b, 1, d);
-        ``"both"``: a :class:`StepOutput`). ``store=False`` attends to the cache without writing to it (the same
-        positions can be fed again). ``every_position`` returns, for n fed tokens, the outputs of all n positions
-        (b, n, ...), position i predicting the token after the i-th fed one (speculative decoding verifies a
-        window of drafts in one pass this way).
+        ``"both"``: a :class:`StepOutput`). ``store=False`` attends to the cache without changing its filled slots
+        or length (the same positions can be fed again). ``every_position`` returns, for n fed tokens, the outputs
+        of all n positions (b, n, ...), position i predicting the token after the i-th fed one (speculative
+        decoding verifies a window of drafts in one pass this way).
 
         The condition is checked on the first call only (a per-step check would synchronise with the device);
         every call must pass the same condition. Decoding steps never drop the condition.

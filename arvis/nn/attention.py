@@ -96,7 +96,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, *, rope: Tensor | None = None, mask: Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0, store: bool = True) -> Tensor:
         """x (b, n, dim), rope (n, d/2, 2) for the new positions -> (b, n, dim); with ``cache`` the keys and
-        values of the n positions are appended to it (``store``) or only attended to (``store=False``)."""
+        values of the n positions are appended to it (``store``) or only attended to (``store=False``: the
+        cache's filled slots and length stay as they were)."""
         heads = rearrange(self.wqkv(x), "b n (s d) -> b s n d", d=self.head_dim)  # s = q, k and v heads
         query_and_key, v = heads.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=1)
         if rope is not None:
@@ -140,7 +141,7 @@ class NormalizedSelfAttention(nn.Module):
     def forward(self, x: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
                 layer: int = 0, store: bool = True) -> Tensor:
         """x (b, n, dim) -> (b, n, dim); keys and values of the n positions are appended to ``cache`` (or, with
-        ``store=False``, only attended to)."""
+        ``store=False``, only attended to: the cache's filled slots and length stay as they were)."""
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = linear(x, self.mat_qkv.weight, bias)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, d=self.head_dim)

@@ -3,14 +3,16 @@
     python docs/scripts/sdar_toy.py arvis-quickstart/pipeline "B 4=outputs/sdar/b4/pipeline" \
         "B 8=outputs/sdar/b8/pipeline" --num-samples 500
 
-Rows: the AR teacher with its stored sampler; each SDAR pipeline decoded statically (S = B passes per block) and
-dynamically at each ``--thresholds`` θ (S = B, so a block takes at most B passes). Every row uses the pipeline's
+Rows: the AR teacher with its stored sampler; each SDAR pipeline decoded statically (the most confident token of
+each of S = B passes per block), sequentially (the leftmost B/S tokens at each of S = B, B/2 and B/4 passes)
+and dynamically at each ``--thresholds`` θ (S = B, so a block takes at most B passes). Every row uses the pipeline's
 guidance and filtering (CFG 2, top-p 0.9 for the quickstart), sample i seeded by i, classes balanced.
 
 Columns: model calls per image (passes that predict tokens: an AR step, or an SDAR pass over a block; at batch 1 over
-``--call-samples`` samples), tokens per call, seconds per image at batch 1 and at batch 100 (the rows taken in
-turn after a warm-up, the median of ``--timing-repeats``), glyph accuracy and fd-glyphs of ``--num-samples``
-samples against 1000 rendered glyphs (seed 777).
+``--call-samples`` samples), tokens per call, seconds per image of drawing the tokens at batch 1 and at batch 100
+(the rows taken in turn after a warm-up, the median of ``--timing-repeats``), glyph accuracy and fd-glyphs of
+``--num-samples`` samples against 1000 rendered glyphs (seed 777), and the share of the samples' tokens that are the
+commonest token of those glyphs' encodings (a background patch), to see whether a commit rule over-draws it.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ BATCH = 100
 
 
 def draw(pipeline, sampler, labels: torch.Tensor) -> torch.Tensor:
-    images = []
-    for start in range(0, len(labels), BATCH):
-        batch = labels[start:start + BATCH]
-        tokens = sampler(pipeline.generator, batch, rng=per_sample_generators(0, start, len(batch)))
-        images.append(pipeline.tokenizer.to_unit_range(pipeline.tokenizer.decode(tokens)).clamp(0, 1))
-    return torch.cat(images)
+    """-> tokens (n, l) long, sample i seeded by i."""
+    return torch.cat([sampler(pipeline.generator, labels[start:start + BATCH],
+                              rng=per_sample_generators(0, start, len(labels[start:start + BATCH])))
+                      for start in range(0, len(labels), BATCH)])
+
+
+def to_images(pipeline, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens (n, l) -> uint8 images (n, c, h, w)."""
+    images = pipeline.tokenizer.to_unit_range(pipeline.tokenizer.decode(tokens)).clamp(0, 1)
+    return to_uint8_chw(images, value_range=(0, 1))
 
 
 def calls_per_image(pipeline, sampler, labels: torch.Tensor) -> float:
@@ -83,14 +89,19 @@ def main() -> None:
         if not isinstance(pipeline.generator, SDARRaster):
             parser.error(f"{path} is not an SDAR pipeline")
         steps = pipeline.generator.block_size
-        rows.append((f"{name}, static", pipeline,
+        rows.append((f"{name}, static S {steps}", pipeline,
                      pipeline.sampler(commit_strategy="low_confidence_static", denoising_steps=steps)))
+        rows += [(f"{name}, sequential S {passes}", pipeline,
+                  pipeline.sampler(commit_strategy="sequential", denoising_steps=passes))
+                 for passes in sorted({max(steps // divisor, 1) for divisor in (1, 2, 4)}, reverse=True)]
         rows += [(f"{name}, dynamic θ {theta:g}", pipeline,
                   pipeline.sampler(commit_strategy="low_confidence_dynamic", confidence_threshold=theta,
                                    denoising_steps=steps)) for theta in args.thresholds]
     num_classes = teacher.generator.num_classes
     labels = torch.arange(args.num_samples) % num_classes
     real, _ = GlyphDataset(1000, image_size=teacher.tokenizer.image_size[0], seed=777).tensors()
+    real_tokens = teacher.tokenizer.encode(teacher.tokenizer.from_unit_range(real))
+    commonest = real_tokens.flatten().bincount().argmax()
     real = to_uint8_chw(real, value_range=(0, 1))
     classifier = load_glyph_classifier()
 
@@ -103,22 +114,25 @@ def main() -> None:
                 started = time.perf_counter()
                 draw(pipeline, sampler, labels[:batch])
                 timing[name][batch].append((time.perf_counter() - started) / len(labels[:batch]))
+    print(f"commonest token of the real glyphs: {commonest.item()}, "
+          f"{(real_tokens == commonest).float().mean().item():.1%} of their tokens")
     print("| row | calls / image | tokens / call | s/image, batch 1 | s/image, batch 100 | glyph accuracy | "
-          "fd-glyphs |")
-    print("|---|---|---|---|---|---|---|")
+          "fd-glyphs | commonest token |")
+    print("|---|---|---|---|---|---|---|---|")
     results = {}
     for name, pipeline, sampler in rows:
         calls = calls_per_image(pipeline, sampler, labels[:args.call_samples])
-        scores = glyph_metrics(to_uint8_chw(draw(pipeline, sampler, labels), value_range=(0, 1)), labels, real,
-                               classifier)
+        tokens = draw(pipeline, sampler, labels)
+        scores = glyph_metrics(to_images(pipeline, tokens), labels, real, classifier)
         row = {"calls_per_image": calls, "tokens_per_call": pipeline.generator.layout.length / calls,
                "seconds_batch_1": statistics.median(timing[name][1]),
                "seconds_batch_100": statistics.median(timing[name][BATCH]),
-               "accuracy": scores["glyph_accuracy"], "fd_glyphs": scores["fd_glyphs"]}
+               "accuracy": scores["glyph_accuracy"], "fd_glyphs": scores["fd_glyphs"],
+               "commonest_token_share": (tokens == commonest).float().mean().item()}
         results[name] = row
         print(f"| {name} | {calls:.1f} | {row['tokens_per_call']:.2f} | {row['seconds_batch_1'] * 1e3:.1f} ms | "
-              f"{row['seconds_batch_100'] * 1e3:.2f} ms | {row['accuracy']:.1%} | {row['fd_glyphs']:.3f} |",
-              flush=True)
+              f"{row['seconds_batch_100'] * 1e3:.2f} ms | {row['accuracy']:.1%} | {row['fd_glyphs']:.3f} | "
+              f"{row['commonest_token_share']:.1%} |", flush=True)
     if args.json:
         write_file_atomically(args.json, lambda path: path.write_text(json.dumps(results, indent=1)))
 
