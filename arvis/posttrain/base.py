@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
@@ -96,6 +97,28 @@ class PostTrainingMethod:
 
     def export(self, model: nn.Module) -> Pipeline:
         raise NotImplementedError
+
+
+class MicroBatchStreams:
+    """The random streams of a method's own draws (VA-π's rollouts, SAR's sampled predictions): one
+    ``torch.Generator`` per (seed, process, step, micro-batch), a function of those alone, so a resumed run draws
+    what an uninterrupted one would without saving any state. Call :meth:`start_step` from
+    :meth:`PostTrainingMethod.before_step` and :meth:`next` once per micro-batch."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.process_index = 0
+        self.step = self.micro_batch = 0
+
+    def start_step(self, step: int) -> None:
+        self.step, self.micro_batch = step, 0
+
+    def next(self, device: torch.device) -> torch.Generator:
+        """This micro-batch's generator (the next call gives the next micro-batch's)."""
+        entropy = [self.seed, self.process_index, self.step, self.micro_batch]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        self.micro_batch += 1
+        return torch.Generator(device).manual_seed(seed)
 
 
 class TeacherAdapters:

@@ -146,7 +146,7 @@ def test_the_policy_gradient_is_group_normalised_reinforce_on_the_drawn_samples(
     assert kl_metrics["kl"] == 0
 
     method.before_step(0)
-    rng = method.random_stream(torch.device("cpu"))  # the same stream: step 0, micro-batch 0, replayed
+    rng = method.streams.next(torch.device("cpu"))  # the same stream: step 0, micro-batch 0, replayed
     noised = noise_context(batch["tokens"], 0.5, model.vocab_size, rng)
     model.zero_grad()
     model.eval()

@@ -27,9 +27,10 @@ from arvis.posttrain.base import METHODS, PostTrainingMethod, TeacherAdapters, T
 from arvis.posttrain.sdar.model import SDARRaster
 from arvis.samplers.blockwise import BlockwiseSettings
 from arvis.samplers.settings import shared_values
-from arvis.train.loop import build_dataset, check_image_size, dataset_num_classes
+from arvis.posttrain.tokens import encoded_training_data
+from arvis.train.loop import check_image_size
 from arvis.train.options import DataConfig
-from arvis.train.tokens import ConditionedTokens, encode_dataset, with_conditions
+from arvis.train.tokens import ConditionedTokens
 
 ADAPTERS = TeacherAdapters("sdar")
 ADAPTERS.register(RasterGenerator, SDARRaster)
@@ -74,14 +75,8 @@ class SDAR(PostTrainingMethod):
             raise ValueError(f"block_size {config.block_size} does not divide the generator's {length} tokens")
 
     def prepare_data(self, accelerator: Accelerator) -> ConditionedTokens:
-        pipeline, config = self.pipeline, self.config
-        generator = pipeline.generator
-        dataset = build_dataset(config.data.replace(random_flip=False, crop="center"))
-        if "labels" in generator.condition_fields and dataset_num_classes(dataset) != generator.num_classes:
-            raise ValueError(f"the data has {dataset_num_classes(dataset)} classes but the generator models "
-                             f"{generator.num_classes}; train on the classes it was trained on")
-        tokens = encode_dataset(pipeline.tokenizer, dataset, config.encode_batch_size, accelerator.device)
-        return with_conditions(tokens, generator, pipeline.text_tokenizer or pipeline.text_encoder, dataset)
+        return encoded_training_data(self.pipeline, self.config.data, self.config.encode_batch_size,
+                                     accelerator.device)
 
     def build_model(self) -> SDARRaster:
         return self.model_class.from_base(self.pipeline.generator, block_size=self.config.block_size)

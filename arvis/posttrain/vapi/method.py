@@ -36,7 +36,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from einops import rearrange, repeat
@@ -46,7 +45,7 @@ from arvis.config import Config
 from arvis.conditions import Condition
 from arvis.generators.base import Generator
 from arvis.pipeline import Pipeline
-from arvis.posttrain.base import METHODS, PostTrainingMethod, TrainingContext
+from arvis.posttrain.base import METHODS, MicroBatchStreams, PostTrainingMethod, TrainingContext
 from arvis.posttrain.vapi.data import ImagesWithTokens, real_images_with_tokens
 from arvis.posttrain.vapi.objective import (draw_per_position, gathered_log_probs, group_advantages, k3_divergence,
                                             noise_context, policy_loss, reconstruction_costs,
@@ -145,8 +144,7 @@ class VAPi(PostTrainingMethod):
                              f"models token vectors (latent_dim {generator.token_spec.latent_dim}): post-train the "
                              "pipeline it was made from instead")
         self.lpips: LPIPS | None = None
-        self.process_index = 0
-        self.step = self.micro_batch = 0
+        self.streams = MicroBatchStreams(config.sample_seed)
 
     def setup(self, accelerator: Accelerator) -> None:
         """Freezes the tokenizer and loads LPIPS if its files exist (not for the CE-only control). ``ValueError``
@@ -154,7 +152,7 @@ class VAPi(PostTrainingMethod):
         the reward would be empty (``mse_weight`` 0 and no LPIPS); with nothing asked the reward is MSE only."""
         config = self.config
         self.pipeline.tokenizer.requires_grad_(False)
-        self.process_index = accelerator.process_index
+        self.streams.process_index = accelerator.process_index
         named = {"lpips_vgg_path": config.lpips_vgg_path, "lpips_lin_path": config.lpips_lin_path}
         for name, path in named.items():
             if path is not None and not Path(path).is_file():
@@ -196,22 +194,14 @@ class VAPi(PostTrainingMethod):
         return copy.deepcopy(self.pipeline.generator)
 
     def before_step(self, step: int) -> None:
-        self.step, self.micro_batch = step, 0
-
-    def random_stream(self, device: torch.device) -> torch.Generator:
-        """This micro-batch's generator: a function of (sample_seed, process, step, micro-batch) alone, so a
-        resumed run draws what an uninterrupted one would."""
-        entropy = [self.config.sample_seed, self.process_index, self.step, self.micro_batch]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-        self.micro_batch += 1
-        return torch.Generator(device).manual_seed(seed)
+        self.streams.start_step(step)
 
     def loss(self, context: TrainingContext, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """batch: pixels (b, c, ...) in [0, 1], tokens (b, l) (x*), condition fields -> (loss, metrics)."""
         config = self.config
         pixels, tokens, condition = ImagesWithTokens.split(batch)
         generator: Generator = context.unwrapped
-        rng = self.random_stream(context.device)
+        rng = self.streams.next(context.device)
         noised = noise_context(tokens, config.context_noise, generator.vocab_size, rng)
         with context.eval_mode():
             output = context.model(noised, condition, targets=tokens)
