@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -197,10 +198,18 @@ class VARGenerator(Generator):
 
     # ---- the public seam (trunk, word_embed, head_nm and these) ------------------------------------------
 
+    def drop_condition(self, condition: Condition) -> Condition:
+        """The training-time label dropout (a no-op in eval mode), done once before :meth:`condition_embedding`:
+        each class id replaced by the null class with probability ``class_dropout`` (upstream drops inside its
+        class embedding; the draw is the same one at the same point)."""
+        if not self.training:
+            return condition
+        return condition.replace(labels=self.class_emb.drop_labels(condition.labels))
+
     def condition_embedding(self, condition: Condition | Tensor) -> Tensor:
-        """condition (class ids (b,) long) -> the class embedding (b, c): the start tokens' content and every
-        block's AdaLN condition."""
-        return self.class_emb(as_condition(condition).labels)
+        """condition (class ids (b,) long, null class allowed) -> the class embedding (b, c): the start tokens'
+        content and every block's AdaLN condition. Nothing is dropped here (:meth:`drop_condition`)."""
+        return self.class_emb.embed(as_condition(condition).labels)
 
     def start_tokens(self, condition: Tensor) -> Tensor:
         """(b, p_0 ** 2, c): class embedding + pos_start (before position and level embeddings)."""
@@ -233,14 +242,44 @@ class VARGenerator(Generator):
         with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
             return self.quantizer.teacher_forcing_inputs(self.quantizer.indices_to_scales(tokens))
 
+    def student_forcing_inputs(self, tokens: Tensor, predicted: Tensor, scales: Sequence[int]) -> Tensor:
+        """Next-scale inputs (b, l - p_0 ** 2, e) with some scales rolled out from predictions (SAR's stagger-scale
+        rollout on residual inputs): the input of each scale k in ``scales`` (1..K-1) is f_hat of the
+        ground-truth scales < k - 1 plus the ``predicted`` scale k - 1, downsampled to scale k; every other
+        scale's input is :meth:`teacher_forcing_inputs`'. tokens, predicted: (b, l) long ids (scales
+        concatenated). Built like the teacher-forcing inputs: frozen quantizer, full precision, no gradient."""
+        self.check_tokens(tokens)
+        self.check_tokens(predicted)
+        count = len(self.config.patch_nums)
+        rolled = sorted(set(scales))
+        if any(not 1 <= scale < count for scale in rolled):
+            raise ValueError(f"rolled-out scales must lie in 1..{count - 1} (scale 0 is the start tokens), got "
+                             f"{list(scales)}")
+        quantizer = self.quantizer
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
+            truth, guesses = quantizer.indices_to_scales(tokens), quantizer.indices_to_scales(predicted)
+            f_hat, inputs = None, []
+            for scale in range(count - 1):  # builds the input of scale + 1
+                truth_f_hat, truth_input = quantizer.next_scale_input(scale, f_hat, quantizer.lookup(truth[scale]))
+                if scale + 1 in rolled:
+                    _, truth_input = quantizer.next_scale_input(scale, f_hat, quantizer.lookup(guesses[scale]))
+                inputs.append(truth_input)
+                f_hat = truth_f_hat
+            return torch.cat(inputs, dim=1)
+
     # ---- model ---------------------------------------------------------------------------------------------
 
-    def forward(self, inputs: Tensor, condition: Condition | Tensor, targets: Tensor | None = None) -> GeneratorOutput:
+    def forward(self, inputs: Tensor, condition: Condition | Tensor, targets: Tensor | None = None, *,
+                condition_dropout: bool = True) -> GeneratorOutput:
         """Teacher forcing. ``inputs``: token ids (b, l) long (scales concatenated; they are also the default
         targets), or precomputed next-scale inputs (b, l - p_0 ** 2, e) float (e.g. SAR's student forcing, whose
         scale k input comes from the previous scale's prediction), which need ``targets`` (b, l) long
-        (``IGNORE_INDEX`` where none). condition: class ids (b,) long -> loss and logits (b, l, v)."""
+        (``IGNORE_INDEX`` where none). condition: class ids (b,) long -> loss and logits (b, l, v).
+        ``condition_dropout=False``: the caller dropped the labels already (:meth:`drop_condition`, once for
+        several passes over the same rows) and they are used as given."""
         condition = self.check_condition(condition)
+        if condition_dropout:
+            condition = self.drop_condition(condition)
         if inputs.is_floating_point():
             expected = (condition.batch_size, self.layout.length - self.first_l, self.config.code_dim)
             if tuple(inputs.shape) != expected:
