@@ -1,12 +1,15 @@
 """SAR on the VAR glyph pipeline: free-running quality and the exposure-bias gap, SAR against teacher forcing alone.
 
-    python docs/scripts/sar_toy.py outputs/sar/start/pipeline \
+    python docs/scripts/sar_toy.py outputs/sar/step-600/pipeline \
         "SAR=outputs/sar/sar-0/pipeline,outputs/sar/sar-1/pipeline,outputs/sar/sar-2/pipeline" \
         "TF only=outputs/sar/tf-0/pipeline,outputs/sar/tf-1/pipeline,outputs/sar/tf-2/pipeline"
 
-Rows: the starting pipeline (the step-600 checkpoint) and each branch, its seeds' pipelines comma-separated, as
-mean ± sd over the seeds. Every pipeline samples ``--num-samples`` images with its stored sampler (balanced
-classes, sample i seeded by i), scored by fd-glyphs and glyph accuracy against 1000 rendered glyphs (seed 777).
+The first pipeline is the step-600 checkpoint both branches resumed from, exported by a run that resumes it and
+trains no step (``run.max_steps=600``).
+
+Rows: that pipeline and each branch, its seeds' pipelines comma-separated, as mean ± sd over the seeds. Every
+pipeline samples ``--num-samples`` images with its stored sampler (balanced classes, sample i seeded by i), scored
+by fd-glyphs and glyph accuracy against 1000 rendered glyphs (seed 777).
 On 1000 other held-out glyphs (seed 778, never trained on) the generator's cross-entropy against the ground truth
 at the last scale is measured twice, in eval mode:
 

@@ -209,3 +209,26 @@ def test_a_var_generator_cast_to_bfloat16_samples_and_stays_close_to_float32():
     greedy = sampler_for(model, top_k=1)(model, labels)
     sampled = sampler_for(lowered, top_k=1)(lowered, labels)
     assert sampled.shape == greedy.shape and (sampled == greedy).float().mean() > 0.5
+
+
+def test_label_dropout_is_drawn_once_in_drop_condition_and_forward_uses_that_draw():
+    from arvis.conditions import Condition
+
+    config = GENERATORS.preset("var-tiny").replace(class_dropout=0.5)
+    generator = randomize_parameters_(VARGenerator(config)).train()
+    torch.manual_seed(0)
+    dropped = generator.drop_condition(Condition(labels=torch.zeros(4000, dtype=torch.long)))
+    assert abs((dropped.labels == generator.num_classes).float().mean().item() - 0.5) < 0.03  # p, not 1 - (1 - p)^2
+    labels = torch.arange(8) % 10
+    tokens = torch.randint(generator.vocab_size, (8, generator.layout.length),
+                           generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(3)
+    trained = generator(tokens, labels).logits
+    torch.manual_seed(3)
+    drawn = generator.drop_condition(Condition(labels=labels)).labels
+    assert (drawn == 10).any() and (drawn != 10).any()
+    with torch.no_grad():
+        given = generator(tokens, drawn, condition_dropout=False).logits  # still in train mode: no second draw
+        generator.eval()
+        torch.testing.assert_close(generator(tokens, drawn).logits, trained.detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(given, trained.detach(), atol=1e-6, rtol=0)

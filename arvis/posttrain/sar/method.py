@@ -15,7 +15,8 @@ Per batch (b rows, l tokens over K scales):
 3. **Stagger-scale rollout, one extra pass:** the inputs of the rolled-out scales are rebuilt from ŷ of the
    scale before (:meth:`VARGenerator.student_forcing_inputs`: f_hat of the ground truth before it plus ŷ), the
    others stay the ground truth's. L_SF is the cross-entropy of that pass toward ŷ at the rolled-out scales
-   (the "contrastive student-forcing loss": the target is the teacher-forced prediction, not the ground truth).
+   (the "contrastive student-forcing loss": the target is the teacher-forced prediction, not the ground truth),
+   with the generator's label smoothing (0 by default, upstream's).
 4. L = L_TF + σ·L_SF (σ 0.01). Labels are dropped once per row (:meth:`VARGenerator.drop_condition`) and both
    passes see the same ones.
 
@@ -57,7 +58,7 @@ UPSTREAM_SAMPLING = CategoricalSettings(top_k=900, top_p=0.96, cfg_scale=3.5, cf
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SARConfig(Config):
-    """Settings of the ``sar`` method (defaults: upstream's).
+    """Settings of the ``sar`` method (defaults: upstream's, but for the guidance ramp of sampled predictions).
 
     Attributes:
         sigma: σ, the weight of the student-forcing loss (0.01; 0 trains on teacher forcing alone, the control
@@ -151,7 +152,7 @@ class SAR(PostTrainingMethod):
         if config.predictions == "argmax":
             return logits.argmax(-1)
         null_logits = None
-        if config.sampling.guided:
+        if config.sampling.guided:  # a pass of its own, in train mode like the others (dropout, drop path)
             generator: VARGenerator = context.unwrapped
             with torch.no_grad():
                 null = generator.null_condition(tokens.shape[0], tokens.device)
