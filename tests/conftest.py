@@ -7,7 +7,7 @@ import torch
 
 from arvis.generators.base import GENERATORS
 from arvis.pipeline import Pipeline
-from arvis.samplers import NextTokenSettings
+from arvis.samplers import NextScaleSettings, NextTokenSettings
 from arvis.testing import randomize_parameters_
 from arvis.tokenizers.base import TOKENIZERS
 
@@ -18,6 +18,16 @@ def tiny_pipeline() -> Pipeline:
     tokenizer = TOKENIZERS.build("vq-tiny").eval()
     generator = randomize_parameters_(GENERATORS.build("raster-tiny")).eval()
     return Pipeline(tokenizer, generator, NextTokenSettings(cfg_scale=2.0, top_k=8))
+
+
+@pytest.fixture
+def var_pipeline() -> Pipeline:
+    """var-vae-tiny and var-tiny (16 px, scales 1-4, 30 tokens), random weights, VAR sampling at guidance 2."""
+    torch.manual_seed(0)
+    tokenizer = TOKENIZERS.build("var-vae-tiny").eval()
+    generator = randomize_parameters_(GENERATORS.build("var-tiny"), std=0.05)
+    generator.bind_tokenizer(tokenizer)
+    return Pipeline(tokenizer, generator.eval(), NextScaleSettings(cfg_scale=2.0))
 
 
 @pytest.fixture(scope="session")

@@ -10,27 +10,15 @@ from torch.utils.data import DataLoader
 
 import arvis
 from arvis.conditions import Condition
-from arvis.generators.base import GENERATORS, IGNORE_INDEX
+from arvis.generators.base import IGNORE_INDEX
 from arvis.pipeline import Pipeline
 from arvis.posttrain import TrainingContext
 from arvis.posttrain.sar import SAR, SARConfig
 from arvis.posttrain.sar.objective import rolled_scales, sampled_predictions, student_targets
-from arvis.samplers import NextScaleSettings
 from arvis.samplers.settings import CategoricalSettings
-from arvis.testing import randomize_parameters_
-from arvis.tokenizers.base import TOKENIZERS
 
 CPU = torch.device("cpu")
 DATA = {"image_size": 16, "num_samples": 16}
-
-
-@pytest.fixture
-def var_pipeline() -> Pipeline:
-    torch.manual_seed(0)
-    tokenizer = TOKENIZERS.build("var-vae-tiny").eval()
-    generator = randomize_parameters_(GENERATORS.build("var-tiny"), std=0.05)
-    generator.bind_tokenizer(tokenizer)
-    return Pipeline(tokenizer, generator.eval(), NextScaleSettings(cfg_scale=2.0))
 
 
 def _method(pipeline: Pipeline, tmp_path, **config) -> SAR:

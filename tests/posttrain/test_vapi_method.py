@@ -16,7 +16,6 @@ from arvis.pipeline import Pipeline
 from arvis.posttrain import TrainingContext
 from arvis.posttrain.vapi import VAPi, VAPiConfig
 from arvis.posttrain.vapi.objective import group_advantages, noise_context
-from arvis.samplers import NextScaleSettings
 from arvis.testing import randomize_parameters_
 from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import TOKENIZERS
@@ -53,15 +52,6 @@ def _step(method: VAPi, model, batch, step: int = 0):
 
 def _batch(method: VAPi, size: int = 4):
     return next(iter(DataLoader(method.prepare_data(CPU), batch_size=size)))
-
-
-@pytest.fixture
-def var_pipeline() -> Pipeline:
-    torch.manual_seed(0)
-    tokenizer = TOKENIZERS.build("var-vae-tiny").eval()
-    generator = randomize_parameters_(GENERATORS.build("var-tiny"), std=0.05)
-    generator.bind_tokenizer(tokenizer)
-    return Pipeline(tokenizer, generator.eval(), NextScaleSettings(cfg_scale=2.0))
 
 
 def test_a_post_training_run_trains_the_generator_and_leaves_the_tokenizer_and_the_input(tiny_pipeline, tmp_path):
