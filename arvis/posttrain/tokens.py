@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from arvis.pipeline import Pipeline
-from arvis.train.loop import build_dataset, check_image_size, dataset_num_classes
+from arvis.train.loop import build_dataset, check_dataset_classes, check_image_size
 from arvis.train.options import DataConfig
 from arvis.train.tokens import ConditionedTokens, encode_dataset, with_conditions
 
@@ -19,8 +19,6 @@ def encoded_training_data(pipeline: Pipeline, data: DataConfig, batch_size: int,
     generator = pipeline.generator
     check_image_size(pipeline.tokenizer, data)
     dataset = build_dataset(data.replace(random_flip=False, crop="center"))
-    if "labels" in generator.condition_fields and dataset_num_classes(dataset) != generator.num_classes:
-        raise ValueError(f"the data has {dataset_num_classes(dataset)} classes but the generator models "
-                         f"{generator.num_classes}; train on the classes it was trained on")
+    check_dataset_classes(dataset, generator)
     tokens = encode_dataset(pipeline.tokenizer, dataset, batch_size, device)
     return with_conditions(tokens, generator, pipeline.text_tokenizer or pipeline.text_encoder, dataset)

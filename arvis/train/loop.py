@@ -162,6 +162,14 @@ def dataset_num_classes(dataset: Dataset) -> int:
     return len(dataset.class_names)
 
 
+def check_dataset_classes(dataset: Dataset, generator) -> None:
+    """``ValueError`` unless a class-conditional ``generator`` models as many classes as ``dataset`` has (a
+    text-conditional one is not checked)."""
+    if "labels" in generator.condition_fields and dataset_num_classes(dataset) != generator.num_classes:
+        raise ValueError(f"the data has {dataset_num_classes(dataset)} classes but the generator models "
+                         f"{generator.num_classes}; train on the classes it was trained on")
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only: never norms or biases, embeddings only if configured.
 

@@ -228,3 +228,9 @@ def test_a_post_training_run_exports_a_refined_var_pipeline(var_pipeline, tmp_pa
     assert changed
     images = arvis.generate(trained, class_labels=[1, 2], output_type="pt")
     assert images.shape == (2, 3, 16, 16)
+
+
+def test_data_with_another_number_of_classes_is_refused(var_pipeline, tmp_path):
+    method = _method(var_pipeline, tmp_path, data={**DATA, "num_classes": 5})
+    with pytest.raises(ValueError, match="the data has 5 classes but the generator models 10"):
+        method.prepare_data(cpu_accelerator())

@@ -37,7 +37,7 @@ from arvis.posttrain.controlar.encoder import (ControlEncoderConfig, load_backbo
 from arvis.posttrain.controlar.model import ControlARRaster
 from arvis.posttrain.controlar.sampler import ControlledNextTokenSettings
 from arvis.samplers.settings import shared_values
-from arvis.train.loop import build_dataset, check_image_size, dataset_num_classes
+from arvis.train.loop import build_dataset, check_dataset_classes, check_image_size
 from arvis.train.options import DataConfig
 from arvis.train.tokens import ConditionedTokens, with_conditions
 
@@ -102,9 +102,7 @@ class ControlAR(PostTrainingMethod):
         pipeline, config = self.pipeline, self.config
         generator, tokenizer = pipeline.generator, pipeline.tokenizer
         dataset = build_dataset(config.data.replace(random_flip=False, crop="center"))
-        if "labels" in generator.condition_fields and dataset_num_classes(dataset) != generator.num_classes:
-            raise ValueError(f"the data has {dataset_num_classes(dataset)} classes but the generator models "
-                             f"{generator.num_classes}; train on the classes it was trained on")
+        check_dataset_classes(dataset, generator)
         tokens, labels, maps = [], [], []
         with torch.inference_mode():
             for images, batch_labels in DataLoader(dataset, batch_size=config.encode_batch_size, shuffle=False):

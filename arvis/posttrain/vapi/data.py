@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Subset
 
 from arvis.conditions import Condition
 from arvis.pipeline import Pipeline
-from arvis.train.loop import build_dataset, check_image_size, dataset_num_classes
+from arvis.train.loop import build_dataset, check_dataset_classes, check_image_size
 from arvis.train.options import DataConfig
 from arvis.train.tokens import ConditionedTokens, encode_dataset, with_conditions
 
@@ -66,9 +66,7 @@ def real_images_with_tokens(pipeline: Pipeline, data: DataConfig, num_images: in
         raise ValueError("VA-π scores each draw against the real image its ids were encoded from: leave "
                          "data.random_flip false and data.crop center")
     dataset = build_dataset(data)
-    if "labels" in generator.condition_fields and dataset_num_classes(dataset) != generator.num_classes:
-        raise ValueError(f"the data has {dataset_num_classes(dataset)} classes but the generator models "
-                         f"{generator.num_classes}; post-train on the classes it was trained on")
+    check_dataset_classes(dataset, generator)
     images = evenly_spaced(dataset, num_images)
     token_data = encode_dataset(tokenizer, images, batch_size, device)
     prompt_encoder = pipeline.text_tokenizer or pipeline.text_encoder  # the one the pipeline has, if any
