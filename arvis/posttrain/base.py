@@ -32,6 +32,7 @@ from arvis.config import Config
 from arvis.modeling import eval_mode
 from arvis.pipeline import Pipeline
 from arvis.registry import Registry
+from arvis.samplers.settings import SamplerSettings
 
 METHODS: Registry = Registry("post-training method", key="name")
 
@@ -97,6 +98,13 @@ class PostTrainingMethod:
 
     def export(self, model: nn.Module) -> Pipeline:
         raise NotImplementedError
+
+    def pipeline_around(self, model: nn.Module, settings: SamplerSettings | None = None) -> Pipeline:
+        """A pipeline of the input pipeline's tokenizer and text parts around ``model`` (put in eval mode), sampled
+        with ``settings`` (default: the input pipeline's own): what most exports return."""
+        pipeline = self.pipeline
+        return Pipeline(pipeline.tokenizer, model.eval(), pipeline.sampling if settings is None else settings,
+                        text_tokenizer=pipeline.text_tokenizer, text_encoder=pipeline.text_encoder)
 
 
 class MicroBatchStreams:

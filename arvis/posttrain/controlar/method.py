@@ -134,8 +134,6 @@ class ControlAR(PostTrainingMethod):
         return output.loss, {"cross_entropy": output.loss.detach(), **output.metrics}
 
     def export(self, model: ControlARRaster) -> Pipeline:
-        pipeline = self.pipeline
-        shared = shared_values(pipeline.sampling, ControlledNextTokenSettings)
-        return Pipeline(pipeline.tokenizer, model.eval(), ControlledNextTokenSettings(**shared),
-                        text_tokenizer=pipeline.text_tokenizer, text_encoder=pipeline.text_encoder)
+        shared = shared_values(self.pipeline.sampling, ControlledNextTokenSettings)
+        return self.pipeline_around(model, ControlledNextTokenSettings(**shared))
 

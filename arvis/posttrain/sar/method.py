@@ -161,6 +161,4 @@ class SAR(PostTrainingMethod):
                                    self.streams.next(context.device))
 
     def export(self, model: VARGenerator) -> Pipeline:
-        pipeline = self.pipeline
-        return Pipeline(pipeline.tokenizer, model.eval(), pipeline.sampling, text_tokenizer=pipeline.text_tokenizer,
-                        text_encoder=pipeline.text_encoder)
+        return self.pipeline_around(model)

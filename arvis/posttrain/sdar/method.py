@@ -87,8 +87,5 @@ class SDAR(PostTrainingMethod):
         return output.loss, {"block_diffusion": output.loss.detach(), **output.metrics}
 
     def export(self, model: SDARRaster) -> Pipeline:
-        pipeline = self.pipeline
-        shared = shared_values(pipeline.sampling, BlockwiseSettings)
-        settings = BlockwiseSettings(**shared, denoising_steps=model.block_size)
-        return Pipeline(pipeline.tokenizer, model.eval(), settings, text_tokenizer=pipeline.text_tokenizer,
-                        text_encoder=pipeline.text_encoder)
+        shared = shared_values(self.pipeline.sampling, BlockwiseSettings)
+        return self.pipeline_around(model, BlockwiseSettings(**shared, denoising_steps=model.block_size))

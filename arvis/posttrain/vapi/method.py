@@ -273,6 +273,4 @@ class VAPi(PostTrainingMethod):
         return gathered_log_probs(logits.float().log_softmax(-1), samples)
 
     def export(self, model: Generator) -> Pipeline:
-        pipeline = self.pipeline
-        return Pipeline(pipeline.tokenizer, model.eval(), pipeline.sampling, text_tokenizer=pipeline.text_tokenizer,
-                        text_encoder=pipeline.text_encoder)
+        return self.pipeline_around(model)
