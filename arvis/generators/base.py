@@ -164,6 +164,15 @@ class Generator(Component):
         trunk.compile_decoding(**options)
         return self
 
+    @staticmethod
+    def check_step_order(tokens: Tensor | None, filled: int, prefix: str) -> None:
+        """``ValueError`` unless a step feeds ``prefix`` (``tokens=None``) exactly when nothing is cached yet
+        (``filled`` positions): the prefix first, on a fresh cache, and only then the units."""
+        if tokens is None and filled:
+            raise ValueError(f"step(None, ...) feeds {prefix} and must be the first call on a fresh cache")
+        if tokens is not None and not filled:
+            raise ValueError(f"the first step must feed {prefix}: call step(None, condition, cache)")
+
     def unit_lengths(self) -> list[int]:
         """Tokens produced by each decoding step, in order (one step per unit of the layout by default)."""
         return [math.prod(shape) for shape in self.layout.shapes]

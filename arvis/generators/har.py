@@ -202,13 +202,10 @@ class HARGenerator(LlamaGenerator):
                              f"(starts {list(self.unit_starts[:-1])}); every unit has been fed or the cache is foreign")
         count = self.units[self.unit_starts.index(start)]
         plan = self.plan[start:start + count]
+        self.check_step_order(tokens, start, "the class prefix")
         if tokens is None:
-            if start:
-                raise ValueError("step(None, ...) feeds the class prefix and must be the first call on a fresh cache")
             self.check_condition(condition)
         else:
-            if start == 0:
-                raise ValueError("the first step must feed the class prefix: call step(None, condition, cache)")
             expected = sum(kind == TOKEN for kind, _ in plan)
             if (not isinstance(tokens, Tensor) or tokens.dtype != torch.long
                     or tuple(tokens.shape) != (condition.batch_size, expected)):

@@ -317,15 +317,11 @@ class NextTokenLlama(LlamaGenerator):
         every call must pass the same condition. Decoding steps never drop the condition.
         """
         condition = as_condition(condition)
+        self.check_step_order(tokens, cache.length, "the condition prefix")
         if tokens is None:
-            if cache.length:
-                raise ValueError("step(None, ...) feeds the condition prefix and must be the first call on a fresh "
-                                 "cache")
             self.check_condition(condition)
             x = self.condition_embedding(condition)
         else:
-            if cache.length == 0:
-                raise ValueError("the first step must feed the condition prefix: call step(None, condition, cache)")
             x = self.embed_tokens(tokens)
         start, count = cache.length, x.shape[1]
         mask = self.attention_mask(condition, start, count, x.device)

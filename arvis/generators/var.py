@@ -319,16 +319,13 @@ class VARGenerator(Generator):
         condition = as_condition(condition)
         if not isinstance(cache, VARCache):
             raise ValueError("VAR steps need the cache from new_cache()")
+        self.check_step_order(tokens, cache.length, "the start tokens")
         if tokens is None:
-            if cache.length:
-                raise ValueError("step(None, ...) feeds the start tokens and must be the first call on a fresh cache")
             self.check_condition(condition)
         embedding = self.condition_embedding(condition)
         if tokens is None:
             x = self.start_tokens(embedding)
         else:
-            if cache.length == 0:
-                raise ValueError("the first step must feed the start tokens: call step(None, condition, cache)")
             f_hat, x = self._next_scale_input(tokens, cache)
             if store:
                 cache.f_hat = f_hat

@@ -323,10 +323,8 @@ class ControlARRaster(RasterWrapper):
         condition = as_condition(condition)
         if not isinstance(cache, ControlCache):
             raise ValueError(f"expected the cache of this generator's new_cache, got {type(cache).__name__}")
+        self.check_step_order(tokens, cache.length, "the condition prefix")
         if tokens is None:
-            if cache.length:
-                raise ValueError("step(None, ...) feeds the condition prefix and must be the first call on a fresh "
-                                 "cache")
             self.check_condition(condition)
             features = self.control_features(condition.control, base.null_rows(condition))
             cache.controls = self.injected(features) if self.config.mode == "decoding" else [features]
@@ -334,7 +332,7 @@ class ControlARRaster(RasterWrapper):
             if self.config.mode == "prefill":
                 x = torch.cat([x, features * control_strength], dim=1)
         else:
-            if cache.length == 0 or cache.controls is None:
+            if cache.controls is None:  # a cache the base's own steps filled
                 raise ValueError("the first step must feed the condition prefix: call step(None, condition, cache)")
             x = base.embed_tokens(tokens)
         start, count = cache.length, x.shape[1]

@@ -154,17 +154,13 @@ class SDARRaster(RasterWrapper):
         back (no ``output=``): the ``blockwise`` sampler is the one that drives it."""
         base = self.base
         condition = as_condition(condition)
+        self.check_step_order(tokens, cache.length, "the condition prefix")
         if tokens is None:
-            if cache.length:
-                raise ValueError("step(None, ...) feeds the condition prefix and must be the first call on a fresh "
-                                 "cache")
             self.check_condition(condition)
             x = base.condition_embedding(condition)
             mask = base.attention_mask(condition, 0, x.shape[1], x.device)
             base.trunk(x, mask=mask, cache=cache)
             return x.new_zeros(x.shape[0], 0, self.vocab_size).float()
-        if cache.length == 0:
-            raise ValueError("the first step must feed the condition prefix: call step(None, condition, cache)")
         start = cache.length
         parts = [tokens] if finished is None else [finished, tokens]
         lengths = [part.shape[1] for part in parts]
