@@ -234,3 +234,11 @@ def test_data_with_another_number_of_classes_is_refused(var_pipeline, tmp_path):
     method = _method(var_pipeline, tmp_path, data={**DATA, "num_classes": 5})
     with pytest.raises(ValueError, match="the data has 5 classes but the generator models 10"):
         method.prepare_data(cpu_accelerator())
+
+
+def test_student_inputs_refuse_a_scale_that_cannot_be_rolled_out(var_pipeline):
+    generator = var_pipeline.generator
+    tokens = torch.randint(generator.vocab_size, (1, generator.layout.length))
+    for scale in (0, 4):
+        with pytest.raises(ValueError, match=r"rolled-out scales must lie in 1\.\.3"):
+            generator.student_forcing_inputs(tokens, tokens, [scale])
