@@ -16,7 +16,7 @@ Submodule names follow LlamaGen's checkpoints inside the blocks (``trunk.layers.
 arvis 0.1 had ``layers.{i}...``, renamed on load by :meth:`LlamaGenerator.upgrade_state_dict`). The public seam
 for wrappers (Distilled Decoding, ControlAR, later SDAR, ...) is ``trunk``, :meth:`drop_condition` and
 :meth:`null_rows`, :meth:`condition_embedding`, :meth:`embed_tokens`, :meth:`normed`, :meth:`logits`,
-:meth:`step_output` and :meth:`remove_token_embeddings`, and for next-token ones :meth:`NextTokenLlama.attention_mask`,
+:meth:`step_output`, :meth:`attention_mask` and :meth:`remove_token_embeddings`, and for next-token ones
 :meth:`NextTokenLlama.teacher_forcing_inputs` and :meth:`NextTokenLlama.absolute_positions`.
 """
 
@@ -209,6 +209,16 @@ class LlamaGenerator(Generator):
         empty prompt), or None when every prefix position may be (a class token)."""
         return None if condition.prompt_mask is None else PromptEmbedding.attendable(condition.prompt_mask)
 
+    def attention_mask(self, condition: Condition, start: int, count: int, device: torch.device) -> Tensor | None:
+        """The mask of ``count`` positions fed after ``start`` cached ones of a causal sequence (next-token and
+        Token-Shuffle generators): causal, with a prompt's padding keys hidden; None for one class-conditioned
+        position (it sees everything before it)."""
+        mask = causal_mask(count, start + count, device=device) if count > 1 else None
+        attendable = self.prefix_attendable(condition)
+        if attendable is None:
+            return mask
+        return with_key_padding(mask, attendable, count, start + count)
+
     def rope_table(self, start: int, count: int, device: torch.device) -> Tensor | None:
         """(count, head_dim/2, 2) float32 RoPE rows of positions [start, start + count), or None without RoPE."""
         if self.trunk.rope is None:
@@ -290,15 +300,6 @@ class NextTokenLlama(LlamaGenerator):
         x = self.teacher_forcing_inputs(x)
         hidden = self.trunk(x, mask=self.attention_mask(condition, 0, x.shape[1], x.device))
         return self.teacher_forcing_output(self.logits(hidden[:, self.prefix_length - 1:]), targets)
-
-    def attention_mask(self, condition: Condition, start: int, count: int, device: torch.device) -> Tensor | None:
-        """The mask of ``count`` positions fed after ``start`` cached ones: causal, with a prompt's padding keys
-        hidden; None for one class-conditioned position (it sees everything before it)."""
-        mask = causal_mask(count, start + count, device=device) if count > 1 else None
-        attendable = self.prefix_attendable(condition)
-        if attendable is None:
-            return mask
-        return with_key_padding(mask, attendable, count, start + count)
 
     def new_cache(self, batch_size: int) -> KVCache:
         return self.trunk.new_cache(self.prefix_length + self.layout.length)

@@ -1,4 +1,4 @@
-"""Feed-forward blocks: SwiGLU (Llama, LlamaGen) and the GELU MLP (ViT, VAR)."""
+"""Feed-forward blocks: SwiGLU (Llama, LlamaGen), the GELU MLP (ViT, VAR) and a residual SwiGLU block."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arvis.nn.linear import Linear
+from arvis.nn.norms import RMSNorm
 
 
 def find_multiple(value: int, multiple: int) -> int:
@@ -50,3 +51,16 @@ class GeluMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))
+
+
+class ResidualSwiGLU(nn.Module):
+    """x + SwiGLU(RMSNorm(x)): a pre-norm residual feed-forward block without attention (Token-Shuffle's residual
+    MLPs around the trunk). ``ffn.w1/w2/w3`` and ``norm`` as in a Llama block's feed-forward half."""
+
+    def __init__(self, dim: int, hidden_dim: int, *, norm_eps: float = 1e-5, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, norm_eps)
+        self.ffn = SwiGLU(dim, hidden_dim, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.ffn(self.norm(x))

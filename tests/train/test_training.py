@@ -37,10 +37,11 @@ def test_tokenizer_training_reduces_reconstruction_error_and_saves(trained_token
     assert tokenizer.config.image_size == 16 and not tokenizer.training
 
 
-def test_generator_training_reduces_loss_and_saves_a_pipeline(trained_tokenizer, tmp_path):
+@pytest.mark.parametrize("generator", ["raster-tiny", "token-shuffle-tiny"])
+def test_generator_training_reduces_loss_and_saves_a_pipeline(trained_tokenizer, tmp_path, generator):
     tokenizer_path, _ = trained_tokenizer
     config = load_recipe(GeneratorTrainConfig, None, TINY_DATA + [
-        f"tokenizer_path={tokenizer_path}", "generator=raster-tiny", "run.batch_size=32", "run.max_steps=80",
+        f"tokenizer_path={tokenizer_path}", f"generator={generator}", "run.batch_size=32", "run.max_steps=80",
         "run.log_every=10", "run.progress=false", f"run.output_dir={tmp_path / 'pipeline'}",
         "optim.learning_rate=3e-3", "sampling.cfg_scale=2.0",
     ])
@@ -52,11 +53,13 @@ def test_generator_training_reduces_loss_and_saves_a_pipeline(trained_tokenizer,
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
 
 
-def test_text_to_image_training_learns_the_captions_and_saves_their_tokenizer(trained_tokenizer, tmp_path):
+@pytest.mark.parametrize("generator", ["raster-t2i-tiny", "token-shuffle-t2i-tiny"])
+def test_text_to_image_training_learns_the_captions_and_saves_their_tokenizer(trained_tokenizer, tmp_path,
+                                                                              generator):
     from arvis.data import GlyphDataset
 
     tokenizer_path, _ = trained_tokenizer
-    common = TINY_DATA + [f"tokenizer_path={tokenizer_path}", "generator=raster-t2i-tiny", "run.batch_size=32",
+    common = TINY_DATA + [f"tokenizer_path={tokenizer_path}", f"generator={generator}", "run.batch_size=32",
                           "run.max_steps=60", "run.log_every=10", "run.progress=false", "optim.learning_rate=3e-3",
                           "generator_config.prompt_length=12"]
     config = load_recipe(GeneratorTrainConfig, None, common + [f"run.output_dir={tmp_path / 't2i'}"])
