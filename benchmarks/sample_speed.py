@@ -3,15 +3,17 @@
     python benchmarks/sample_speed.py                                  # both models, batch 1, 2, 8, CPU fp32
     python benchmarks/sample_speed.py --models var-d16 --batch-sizes 2 --device cuda --dtype bf16 --compile
 
-Rows: LlamaGen GPT-B on VQ-16 (256 tokens, CFG 2.0 constant) and VAR-d16 on its VAE (680 tokens in
-10 scales, VAR's cfg 1.5 ramp), both at 256 px with classifier-free guidance (the batch is doubled).
+Rows: LlamaGen GPT-B on VQ-16 (256 tokens, CFG 2.0 constant), VAR-d16 on its VAE (680 tokens in
+10 scales, VAR's cfg 1.5 ramp) and GPT-B's trunk as Token-Shuffle with 2x2 windows on VQ-16 (256 tokens in 64
+steps, CFG 2.0), all at 256 px with classifier-free guidance (the batch is doubled).
 Token sampling and decoding are timed separately, after one warm-up call, in seconds per image.
 Each row runs in its own process so that its peak memory (resident set on the CPU, allocated
 memory on CUDA) is its own. Prints a Markdown table; asserts nothing.
 
 How far the token phase is from the machine's floor: per row, the rate at which it streams the generator's
-linear weights (their bytes once per decoding step: 256 steps for GPT-B, 10 for VAR-d16) and its rate of
-linear-layer FLOPs (2 x weights x positions, CFG's doubled rows included; attention not counted), beside two
+linear weights (their bytes once per decoding step: 256 steps for GPT-B, 10 for VAR-d16, 64 for Token-Shuffle) and
+its rate of linear-layer FLOPs (2 x in x out per row each linear layer sees in one untimed sampling call, counted by
+forward hooks: CFG's doubled rows included, attention not counted), beside two
 probes of the machine printed in the header: a large tensor copy (GB/s, bytes read plus written) and a large
 square matrix product (GFLOP/s).
 """
@@ -30,6 +32,7 @@ import torch
 MODELS = {
     "llamagen-b": ("vq-f16", "llamagen-b", dict(cfg_scale=2.0)),
     "var-d16": ("var-vae-f16", "var-d16", dict(cfg_scale=2.5, cfg_schedule="linear")),
+    "token-shuffle-b": ("vq-f16", "token-shuffle-b", dict(cfg_scale=2.0)),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,14 +87,28 @@ def run_row(model: str, batch_size: int, device: str, dtype: str, compile_model:
     linears = [module for module in generator.modules() if isinstance(module, (torch.nn.Linear, Int8Linear))]
     weight_bytes = sum(layer.in_features * layer.out_features * (1 if isinstance(layer, Int8Linear) else
                                                                  layer.weight.element_size()) for layer in linears)
-    weights = sum(layer.in_features * layer.out_features for layer in linears)
-    rows = batch_size * (2 if sampler.settings.guided else 1)
-    positions = rows * (generator.prefix_length + generator.layout.length)
+    flops = linear_flops(linears, lambda: sampler(generator, labels, rng=torch.Generator(device=device).manual_seed(0)))
     batch_token_seconds = token_seconds * batch_size
     return {"model": model, "batch": batch_size, "tokens_s": token_seconds, "decode_s": decode_seconds,
             "total_s": token_seconds + decode_seconds, "peak_mb": peak / 2**20,
             "weights_gb_per_s": decoding_steps(generator) * weight_bytes / batch_token_seconds / 1e9,
-            "gflop_per_s": 2 * weights * positions / batch_token_seconds / 1e9}
+            "gflop_per_s": flops / batch_token_seconds / 1e9}
+
+
+def linear_flops(linears, call) -> int:
+    """2 x in x out for every row each of ``linears`` sees while ``call()`` runs (counted by forward hooks)."""
+    total = [0]
+
+    def count(layer, inputs, _output) -> None:
+        total[0] += 2 * (inputs[0].numel() // layer.in_features) * layer.in_features * layer.out_features
+
+    handles = [layer.register_forward_hook(count) for layer in linears]
+    try:
+        call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
 
 
 def decoding_steps(generator) -> int:

@@ -40,6 +40,7 @@ from arvis.nn.llama_trunk import LlamaTrunk, LlamaTrunkConfig
 from arvis.nn.norms import RMSNorm
 from arvis.nn.prompt import PromptEmbedding
 from arvis.nn.rope import RotaryTable
+from arvis.tokenizers.base import TokenLayout
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,6 +106,45 @@ class RotaryConfig(Config):
     """The RoPE base of generators with rotary positions (mixed into their configs)."""
 
     rope_base: float = 10000.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenGridConfig(Config):
+    """The one 2D token grid of a generator with 2D RoPE (raster, Token-Shuffle; mixed into their configs, whose
+    trunk fields give the head dim).
+
+    Attributes:
+        token_grid: (rows, cols) of the tokenizer's grid.
+    """
+
+    token_grid: tuple[int, int] = (16, 16)
+
+    def check_grid(self) -> None:
+        """Raises ``ValueError`` on a grid side below 1 or a head dim that 2D RoPE cannot split in four (the
+        configs that mix this in call it from their ``__post_init__``)."""
+        if len(self.token_grid) != 2 or min(self.token_grid) < 1:
+            raise ValueError(f"token_grid must be two positive sides (rows, cols), got {self.token_grid}")
+        if self.head_dim % 4:
+            raise ValueError(f"head dim dim/num_heads ({self.head_dim}) must be divisible by 4 for 2D RoPE")
+
+
+class TokenGridLayout:
+    """Generator mixin (raster, Token-Shuffle): the layout is the config's one 2D token grid, fitted to a
+    tokenizer's by :meth:`fit_config`."""
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout((tuple(self.config.token_grid),))
+
+    @classmethod
+    def fit_config(cls, config: TokenGridConfig, *, tokenizer, num_classes: int) -> TokenGridConfig:
+        """Returns ``config`` with the grid, vocabulary and classes of a tokenizer and dataset."""
+        layout = tokenizer.layout
+        if len(layout.shapes) != 1 or len(layout.shapes[0]) != 2:
+            raise ValueError(f"{cls.__name__} needs a tokenizer with a single 2D token grid, got layout "
+                             f"{layout.shapes}")
+        return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=tokenizer.vocab_size,
+                                   num_classes=num_classes)
 
 
 class LlamaGenerator(Generator):

@@ -24,34 +24,29 @@ from __future__ import annotations
 import dataclasses
 
 from arvis.generators.base import GENERATORS
-from arvis.generators.llama import LlamaGeneratorConfig, NextTokenLlama, RotaryConfig, TextConditionConfig
+from arvis.generators.llama import (LlamaGeneratorConfig, NextTokenLlama, RotaryConfig, TextConditionConfig,
+                                   TokenGridConfig, TokenGridLayout)
 from arvis.nn.rope import RotaryTable, rope_table_2d
-from arvis.tokenizers.base import TokenLayout
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RasterConfig(LlamaGeneratorConfig, RotaryConfig, TextConditionConfig):
-    """LlamaGen GPT configuration (the trunk's and every Llama generator's fields are inherited); the defaults
-    are GPT-B on VQ-16 at 256 px.
+class RasterConfig(LlamaGeneratorConfig, RotaryConfig, TextConditionConfig, TokenGridConfig):
+    """LlamaGen GPT configuration (the trunk's, every Llama generator's, the text and the grid fields are
+    inherited); the defaults are GPT-B on VQ-16 at 256 px.
 
     Attributes:
-        token_grid: (rows, cols) of the tokenizer's grid.
         zero_prefix_rope: upstream's zeroed RoPE entry for the class prefix (see the module docstring).
     """
 
-    token_grid: tuple[int, int] = (16, 16)
     zero_prefix_rope: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_text_fields()
-        if (self.dim // self.num_heads) % 4:
-            raise ValueError(f"head dim dim/num_heads ({self.dim // self.num_heads}) must be divisible by 4 for 2D RoPE")
-        if min(self.token_grid) < 1:
-            raise ValueError(f"token_grid sides must be positive, got {self.token_grid}")
+        self.check_grid()
 
 
 @GENERATORS.register
-class RasterGenerator(NextTokenLlama):
+class RasterGenerator(TokenGridLayout, NextTokenLlama):
     """Raster-order AR transformer, class-conditional (LlamaGen c2i) or text-conditional (t2i)."""
 
     config_class = RasterConfig
@@ -61,19 +56,6 @@ class RasterGenerator(NextTokenLlama):
             *config.token_grid, config.head_dim, config.rope_base,
             prefix_length=config.prompt_length if config.takes_text else 1, zero_prefix=config.zero_prefix_rope)))
         self.reset_parameters()
-
-    @property
-    def layout(self) -> TokenLayout:
-        return TokenLayout((tuple(self.config.token_grid),))
-
-    @classmethod
-    def fit_config(cls, config: RasterConfig, *, tokenizer, num_classes: int) -> RasterConfig:
-        """Returns ``config`` with the grid, vocabulary and classes of a tokenizer and dataset."""
-        layout, vocab_size = tokenizer.layout, tokenizer.vocab_size
-        if len(layout.shapes) != 1 or len(layout.shapes[0]) != 2:
-            raise ValueError(f"the raster generator needs a single 2D token grid, got layout {layout.shapes}")
-        return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=vocab_size,
-                                   num_classes=num_classes)
 
 
 def _llamagen(num_layers: int, num_heads: int, dim: int) -> RasterConfig:

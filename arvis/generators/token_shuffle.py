@@ -42,28 +42,27 @@ from torch import Tensor
 
 from arvis.conditions import Condition, as_condition
 from arvis.generators.base import GENERATORS, GeneratorOutput, IGNORE_INDEX, StepOutput, check_batch
-from arvis.generators.llama import LlamaGenerator, LlamaGeneratorConfig, RotaryConfig, TextConditionConfig
+from arvis.generators.llama import (LlamaGenerator, LlamaGeneratorConfig, RotaryConfig, TextConditionConfig,
+                                   TokenGridConfig, TokenGridLayout)
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.mlp import llama_hidden_dim
 from arvis.nn.rope import RotaryTable, rope_table_2d
 from arvis.nn.token_shuffle import TokenShuffle, TokenUnshuffle, compressed_width
 from arvis.nn.windows import check_window, to_raster_order, to_window_order
-from arvis.tokenizers.base import TokenLayout
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TokenShuffleConfig(LlamaGeneratorConfig, RotaryConfig, TextConditionConfig):
-    """Token-Shuffle configuration (the trunk's, every Llama generator's and the text fields are inherited).
+class TokenShuffleConfig(LlamaGeneratorConfig, RotaryConfig, TextConditionConfig, TokenGridConfig):
+    """Token-Shuffle configuration (the trunk's, every Llama generator's, the text and the grid fields are
+    inherited; ``window`` must divide both sides of ``token_grid``).
 
     Attributes:
-        token_grid: (rows, cols) of the tokenizer's grid; ``window`` must divide both.
         window: s, the window side (the paper's default 2: 4× fewer trunk positions); 1 is one token per step.
         shuffle_blocks: residual MLP blocks after the merge (a choice: the paper's count is not public).
         unshuffle_blocks: residual MLP blocks before the split.
         z_loss_weight: weight of the z-loss on the logits (0: off; the paper adds one in its 2048² stage).
     """
 
-    token_grid: tuple[int, int] = (64, 64)
     window: int = 2
     shuffle_blocks: int = 2
     unshuffle_blocks: int = 2
@@ -72,8 +71,7 @@ class TokenShuffleConfig(LlamaGeneratorConfig, RotaryConfig, TextConditionConfig
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_text_fields()
-        if self.head_dim % 4:
-            raise ValueError(f"head dim dim/num_heads ({self.head_dim}) must be divisible by 4 for 2D RoPE")
+        self.check_grid()
         check_window(*self.token_grid, self.window)
         compressed_width(self.dim, self.window)
         if self.shuffle_blocks < 0 or self.unshuffle_blocks < 0:
@@ -102,7 +100,7 @@ def z_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @GENERATORS.register
-class TokenShuffleGenerator(LlamaGenerator):
+class TokenShuffleGenerator(TokenGridLayout, LlamaGenerator):
     """Class- or text-conditional AR transformer predicting one s×s window of tokens per step (Token-Shuffle)."""
 
     config_class = TokenShuffleConfig
@@ -114,15 +112,10 @@ class TokenShuffleGenerator(LlamaGenerator):
         super().__init__(config, rope=RotaryTable(lambda: rope_table_2d(
             *config.window_grid, config.head_dim, config.rope_base, prefix_length=prefix)))
         hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
-        self.shuffle = TokenShuffle(config.dim, config.window, config.shuffle_blocks, hidden_dim,
-                                    norm_eps=config.norm_eps)
-        self.unshuffle = TokenUnshuffle(config.dim, config.window, config.unshuffle_blocks, hidden_dim,
-                                        norm_eps=config.norm_eps)
+        options = dict(norm_eps=config.norm_eps, dropout=config.ffn_dropout)
+        self.shuffle = TokenShuffle(config.dim, config.window, config.shuffle_blocks, hidden_dim, **options)
+        self.unshuffle = TokenUnshuffle(config.dim, config.window, config.unshuffle_blocks, hidden_dim, **options)
         self.reset_parameters()
-
-    @property
-    def layout(self) -> TokenLayout:
-        return TokenLayout((tuple(self.config.token_grid),))
 
     @property
     def num_windows(self) -> int:
@@ -132,16 +125,6 @@ class TokenShuffleGenerator(LlamaGenerator):
     def unit_lengths(self) -> list[int]:
         """k = s² tokens per step, m steps."""
         return [self.config.window_tokens] * self.num_windows
-
-    @classmethod
-    def fit_config(cls, config: TokenShuffleConfig, *, tokenizer, num_classes: int) -> TokenShuffleConfig:
-        """Returns ``config`` with the grid, vocabulary and classes of a tokenizer and dataset (``ValueError`` if
-        the window does not tile the tokenizer's grid)."""
-        layout = tokenizer.layout
-        if len(layout.shapes) != 1 or len(layout.shapes[0]) != 2:
-            raise ValueError(f"Token-Shuffle needs a single 2D token grid, got layout {layout.shapes}")
-        return dataclasses.replace(config, token_grid=tuple(layout.shapes[0]), vocab_size=tokenizer.vocab_size,
-                                   num_classes=num_classes)
 
     def to_layout_order(self, tokens: Tensor) -> Tensor:
         """(b, l, ...) in window order -> the tokenizer's raster order."""
@@ -234,6 +217,9 @@ GENERATORS.add_preset("token-shuffle-t2i-tiny", TokenShuffleConfig(**_TINY, cond
                       "2-layer text-to-image test model for vq-tiny (6 prompt positions, 2x2 windows)")
 GENERATORS.add_preset("token-shuffle-demo", TokenShuffleConfig(**_DEMO),
                       "glyph model for a 64 px vq-demo (16x16 grid, 2x2 windows: 64 steps of 4 tokens)")
+GENERATORS.add_preset("token-shuffle-b", TokenShuffleConfig(token_grid=(16, 16), window=2, num_classes=1000),
+                      "LlamaGen GPT-B's trunk (12 layers, width 768) with 2x2 windows on VQ-16 at 256 px: 64 steps "
+                      "(not a paper model; the speed benchmark's counterpart of llamagen-b)")
 GENERATORS.add_preset("token-shuffle-2.7b", TokenShuffleConfig(
     vocab_size=8192, token_grid=(64, 64), window=2, dim=3072, num_layers=20, num_heads=24, condition="text",
     prompt_length=128, text_vocab_size=32000, text_feature_dim=3072),

@@ -54,8 +54,8 @@ class GeluMLP(nn.Module):
 
 
 class ResidualSwiGLU(nn.Module):
-    """x + SwiGLU(RMSNorm(x)): a pre-norm residual feed-forward block without attention (Token-Shuffle's residual
-    MLPs around the trunk). ``ffn.w1/w2/w3`` and ``norm`` as in a Llama block's feed-forward half."""
+    """x (..., d) -> x + SwiGLU(RMSNorm(x)) (..., d): the feed-forward half of a pre-norm Llama block on its own
+    (Token-Shuffle's residual MLPs around the trunk); submodules ``norm`` and ``ffn`` (w1/w2/w3)."""
 
     def __init__(self, dim: int, hidden_dim: int, *, norm_eps: float = 1e-5, dropout: float = 0.0) -> None:
         super().__init__()

@@ -12,7 +12,8 @@ Shapes: b batch, m windows, s window side (k = s² tokens per window), d model w
 Choices the paper's text leaves open (named here and in the README's faithfulness notes): the residual blocks are
 pre-norm SwiGLU blocks (:class:`arvis.nn.mlp.ResidualSwiGLU`) of the trunk's feed-forward width; the unshuffle
 normalises the trunk output before its linear map (the place a Llama's final norm takes before its head), and its
-per-token MLP is a GELU MLP of hidden width d. With s = 1 both operations keep one token per position.
+per-token MLP is a GELU MLP of hidden width d; the residual blocks and that MLP take the trunk's feed-forward dropout.
+With s = 1 both operations keep one token per position.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from arvis.nn.norms import RMSNorm
 from arvis.nn.windows import merge_windows, split_windows
 
 
-def _residual_blocks(count: int, dim: int, hidden_dim: int, norm_eps: float) -> nn.ModuleList:
-    return nn.ModuleList(ResidualSwiGLU(dim, hidden_dim, norm_eps=norm_eps) for _ in range(count))
+def _residual_blocks(count: int, dim: int, hidden_dim: int, norm_eps: float, dropout: float) -> nn.ModuleList:
+    return nn.ModuleList(ResidualSwiGLU(dim, hidden_dim, norm_eps=norm_eps, dropout=dropout) for _ in range(count))
 
 
 def compressed_width(dim: int, window: int) -> int:
@@ -40,11 +41,12 @@ def compressed_width(dim: int, window: int) -> int:
 class TokenShuffle(nn.Module):
     """(b, m·s², d) token embeddings in window order -> (b, m, d) merged window inputs."""
 
-    def __init__(self, dim: int, window: int, num_blocks: int, hidden_dim: int, *, norm_eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, window: int, num_blocks: int, hidden_dim: int, *, norm_eps: float = 1e-5,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.window = window
         self.compress = Linear(dim, compressed_width(dim, window))
-        self.blocks = _residual_blocks(num_blocks, dim, hidden_dim, norm_eps)
+        self.blocks = _residual_blocks(num_blocks, dim, hidden_dim, norm_eps, dropout)
 
     def forward(self, embeddings: Tensor) -> Tensor:
         x = merge_windows(self.compress(embeddings), self.window)
@@ -56,14 +58,15 @@ class TokenShuffle(nn.Module):
 class TokenUnshuffle(nn.Module):
     """(b, m, d) trunk outputs, one per window -> (b, m·s², d) features of the windows' tokens, in window order."""
 
-    def __init__(self, dim: int, window: int, num_blocks: int, hidden_dim: int, *, norm_eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, window: int, num_blocks: int, hidden_dim: int, *, norm_eps: float = 1e-5,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         width = compressed_width(dim, window)
         self.window = window
-        self.blocks = _residual_blocks(num_blocks, dim, hidden_dim, norm_eps)
+        self.blocks = _residual_blocks(num_blocks, dim, hidden_dim, norm_eps, dropout)
         self.norm = RMSNorm(dim, norm_eps)
         self.expand = Linear(dim, window * window * width)
-        self.token_mlp = GeluMLP(width, dim, out_dim=dim, approximate="none")
+        self.token_mlp = GeluMLP(width, dim, dropout, approximate="none", out_dim=dim)
 
     def forward(self, hidden: Tensor) -> Tensor:
         for block in self.blocks:

@@ -5,8 +5,9 @@ quickstart (the old budget).
         "s 4=outputs/ts64/s4/pipeline" "quickstart 32 px=outputs/ts64/quickstart/pipeline" \
         --grid docs/token_shuffle_samples.png
 
-Each NAME=PIPELINE row is sampled with its stored sampler settings (CFG 2 constant, top-p 0.9 in the recipes), sample
-i seeded by i, classes balanced. Columns: tokens per image, trunk positions per image (the prefix and the fed inputs),
+Each NAME=PIPELINE row is sampled with its stored sampler settings (CFG 2 constant, top-p 0.9 in the recipes), or
+with settings changed as NAME=PIPELINE:key=value,key=value (``"s 2, linear CFG=outputs/ts64/s2/pipeline:
+cfg_schedule=linear"``), sample i seeded by i, classes balanced. Columns: tokens per image, trunk positions per image (the prefix and the fed inputs),
 decoding steps per image, seconds per image of drawing the tokens at batch 1 and at batch 100 and seconds per
 training step (batch 64, AdamW, random token ids: the cost does not depend on their values); the timed parts of the
 rows are taken in turn after a warm-up, the median of ``--timing-repeats``. Then glyph accuracy and fd-glyphs of
@@ -22,6 +23,7 @@ import statistics
 import time
 
 import torch
+import yaml
 
 import arvis
 from arvis.data import GlyphDataset
@@ -96,9 +98,12 @@ def main() -> None:
         parser.error("give each pipeline as NAME=PIPELINE_DIR")
     torch.set_grad_enabled(False)
     rows = []
-    for name, path in (run.split("=", 1) for run in args.runs):
+    for name, spec in (run.split("=", 1) for run in args.runs):
+        path, _, changes = spec.partition(":")
+        overrides = {key: yaml.safe_load(value) for key, value in
+                     (change.split("=", 1) for change in changes.split(",") if change)}
         pipeline = arvis.load(path)
-        rows.append((name, pipeline, pipeline.sampler(), TrainingStep(pipeline.generator)))
+        rows.append((name, pipeline, pipeline.sampler(**overrides), TrainingStep(pipeline.generator)))
 
     labels = torch.arange(args.num_samples) % 10
     timing = {name: {"batch 1": [], "batch 100": [], "train": []} for name, *_ in rows}
@@ -110,7 +115,7 @@ def main() -> None:
             for key, batch in (("batch 1", 1), ("batch 100", BATCH)):
                 started = time.perf_counter()
                 draw(pipeline, sampler, labels[:batch])
-                timing[name][key].append((time.perf_counter() - started) / batch)
+                timing[name][key].append((time.perf_counter() - started) / len(labels[:batch]))
             started = time.perf_counter()
             train_step()
             timing[name]["train"].append(time.perf_counter() - started)

@@ -9,8 +9,9 @@ import torch
 
 import arvis
 from arvis.data.captions import caption_vocabulary
-from arvis.generators.base import GENERATORS
+from arvis.generators.base import GENERATORS, IGNORE_INDEX
 from arvis.generators.token_shuffle import TokenShuffleConfig, TokenShuffleGenerator
+from arvis.nn.rope import rope_table_2d
 from arvis.nn.windows import to_window_order
 from arvis.pipeline import Pipeline
 from arvis.samplers import sampler_for
@@ -65,10 +66,22 @@ def test_samples_come_back_in_raster_order_and_prefixes_continue_in_window_order
     emitted = to_window_order(greedy, 4, 8, 2)
     assert torch.equal(logits.argmax(-1), emitted)  # greedy stepping agrees with the teacher-forced argmax
     assert not torch.equal(emitted, greedy)  # the two orders differ on this grid, so the check means something
-    continued = sampler_for(model, top_k=1)(model, labels, prefix=emitted[:, :8])  # two windows given
-    assert torch.equal(continued, emitted)
+    prefix = torch.randint(0, 64, (3, 8), generator=torch.Generator().manual_seed(1))  # two windows, not greedy
+    continued = sampler_for(model, top_k=1)(model, labels, prefix=prefix)  # in window order
+    with torch.no_grad():
+        logits = model(model.to_layout_order(continued), labels).logits
+    assert torch.equal(continued[:, :8], prefix) and torch.equal(logits[:, 8:].argmax(-1), continued[:, 8:])
     partial = sampler_for(model, top_k=1)(model, labels, length=12)  # three windows, in window order
     assert torch.equal(partial, emitted[:, :12])
+
+
+def test_rope_runs_over_the_window_grid_after_the_prefix():
+    model = tiny(token_grid=(4, 8))  # a 2×4 window grid
+    positions = torch.arange(model.prefix_length + model.num_windows)
+    expected = rope_table_2d(2, 4, model.config.head_dim, model.config.rope_base, prefix_length=1)
+    torch.testing.assert_close(model.trunk.rope.rows(positions), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"token_grid must be two positive sides"):
+        TokenShuffleConfig(token_grid=(0, 4), dim=64, num_heads=2)
 
 
 def test_a_window_that_does_not_tile_the_grid_or_split_the_width_is_refused():
@@ -107,6 +120,12 @@ def test_the_z_loss_adds_its_weighted_mean_squared_log_partition():
     expected = with_z.logits.logsumexp(-1).square().mean()
     torch.testing.assert_close(with_z.metrics["z_loss"], expected)
     torch.testing.assert_close(with_z.loss, without.loss + 0.5 * expected)
+    targets = tokens.clone()
+    targets[:, ::3] = IGNORE_INDEX  # raster positions without a target; the logits are in window order
+    with torch.no_grad():
+        masked = weighted(tokens, labels, targets)
+    valid = weighted.from_layout_order(targets) != IGNORE_INDEX
+    torch.testing.assert_close(masked.metrics["z_loss"], masked.logits.logsumexp(-1).square()[valid].mean())
     with pytest.raises(ValueError, match="z_loss_weight: expected a finite number"):
         tiny(z_loss_weight=float("nan"))
 
