@@ -141,6 +141,18 @@ class Generator(Component):
                              f"({IGNORE_INDEX})")
         return targets
 
+    def teacher_forcing_batch(self, tokens: Tensor, condition: Condition | Tensor,
+                              targets: Tensor | None = None) -> tuple[Tensor, Condition, Tensor]:
+        """A teacher-forcing batch checked and put in this generator's own order: tokens (b, l) long in layout
+        order, a condition of b samples (class ids are wrapped) and targets (b, l) (default the tokens;
+        ``IGNORE_INDEX`` where none) -> (tokens, condition, targets), tokens and targets through
+        :meth:`from_layout_order`. Raises ``ValueError`` naming what is wrong."""
+        self.check_tokens(tokens)
+        condition = self.check_condition(condition)
+        check_batch(tokens, condition)
+        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
+        return self.from_layout_order(tokens), condition, self.from_layout_order(targets)
+
     @staticmethod
     def teacher_forcing_output(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> GeneratorOutput:
         """The loss (cross-entropy over the positions with a target) and accuracy of logits (b, l, v)."""

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from arvis.conditions import Condition, as_condition
-from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput, check_batch
+from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput
 from arvis.generators.llama import LlamaGenerator, LlamaGeneratorConfig, RotaryConfig
 from arvis.nn.attention import block_causal_mask
 from arvis.nn.kv_cache import KVCache
@@ -175,11 +175,7 @@ class HARGenerator(LlamaGenerator):
     def forward(self, tokens: Tensor, condition: Condition | Tensor, targets: Tensor | None = None) -> GeneratorOutput:
         """Teacher forcing. tokens (b, l) long inputs, condition (class ids (b,) long, null class allowed), targets
         (b, l) long (default ``tokens``; ``IGNORE_INDEX`` where none) -> loss and logits (b, l, v)."""
-        self.check_tokens(tokens)
-        condition = self.check_condition(condition)
-        check_batch(tokens, condition)
-        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
-        tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
+        tokens, condition, targets = self.teacher_forcing_batch(tokens, condition, targets)
         fed = [index for kind, index in self.plan if kind == TOKEN]
         x = self._embed(self.plan, self.drop_condition(condition), tokens[:, fed])
         mask = block_causal_mask(self.units, device=x.device)

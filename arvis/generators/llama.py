@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from arvis.conditions import Condition, as_condition
 from arvis.config import Config
-from arvis.generators.base import Generator, GeneratorOutput, StepOutput, check_batch
+from arvis.generators.base import Generator, GeneratorOutput, StepOutput
 from arvis.nn.attention import causal_mask, with_key_padding
 from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
@@ -330,11 +330,7 @@ class NextTokenLlama(LlamaGenerator):
         """Teacher forcing. tokens (b, l) long inputs, condition (class ids (b,) long, null class allowed, or
         the fields the generator takes), targets (b, l) long (default ``tokens``; ``IGNORE_INDEX`` where a
         position has none) -> loss and logits (b, l, v)."""
-        self.check_tokens(tokens)
-        condition = self.check_condition(condition)
-        check_batch(tokens, condition)
-        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
-        tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
+        tokens, condition, targets = self.teacher_forcing_batch(tokens, condition, targets)
         condition = self.drop_condition(condition)
         x = torch.cat([self.condition_embedding(condition), self.embed_tokens(tokens[:, :-1])], dim=1)
         x = self.teacher_forcing_inputs(x)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from arvis.conditions import Condition, as_condition
-from arvis.generators.base import GENERATORS, GeneratorOutput, IGNORE_INDEX, StepOutput, check_batch
+from arvis.generators.base import GENERATORS, GeneratorOutput, IGNORE_INDEX, StepOutput
 from arvis.generators.llama import (LlamaGenerator, LlamaGeneratorConfig, RotaryConfig, TextConditionConfig,
                                    TokenGridConfig, TokenGridLayout)
 from arvis.nn.kv_cache import KVCache
@@ -151,11 +151,7 @@ class TokenShuffleGenerator(TokenGridLayout, LlamaGenerator):
         """Teacher forcing. tokens (b, l) long in raster order, condition (class ids (b,) long, null class
         allowed, or a prompt), targets (b, l) long (default ``tokens``; ``IGNORE_INDEX`` where none) -> loss
         (cross-entropy, plus the z-loss when weighted) and logits (b, l, v) in window order."""
-        self.check_tokens(tokens)
-        condition = self.check_condition(condition)
-        check_batch(tokens, condition)
-        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
-        tokens, targets = self.from_layout_order(tokens), self.from_layout_order(targets)
+        tokens, condition, targets = self.teacher_forcing_batch(tokens, condition, targets)
         condition = self.drop_condition(condition)
         fed = self.window_inputs(tokens[:, :-self.config.window_tokens])
         x = self.tok_dropout(torch.cat([self.condition_embedding(condition), fed], dim=1))

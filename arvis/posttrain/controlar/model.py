@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from arvis.conditions import Condition, as_condition
 from arvis.config import Config
-from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput, check_batch
+from arvis.generators.base import GENERATORS, GeneratorOutput, StepOutput
 from arvis.generators.raster import RasterGenerator
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.mlp import GeluMLP
@@ -290,10 +290,7 @@ class ControlARRaster(RasterWrapper):
         targets (b, l) long (default ``tokens``) -> loss and logits (b, l, v). The base's condition dropout runs
         here (in training), and the dropped rows' control is zeroed with it."""
         base = self.base
-        self.check_tokens(tokens)
-        condition = self.check_condition(condition)
-        check_batch(tokens, condition)
-        targets = self.check_targets(tokens if targets is None else targets, tokens.shape[0])
+        tokens, condition, targets = self.teacher_forcing_batch(tokens, condition, targets)
         dropped = base.drop_condition(condition.replace(control=None))  # the base's condition after its dropout
         features = self.control_features(condition.control, base.null_rows(dropped))
         parts = [base.condition_embedding(dropped)]
