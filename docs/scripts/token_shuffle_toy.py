@@ -34,21 +34,9 @@ from arvis.folders import write_file_atomically
 from arvis.samplers.logits import per_sample_generators
 from arvis.visualize import image_grid
 
-BATCH = 100
+from toy_sampling import BATCH, draw, to_images  # docs/scripts/toy_sampling.py
+
 TRAIN_BATCH = 64
-
-
-def draw(pipeline, sampler, labels: torch.Tensor) -> torch.Tensor:
-    """-> tokens (n, l) long in raster order, sample i seeded by i."""
-    return torch.cat([sampler(pipeline.generator, labels[start:start + BATCH],
-                              rng=per_sample_generators(0, start, len(labels[start:start + BATCH])))
-                      for start in range(0, len(labels), BATCH)])
-
-
-def to_images(pipeline, tokens: torch.Tensor) -> torch.Tensor:
-    """tokens (n, l) -> uint8 images (n, c, h, w)."""
-    images = pipeline.tokenizer.to_unit_range(pipeline.tokenizer.decode(tokens)).clamp(0, 1)
-    return to_uint8_chw(images, value_range=(0, 1))
 
 
 def steps_per_image(pipeline, sampler) -> int:
