@@ -100,6 +100,11 @@ class TextConditionConfig(Config):
     def takes_text(self) -> bool:
         return self.condition == "text"
 
+    @property
+    def prefix_length(self) -> int:
+        """Positions the condition takes before the first token: the prompt's p, or one class token."""
+        return self.prompt_length if self.takes_text else 1
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RotaryConfig(Config):

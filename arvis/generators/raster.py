@@ -54,7 +54,7 @@ class RasterGenerator(TokenGridLayout, NextTokenLlama):
     def __init__(self, config: RasterConfig) -> None:
         super().__init__(config, rope=RotaryTable(lambda: rope_table_2d(
             *config.token_grid, config.head_dim, config.rope_base,
-            prefix_length=config.prompt_length if config.takes_text else 1, zero_prefix=config.zero_prefix_rope)))
+            prefix_length=config.prefix_length, zero_prefix=config.zero_prefix_rope)))
         self.reset_parameters()
 
 

@@ -108,9 +108,8 @@ class TokenShuffleGenerator(TokenGridLayout, LlamaGenerator):
     samplers = ("next-unit",)
 
     def __init__(self, config: TokenShuffleConfig) -> None:
-        prefix = config.prompt_length if config.takes_text else 1
         super().__init__(config, rope=RotaryTable(lambda: rope_table_2d(
-            *config.window_grid, config.head_dim, config.rope_base, prefix_length=prefix)))
+            *config.window_grid, config.head_dim, config.rope_base, prefix_length=config.prefix_length)))
         hidden_dim = llama_hidden_dim(config.dim, config.ffn_multiple_of)
         options = dict(norm_eps=config.norm_eps, dropout=config.ffn_dropout)
         self.shuffle = TokenShuffle(config.dim, config.window, config.shuffle_blocks, hidden_dim, **options)
