@@ -37,7 +37,7 @@ from arvis.nn.conditioning import ClassEmbedding
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.linear import Linear
 from arvis.nn.llama_trunk import LlamaTrunk, LlamaTrunkConfig
-from arvis.nn.norms import RMSNorm
+from arvis.nn.norms import HeadLayerNorm, RMSNorm
 from arvis.nn.prompt import PromptEmbedding
 from arvis.nn.rope import RotaryTable
 from arvis.tokenizers.base import TokenLayout
@@ -68,33 +68,48 @@ class LlamaGeneratorConfig(LlamaTrunkConfig):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TextConditionConfig(Config):
-    """What a generator that can take text prompts adds to its config (mixed into the raster generator's).
+class PromptConfig(Config):
+    """The fixed-length prompt of a generator that reads prompts (text-to-image raster, the interleaved ones).
+
+    Attributes:
+        prompt_length: p, the fixed prompt length (LlamaGen t2i: 120).
+        text_vocab_size: the text vocabulary of a learned table of prompt tokens (id 0 pads), or None when
+            prompts come as features of a frozen text encoder (LlamaGen t2i: FLAN-T5-XL).
+    """
+
+    prompt_length: int = 120
+    text_vocab_size: int | None = None
+
+    def check_prompt_fields(self) -> None:
+        """Raises ``ValueError`` on a bad prompt field (the configs that mix this in call it)."""
+        if self.prompt_length < 1:
+            raise ValueError(f"prompt_length must be positive, got {self.prompt_length}")
+        if self.text_vocab_size is not None and self.text_vocab_size < 2:
+            raise ValueError(f"text_vocab_size must be >= 2 (id 0 pads) or None, got {self.text_vocab_size}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConditionConfig(PromptConfig):
+    """What a generator that can take text prompts as its condition prefix adds to its config (mixed into the
+    raster generator's; the prompt fields are :class:`PromptConfig`'s).
 
     Attributes:
         condition: ``"class"`` (one class token) or ``"text"`` (a prompt of ``prompt_length`` positions;
             ``class_dropout`` is then the prompt dropout, as upstream's ``class_dropout_prob``).
-        prompt_length: p, the fixed prompt length (LlamaGen t2i: 120).
-        text_vocab_size: the text vocabulary of a learned prompt table (id 0 pads), or None when prompts come as
-            features of a frozen text encoder (LlamaGen t2i: FLAN-T5-XL).
         text_feature_dim: e, the prompt feature width (the encoder's, 2048 for FLAN-T5-XL; or the table's).
     """
 
     condition: Literal["class", "text"] = "class"
-    prompt_length: int = 120
-    text_vocab_size: int | None = None
     text_feature_dim: int = 2048
 
     def check_text_fields(self) -> None:
         """Raises ``ValueError`` on a bad text field (the configs that mix this in call it from their
         ``__post_init__``)."""
+        self.check_prompt_fields()
         if self.condition not in ("class", "text"):
             raise ValueError(f"condition must be 'class' or 'text', got {self.condition!r}")
-        if self.prompt_length < 1 or self.text_feature_dim < 1:
-            raise ValueError(f"prompt_length and text_feature_dim must be positive, got {self.prompt_length}, "
-                             f"{self.text_feature_dim}")
-        if self.text_vocab_size is not None and self.text_vocab_size < 2:
-            raise ValueError(f"text_vocab_size must be >= 2 (id 0 pads) or None, got {self.text_vocab_size}")
+        if self.text_feature_dim < 1:
+            raise ValueError(f"text_feature_dim must be positive, got {self.text_feature_dim}")
 
     @property
     def takes_text(self) -> bool:
@@ -152,6 +167,30 @@ class TokenGridLayout:
                                    num_classes=num_classes)
 
 
+def reset_llama_parameters(model: nn.Module, std: float) -> None:
+    """LlamaGen's init of a Llama generator: N(0, std) weights of every linear and embedding layer with zero
+    biases, unit norms (qk-norms with zero biases), and a zero output head (``model.output``)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (RMSNorm, HeadLayerNorm)):
+            module.reset_parameters()
+    nn.init.zeros_(model.output.weight)
+
+
+def check_prompt_ids(prompt: Tensor, prompt_length: int, vocab: int) -> None:
+    """Raises ``ValueError`` unless ``prompt`` is (b, prompt_length) long ids of a text vocabulary of ``vocab``."""
+    if prompt.dtype != torch.long or prompt.ndim != 2:
+        raise ValueError(f"this generator takes prompts as (b, {prompt_length}) torch.long text-token ids, "
+                         f"got {prompt.dtype} {tuple(prompt.shape)}")
+    if prompt.numel() and (prompt.min() < 0 or prompt.max() >= vocab):
+        raise ValueError(f"prompt token ids must lie in [0, {vocab - 1}] (the generator's text vocabulary), got "
+                         f"[{prompt.min().item()}, {prompt.max().item()}]; encode prompts with the pipeline's "
+                         "text tokenizer")
+
+
 class LlamaGenerator(Generator):
     """Base class (not registered): condition prefix, token embeddings, Llama trunk, RMSNorm + linear head."""
 
@@ -170,14 +209,7 @@ class LlamaGenerator(Generator):
 
     def reset_parameters(self) -> None:
         """Upstream init: N(0, 0.02) for linear and embedding weights, unit norms, zero output head."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.initializer_range)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()
-        nn.init.zeros_(self.output.weight)
+        reset_llama_parameters(self, self.config.initializer_range)
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -214,13 +246,8 @@ class LlamaGenerator(Generator):
                 raise ValueError(f"this generator takes prompts as (b, {self.prompt_length}, "
                                  f"{self.config.text_feature_dim}) float features of its frozen text encoder, got "
                                  f"{prompt.dtype} {tuple(prompt.shape)}")
-        elif prompt.dtype != torch.long or prompt.ndim != 2:
-            raise ValueError(f"this generator takes prompts as (b, {self.prompt_length}) torch.long text-token ids, "
-                             f"got {prompt.dtype} {tuple(prompt.shape)}")
-        elif prompt.numel() and (prompt.min() < 0 or prompt.max() >= vocab):
-            raise ValueError(f"prompt token ids must lie in [0, {vocab - 1}] (the generator's text vocabulary), got "
-                             f"[{prompt.min().item()}, {prompt.max().item()}]; encode prompts with the pipeline's "
-                             "text tokenizer")
+        else:
+            check_prompt_ids(prompt, self.prompt_length, vocab)
 
     def drop_condition(self, condition: Condition) -> Condition:
         """The training-time condition dropout (a no-op in eval mode), done here once, before

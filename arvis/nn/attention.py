@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from arvis.nn.kv_cache import KVCache
 from arvis.nn.linear import Linear, linear
+from arvis.nn.norms import HeadLayerNorm
 from arvis.nn.rope import apply_rope
 
 
@@ -78,7 +79,7 @@ class SelfAttention(nn.Module):
     """Fused-qkv attention with optional grouped KV heads, RoPE and a KV cache (LlamaGen layout)."""
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, *, bias: bool = False,
-                 attn_dropout: float = 0.0, resid_dropout: float = 0.0) -> None:
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0, qk_norm: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
@@ -92,6 +93,9 @@ class SelfAttention(nn.Module):
         self.wo = Linear(dim, dim, bias=bias)
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
+        # Chameleon's qk-norm: each head's queries and keys layer-normed before RoPE
+        self.q_norm = HeadLayerNorm(num_heads, self.head_dim) if qk_norm else None
+        self.k_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim) if qk_norm else None
 
     def forward(self, x: Tensor, *, rope: Tensor | None = None, mask: Tensor | None = None,
                 cache: KVCache | None = None, layer: int = 0, store: bool = True) -> Tensor:
@@ -100,6 +104,9 @@ class SelfAttention(nn.Module):
         cache's filled slots and length stay as they were)."""
         heads = rearrange(self.wqkv(x), "b n (s d) -> b s n d", d=self.head_dim)  # s = q, k and v heads
         query_and_key, v = heads.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=1)
+        if self.q_norm is not None:
+            q, k = query_and_key.split([self.num_heads, self.num_kv_heads], dim=1)
+            query_and_key = torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)
         if rope is not None:
             query_and_key = apply_rope(query_and_key, rope)  # one rotation for q's and k's heads together
         q, k = query_and_key.split([self.num_heads, self.num_kv_heads], dim=1)

@@ -42,6 +42,7 @@ class LlamaTrunkConfig(Config):
         norm_eps: RMSNorm epsilon.
         resid_dropout, ffn_dropout, attn_dropout: LlamaGen's dropouts after attention, after the MLP, on the
             attention weights.
+        qk_norm: Chameleon's per-head LayerNorm of queries and keys before RoPE (Orthus's trunk).
     """
 
     dim: int = 768
@@ -53,6 +54,7 @@ class LlamaTrunkConfig(Config):
     resid_dropout: float = 0.1
     ffn_dropout: float = 0.1
     attn_dropout: float = 0.0
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.num_layers < 1 or self.num_heads < 1:
@@ -81,7 +83,7 @@ class LlamaTrunk(nn.Module):
         self.layers = nn.ModuleList(
             LlamaBlock(config.dim, config.num_heads, hidden_dim, num_kv_heads=config.num_kv_heads,
                        norm_eps=config.norm_eps, attn_dropout=config.attn_dropout,
-                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout)
+                       resid_dropout=config.resid_dropout, ffn_dropout=config.ffn_dropout, qk_norm=config.qk_norm)
             for _ in range(config.num_layers)
         )
         self.rope = rope
