@@ -1,4 +1,4 @@
-"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, sample, eval, convert."""
+"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, caption, sample, eval, convert."""
 
 from __future__ import annotations
 
@@ -98,6 +98,17 @@ def _generate(args: argparse.Namespace) -> None:
             save_clip_frames(clip, Path(args.frames) / f"sample_{index:05d}")
         result["frames"] = str(args.frames)
     print(json.dumps(result))
+
+
+def _caption(args: argparse.Namespace) -> None:
+    import torch
+
+    import arvis
+    from arvis.data.control import read_image_file
+
+    images = torch.cat([read_image_file(path, "RGB") for path in args.images])
+    captions = arvis.caption(args.pipeline, images, seed=args.seed, **sampling_overrides(args))
+    print(json.dumps({"captions": dict(zip(args.images, captions, strict=True))}))
 
 
 def _control(args: argparse.Namespace, pipeline):
@@ -222,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy ((n, h, w, 3) or (n, t, h, w, 3))")
     gen.add_argument("--frames", default=None, help="video pipelines: also write each clip as a folder of PNG frames")
     gen.set_defaults(handler=_generate)
+
+    caption = commands.add_parser("caption", help="caption images with an interleaved or Orthus pipeline")
+    caption.add_argument("pipeline", help="pipeline folder")
+    caption.add_argument("images", nargs="+", help="image files at the tokenizer's size")
+    caption.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(caption, "default: the pipeline's setting")
+    caption.set_defaults(handler=_caption)
 
     sample = commands.add_parser("sample", help="sample an evaluation set into PNGs and an ADM-style .npz "
                                  "(resumable; shards over accelerate launch / torchrun processes)")

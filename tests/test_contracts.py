@@ -11,8 +11,10 @@ from arvis.samplers import sampler_for
 from arvis.tokenizers.base import TOKENIZERS, Tokenizer
 
 ALL_GENERATOR_PRESETS = GENERATORS.presets("*-tiny")
-# stepped generators; distilled ones (unit "distilled") sample in one or two passes, without a cache
-GENERATOR_PRESETS = [name for name in ALL_GENERATOR_PRESETS if GENERATORS.build(name).unit != "distilled"]
+# stepped generators of token ids; distilled ones (unit "distilled") sample in one or two passes, without a cache,
+# and generators of continuous latents (unit "latent", Orthus: tests/generators/test_orthus.py) step on vectors
+GENERATOR_PRESETS = [name for name in ALL_GENERATOR_PRESETS
+                     if GENERATORS.build(name).unit not in ("distilled", "latent")]
 # generators whose steps continue teacher forcing unit by unit (a block generator's passes denoise a block instead:
 # tests/posttrain/test_sdar.py checks them against its training forward)
 TEACHER_FORCED_STEPS = [name for name in GENERATOR_PRESETS if GENERATORS.build(name).unit != "block"]
@@ -25,8 +27,12 @@ def tiny_generator(name: str) -> Generator:
 
 
 def tiny_tokens(model: Generator, batch_size: int = 3, seed: int = 0):
-    """Random tokens and a condition with every field the model takes (the null condition in the last row)."""
+    """Random tokens (ids, or unit latent vectors for a generator of latents) and a condition with every field the
+    model takes (the null condition in the last row)."""
     rng = torch.Generator().manual_seed(seed)
+    if model.token_spec.vocab_size is None:
+        latents = torch.randn(batch_size, model.layout.length, model.token_spec.latent_dim, generator=rng)
+        return torch.nn.functional.normalize(latents, dim=-1), example_condition(model, batch_size, seed)
     tokens = torch.randint(0, model.vocab_size, (batch_size, model.layout.length), generator=rng)
     return tokens, example_condition(model, batch_size, seed)
 
@@ -40,6 +46,11 @@ def assert_every_parameter_gets_a_gradient(module: torch.nn.Module) -> None:
 def training_loss(model: Generator, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """A scalar loss through the generator's training forward: teacher forcing, or for a distilled generator
     (noise -> tokens) the cross-entropy of its logits plus its regression error at timestep 1."""
+    if model.unit == "latent":  # teacher forcing of latents: the stream logits and the diffusion loss
+        torch.manual_seed(0)  # the diffusion loss draws its timesteps and noise from the global RNG
+        output = model(tokens, labels)
+        assert output.logits.ndim == 3 and output.logits.shape[0] == tokens.shape[0]
+        return output.loss
     if model.unit != "distilled":
         output = model(tokens, labels)
         assert output.logits.shape == (*tokens.shape, model.vocab_size)

@@ -22,6 +22,7 @@ def test_transformers_fast_tokenizer_imports():
 
 
 def test_public_api_is_explicit():
-    assert set(arvis.__all__) == {"Pipeline", "__version__", "build", "generate", "list_presets", "load"}
+    assert set(arvis.__all__) == {"Pipeline", "__version__", "build", "caption", "generate", "interleave", "list_presets",
+                                  "load"}
     presets = arvis.list_presets()
     assert "vq-tiny" in presets["tokenizer"] and "raster-tiny" in presets["generator"]

@@ -10,5 +10,6 @@ from arvis.posttrain import vapi  # noqa: F401  (registers its method)
 from arvis.posttrain import controlar  # noqa: F401  (registers its generator, sampler and method)
 from arvis.posttrain import sdar  # noqa: F401  (registers its generator and method)
 from arvis.posttrain import sar  # noqa: F401  (registers its method)
+from arvis.posttrain import orthus  # noqa: F401  (registers its method)
 
 __all__ = ["METHODS", "PostTrainingMethod", "TeacherAdapters", "TrainingContext"]

@@ -74,6 +74,17 @@ class TextTokenizer:
                 mask[row, length - count:] = True
         return ids, mask
 
+    def decode(self, ids: Tensor) -> list[str]:
+        """ids (b, m) long -> b strings: the words joined by spaces, the padding (id 0) skipped. Raises
+        ``ValueError`` for an id outside the vocabulary."""
+        if not isinstance(ids, Tensor) or ids.dtype != torch.long or ids.ndim != 2:
+            raise ValueError(f"expected (b, m) long word ids, got {getattr(ids, 'dtype', type(ids).__name__)} "
+                             f"{tuple(getattr(ids, 'shape', ()))}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"word ids must lie in [0, {self.vocab_size - 1}], got [{ids.min().item()}, "
+                             f"{ids.max().item()}]")
+        return [" ".join(self.tokenizer.id_to_token(index) for index in row if index != 0) for row in ids.tolist()]
+
     def save(self, folder: str | Path) -> Path:
         """Writes ``folder/tokenizer.json``."""
         path = Path(folder) / TEXT_TOKENIZER_FILE

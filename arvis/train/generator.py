@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
+from arvis.generators.llama import PromptConfig
 from arvis.pipeline import Pipeline, check_compatible
 from arvis.samplers import SamplerSettings, settings_for
 from arvis.samplers.base import without_legacy_defaults
@@ -103,7 +104,7 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     accelerator = make_accelerator(run, folders)
     tokenizer = Tokenizer.from_pretrained(config.tokenizer_path, device=accelerator.device)
     preset = GENERATORS.preset(config.generator)
-    text = config.generator_config.get("condition", getattr(preset, "condition", "class")) == "text"
+    text = reads_prompts(preset.replace(**config.generator_config))
     if text and (config.tokens_path is not None or config.data.name != "glyphs" or config.data.random_flip):
         raise ValueError("text-conditional training encodes the glyph data with their captions here: use "
                          "data.name=glyphs, data.random_flip=false (a mirror would swap the caption's left and "
@@ -117,6 +118,9 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
         num_classes = dataset_num_classes(dataset)
     generator = build_generator(config, tokenizer, num_classes, text_tokenizer)
     check_compatible(tokenizer, generator)  # before any training time is spent
+    if generator.token_spec.vocab_size is None:
+        raise ValueError(f"{config.generator} models continuous latents, which this trainer does not encode: build "
+                         "it from a trained discrete pipeline with `arvis train posttrain --method orthus`")
     if config.tokens_path is None:
         logger.info("encoding %d images with the tokenizer%s", len(dataset),
                     " (and their mirrors)" if config.data.random_flip else "")
@@ -150,6 +154,12 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
                             lambda path: Pipeline(tokenizer.eval(), trained, sampling,
                                                   text_tokenizer=text_tokenizer).save_pretrained(path))
     return output_dir, progress.history
+
+
+def reads_prompts(config: Config) -> bool:
+    """Whether a generator config conditions on text prompts (a :class:`PromptConfig` whose ``condition``, where
+    it has one, is "text")."""
+    return isinstance(config, PromptConfig) and getattr(config, "condition", "text") == "text"
 
 
 def caption_tokenizer() -> TextTokenizer:

@@ -31,7 +31,8 @@ def _samples(model, condition, sampler=None, **settings) -> tuple[torch.Tensor, 
 
 
 @pytest.mark.parametrize("preset", ["raster-tiny", "raster-t2i-tiny", "sequence-tiny", "har-tiny", "var-tiny",
-                                    "controlar-raster-tiny", "sdar-raster-tiny", "token-shuffle-tiny"])
+                                    "controlar-raster-tiny", "sdar-raster-tiny", "token-shuffle-tiny",
+                                    "interleaved-tiny"])
 def test_static_caches_decode_as_dynamic_ones(preset):
     """``backend="eager"`` traces the passes with dynamo and runs them as they are: the static-cache path alone."""
     model, condition = _model_and_condition(preset)

@@ -114,7 +114,7 @@ def test_distilled_decoding_of_a_var_pipeline(tmp_path):
 
 
 def test_post_training_errors(tmp_path, saved_raster, tiny_pipeline):
-    with pytest.raises(ValueError, match="unknown post-training method 'nope'; known: \\['controlar', 'distilled_decoding', 'sar', 'sdar', 'vapi'\\]"):
+    with pytest.raises(ValueError, match="unknown post-training method 'nope'; known: \\['controlar', 'distilled_decoding', 'orthus', 'sar', 'sdar', 'vapi'\\]"):
         post_train(PostTrainConfig(method="nope", pipeline=str(saved_raster)))
     with pytest.raises(ValueError, match="--pipeline"):
         post_train(PostTrainConfig(method="distilled_decoding"))
