@@ -47,6 +47,7 @@ from arvis.nn.kv_cache import KVCache
 from arvis.nn.linear import Linear
 from arvis.nn.llama_trunk import LlamaTrunk
 from arvis.nn.norms import RMSNorm
+from arvis.nn.prompt import drop_prompt_rows
 from arvis.nn.rope import RotaryTable, rope_table_1d
 
 DOCUMENT_KINDS = ("text-to-image", "image-to-text", "interleaved")
@@ -210,12 +211,18 @@ class InterleavedGenerator(TokenGridLayout, Generator):
         return Condition(prompt=torch.zeros(shape, dtype=torch.long, device=device),
                          prompt_mask=torch.zeros(shape, dtype=torch.bool, device=device))
 
-    def prompt_segment(self, condition: Condition) -> tuple[Tensor, Tensor]:
-        """-> ids (b, 1 + p) of ``<bos>`` and the prompt (padding as id 0) and their key mask (b, 1 + p)."""
+    def prompt_segment(self, condition: Condition) -> Tensor:
+        """-> ids (b, 1 + p) of ``<bos>`` and the prompt (padding as id 0)."""
         prompt = condition.prompt.masked_fill(~condition.prompt_mask, PAD)
         bos = torch.full((prompt.shape[0], 1), self.stream.bos, dtype=torch.long, device=prompt.device)
-        return torch.cat([bos, prompt], dim=1), torch.cat([torch.ones_like(bos, dtype=torch.bool),
-                                                           condition.prompt_mask], dim=1)
+        return torch.cat([bos, prompt], dim=1)
+
+    @staticmethod
+    def prompt_keys(condition: Condition) -> Tensor:
+        """-> (b, 1 + p) bool, the prompt segment's keys other positions may attend to: ``<bos>`` and the real
+        prompt tokens."""
+        mask = condition.prompt_mask
+        return torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
 
     # ---- documents and teacher forcing --------------------------------------------------------------------
 
@@ -257,7 +264,7 @@ class InterleavedGenerator(TokenGridLayout, Generator):
                              *self._image_segment(image_ids, latents, partner)]
             segments.append((torch.tensor([stream.eos], device=device), None, True))
             rows.append(segments)
-        return self._pack(rows, self.prompt_length, None if latents is None else latents.shape[-1],
+        return self._pack(rows, None if latents is None else latents.shape[-1],
                           None if latents is None else latents.dtype)
 
     def _image_segment(self, image_ids: Tensor, latents: Tensor | None, row: int) -> list:
@@ -266,7 +273,7 @@ class InterleavedGenerator(TokenGridLayout, Generator):
                 (image_ids[row], None if latents is None else latents[row], True),
                 (torch.tensor([stream.eoi], device=device), None, True)]
 
-    def _pack(self, rows: list, prompt_length: int, latent_dim: int | None, dtype) -> Documents:
+    def _pack(self, rows: list, latent_dim: int | None, dtype) -> Documents:
         """Rows of segments (ids, latents or None, key mask: bool or (k,) tensor) -> right-padded Documents."""
         fulls, latent_rows, masks = [], [], []
         for segments in rows:
@@ -290,7 +297,7 @@ class InterleavedGenerator(TokenGridLayout, Generator):
             if full_latents is not None:
                 full_latents[row, :len(ids)] = latent_rows[row]
         targets = full[:, 1:].clone()
-        targets[:, :prompt_length] = IGNORE_INDEX  # the prompt is the condition, not a target
+        targets[:, :self.prompt_length] = IGNORE_INDEX  # the prompt is the condition, not a target
         targets[~mask[:, 1:]] = IGNORE_INDEX  # padding, inside the prompt and after <eos>
         return Documents(ids=full[:, :-1], latents=None if full_latents is None else full_latents[:, :-1],
                          attendable=mask[:, :-1], targets=targets,
@@ -299,10 +306,7 @@ class InterleavedGenerator(TokenGridLayout, Generator):
     def drop_prompt_mask(self, mask: Tensor) -> Tensor:
         """The training-time prompt dropout: each row emptied with probability ``class_dropout`` (a no-op in eval
         mode; torch's global RNG)."""
-        if not self.training or self.config.class_dropout <= 0:
-            return mask
-        keep = torch.rand(mask.shape[0], device=mask.device) >= self.config.class_dropout
-        return mask & keep[:, None]
+        return drop_prompt_rows(mask, self.config.class_dropout) if self.training else mask
 
     def embed_stream(self, ids: Tensor, latents: Tensor | None = None) -> Tensor:
         """ids (b, n) long (and latents (b, n, e), read by continuous generators) -> input embeddings (b, n, d)."""
@@ -376,7 +380,7 @@ class InterleavedGenerator(TokenGridLayout, Generator):
 
     def attention_mask(self, condition: Condition, start: int, count: int, device: torch.device) -> Tensor:
         """The mask of ``count`` positions after ``start`` cached ones: causal, the prompt's padding hidden."""
-        _, attendable = self.prompt_segment(condition)
+        attendable = self.prompt_keys(condition)
         mask = causal_mask(count, start + count, device=device) if count > 1 else None
         return with_key_padding(mask, attendable, count, start + count)
 
@@ -398,7 +402,7 @@ class InterleavedGenerator(TokenGridLayout, Generator):
 
     def prefix_ids(self, condition: Condition) -> Tensor:
         """(b, p + 2): the prompt segment and ``<boi>``, the prefix of text-to-image decoding."""
-        ids, _ = self.prompt_segment(condition)
+        ids = self.prompt_segment(condition)
         return torch.cat([ids, torch.full_like(ids[:, :1], self.stream.boi)], dim=1)
 
     def step(self, tokens: Tensor | None, condition: Condition | Tensor, cache: KVCache, *,
@@ -410,16 +414,19 @@ class InterleavedGenerator(TokenGridLayout, Generator):
         self.check_step_order(tokens, cache.length, "the prompt segment")
         if tokens is None:
             condition = self.check_condition(condition)
-            ids = self.prefix_ids(condition)
+            ids, latents = self.prefix_ids(condition), None
         else:
-            ids = tokens + self.stream.image_offset
-        result = self.step_stream(ids, condition, cache, store=store)
+            ids, latents = self.image_positions(tokens)
+        return self.image_step_output(self.step_stream(ids, condition, cache, latents=latents, store=store), output)
+
+    def image_step_output(self, result: StepOutput, output: Literal["logits", "hidden", "both"]) -> Tensor | StepOutput:
+        """What :meth:`step` returns of a stream step: the image-code logits (b, 1, vocab_size), the hidden state,
+        or both."""
         offset = self.stream.image_offset
         logits = result.logits[..., offset:offset + self.vocab_size]
         if output == "hidden":
             return result.hidden
         return StepOutput(logits=logits, hidden=result.hidden) if output == "both" else logits
-
 
 def _interleaved(**fields) -> InterleavedConfig:
     return InterleavedConfig(token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0, **fields)

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from arvis.conditions import Condition, as_condition
+from arvis.conditions import Condition
 from arvis.generators.base import GENERATORS, IGNORE_INDEX, GeneratorOutput, StepOutput
 from arvis.generators.interleaved import InterleavedConfig, InterleavedGenerator
 from arvis.nn.diffusion_mlp import SimpleMLPAdaLN
@@ -231,18 +231,13 @@ class OrthusGenerator(InterleavedGenerator):
         """Text-to-image decoding: the prompt segment and ``<boi>`` (``tokens=None``, first call) or the next
         (b, n, e) latents -> the hidden state (b, 1, d) that conditions the head for the next latent
         (``"logits"``: the stream logits (b, 1, V); ``"both"``: a :class:`StepOutput`)."""
-        condition = as_condition(condition)
-        self.check_step_order(tokens, cache.length, "the prompt segment")
-        if tokens is None:
-            condition = self.check_condition(condition)
-            result = self.step_stream(self.prefix_ids(condition), condition, cache, store=store)
-        else:
-            ids, latents = self.image_positions(tokens)
-            result = self.step_stream(ids, condition, cache, latents=latents, store=store)
+        return super().step(tokens, condition, cache, output=output, store=store)
+
+    def image_step_output(self, result: StepOutput, output: Literal["logits", "hidden", "both"]) -> Tensor | StepOutput:
+        """The hidden state (the head's input), the stream logits, or both."""
         if output == "hidden":
             return result.hidden
         return result if output == "both" else result.logits
-
 
 def _orthus(**fields) -> OrthusConfig:
     return OrthusConfig(token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0, **fields)

@@ -20,6 +20,15 @@ from torch import Tensor, nn
 from arvis.nn.mlp import GeluMLP
 
 
+def drop_prompt_rows(mask: Tensor, probability: float) -> Tensor:
+    """A key-padding mask (b, p) with each row emptied (the empty prompt) with ``probability``, drawn from torch's
+    global RNG (which the training loop seeds, as label dropout)."""
+    if probability <= 0:
+        return mask
+    keep = torch.rand(mask.shape[0], device=mask.device) >= probability
+    return mask & keep[:, None]
+
+
 class PromptEmbedding(nn.Module):
     """Prompt ids (b, p) long or features (b, p, e) float, and the key-padding mask (b, p) bool -> the prefix
     (b, p, d); :meth:`attendable` gives the prefix positions other positions may attend to, and
@@ -51,10 +60,7 @@ class PromptEmbedding(nn.Module):
     def drop_prompts(self, mask: Tensor) -> Tensor:
         """The mask with each row emptied with probability ``dropout`` (torch's global RNG, which the training
         loop seeds, as label dropout)."""
-        if self.dropout <= 0:
-            return mask
-        keep = torch.rand(mask.shape[0], device=mask.device) >= self.dropout
-        return mask & keep[:, None]
+        return drop_prompt_rows(mask, self.dropout)
 
     def features(self, prompt: Tensor) -> Tensor:
         """(b, p) ids or (b, p, e) features -> (b, p, e) float."""

@@ -104,14 +104,13 @@ class InterleavedSampler(Sampler):
         model.check_tokens(images)
         condition = model.null_condition(images.shape[0], images.device)
         stream = model.stream
-        segment, _ = model.prompt_segment(condition)
-        image_ids, latents = model.image_positions(images)
-        column = torch.ones_like(segment[:, :1])
-        ids = torch.cat([segment, column * stream.boi, image_ids, column * stream.eoi], dim=1)
-        if latents is not None:
-            latents = torch.cat([latents.new_zeros(*segment.shape, latents.shape[-1]), latents.new_zeros(
-                segment.shape[0], 1, latents.shape[-1]), latents, latents.new_zeros(segment.shape[0], 1,
-                                                                                     latents.shape[-1])], dim=1)
+        prefix = model.prefix_ids(condition)  # <bos>, the empty prompt, <boi>
+        image_ids, image_latents = model.image_positions(images)
+        ids = torch.cat([prefix, image_ids, torch.full_like(prefix[:, :1], stream.eoi)], dim=1)
+        latents = None
+        if image_latents is not None:  # zero at the text and special positions
+            latents = image_latents.new_zeros(*ids.shape, image_latents.shape[-1])
+            latents[:, prefix.shape[1]:prefix.shape[1] + image_ids.shape[1]] = image_latents
         unguided = dataclasses.replace(self.settings, cfg_scale=1.0)
         decoded = self.decode(model, condition, ids, latents, rng=rng, images=0, settings=unguided)
         words = decoded.ids.masked_fill(decoded.ids >= stream.text_size, PAD)
@@ -126,8 +125,7 @@ class InterleavedSampler(Sampler):
         condition = model.check_condition(condition)
         if images < 1:
             raise ValueError(f"an interleaved document needs at least one image, got images={images}")
-        segment, _ = model.prompt_segment(condition)
-        return self.decode(model, condition, segment, None, rng=rng, images=images)
+        return self.decode(model, condition, model.prompt_segment(condition), None, rng=rng, images=images)
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
