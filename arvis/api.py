@@ -21,10 +21,13 @@ OutputType = Literal["pil", "pt", "np"]
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-         quantize: str | None = None) -> Pipeline:
-    """Loads a pipeline folder written by ``Pipeline.save_pretrained`` (or ``arvis quickstart``); ``dtype`` casts
-    both components, ``quantize="int8"`` (with bf16 or fp16) gives the generator int8 weights."""
-    return Pipeline.from_pretrained(path, device=device, dtype=dtype, quantize=quantize)
+         quantize: str | None = None, revision: str | None = None, cache_dir: str | Path | None = None) -> Pipeline:
+    """Loads a pipeline folder written by ``Pipeline.save_pretrained`` (or ``arvis quickstart``), or a Hugging
+    Face Hub repo id ``"org/name"`` (an existing local folder of that spelling wins) at ``revision`` through the
+    Hub cache ``cache_dir`` (:mod:`arvis.hub`); ``dtype`` casts both components, ``quantize="int8"`` (with bf16
+    or fp16) gives the generator int8 weights."""
+    return Pipeline.from_pretrained(path, device=device, dtype=dtype, quantize=quantize, revision=revision,
+                                    cache_dir=cache_dir)
 
 
 def generate(
@@ -45,7 +48,7 @@ def generate(
     """Samples images conditioned on class ids or text prompts (whichever the pipeline's generator takes).
 
     Args:
-        pipeline: a :class:`Pipeline` or the path of a saved one.
+        pipeline: a :class:`Pipeline`, the path of a saved one or a Hub repo id (see :func:`load`).
         class_labels: class ids; ``num_samples`` images are drawn for each, in order
             (labels ``[0, 1]`` with ``num_samples=2`` give classes 0, 0, 1, 1).
         prompts: prompt strings of a text-conditional pipeline, used like ``class_labels`` (each is padded to the

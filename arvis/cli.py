@@ -1,4 +1,5 @@
-"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, caption, sample, eval, convert."""
+"""The ``arvis`` command line: quickstart, presets, train, pretokenize, generate, caption, demo, sample, eval,
+convert."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ def _quickstart(args: argparse.Namespace) -> None:
                             generator_steps=args.generator_steps, overwrite=args.overwrite)
     print(f"pipeline:      {report['pipeline']}")
     print(f"sample grid:   {report['samples']}  (one row per class)")
-    print(f"report:        {Path(args.output_dir) / 'report.json'}")
+    print(f"report:        {Path(report['pipeline']) / 'metrics.json'}  (and its model card, README.md)")
     print(f"training time: tokenizer {report['tokenizer_seconds']} s, generator {report['generator_seconds']} s")
     glyphs = report["glyph_metrics"]
     print(f"glyph metrics: fd-glyphs {glyphs['fd_glyphs']:.3f} (rendered glyphs score {glyphs['fd_glyphs_real_floor']:.3f}),"
           f" class accuracy {glyphs['glyph_accuracy']:.0%}  (built-in glyph classifier; not FID)")
     print(f"try:           python -c \"import arvis; arvis.generate('{report['pipeline']}', class_labels=[3], "
           "num_samples=4)[0].save('glyph.png')\"")
+    print(f"or in a browser: arvis demo {report['pipeline']}")
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -74,7 +76,7 @@ def _generate(args: argparse.Namespace) -> None:
     from arvis.visualize import clip_grid, image_grid, save_clip_frames, save_gif
 
     rows = args.labels if args.labels is not None else args.prompt
-    pipeline = arvis.load(args.pipeline)
+    pipeline = arvis.load(args.pipeline, revision=args.revision)
     images = arvis.generate(pipeline, class_labels=args.labels, prompts=args.prompt, control=_control(args, pipeline),
                             num_samples=args.num_samples, seed=args.seed, output_type="pt", progress=True,
                             **sampling_overrides(args))
@@ -133,6 +135,13 @@ def _control(args: argparse.Namespace, pipeline):
         raise ValueError("this pipeline does not record which control maps it was trained on: name them with "
                          "--control-kind mask|edges")
     return control_from_image(args.control_from, kind)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from arvis.demo import DemoLimits, launch
+
+    launch(args.pipeline, host=args.host, port=args.port, revision=args.revision, sampler=args.sampler,
+           limits=DemoLimits(max_samples=args.max_samples, max_tokens=args.max_tokens, batch_size=args.batch_size))
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -213,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretokenize.set_defaults(handler=_pretokenize)
 
     gen = commands.add_parser("generate", help="sample a grid from a pipeline folder, one row per class or prompt")
-    gen.add_argument("pipeline", help="pipeline folder")
+    gen.add_argument("pipeline", help="pipeline folder or Hugging Face Hub repo id (org/name)")
+    gen.add_argument("--revision", default=None, help="Hub repo id only: the branch, tag or commit to load")
     rows = gen.add_mutually_exclusive_group(required=True)
     rows.add_argument("--labels", type=int, nargs="+", help="class ids, one grid row each")
     rows.add_argument("--prompt", action="append", help="a text prompt (repeat for more), one grid row each")
@@ -240,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(caption, "default: the pipeline's setting")
     caption.set_defaults(handler=_caption)
+
+    demo = commands.add_parser("demo", help="serve a pipeline in the browser (gradio; pip install -e \".[demo]\")")
+    demo.add_argument("pipeline", help="pipeline folder or Hugging Face Hub repo id (org/name)")
+    demo.add_argument("--revision", default=None, help="Hub repo id only: the branch, tag or commit to load")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: this machine only)")
+    demo.add_argument("--port", type=positive_int, default=None, help="port (default: gradio's, 7860 or the next free)")
+    demo.add_argument("--sampler", default=None, help="another of the generator's samplers (default: the pipeline's)")
+    demo.add_argument("--max-samples", type=positive_int, default=16, help="images per request at most")
+    demo.add_argument("--max-tokens", type=positive_int, default=65536,
+                      help="tokens per request at most (images x the generator's tokens per image)")
+    demo.add_argument("--batch-size", type=positive_int, default=4, help="images per forward batch")
+    demo.set_defaults(handler=_demo)
 
     sample = commands.add_parser("sample", help="sample an evaluation set into PNGs and an ADM-style .npz "
                                  "(resumable; shards over accelerate launch / torchrun processes)")

@@ -33,6 +33,7 @@ from arvis.registry import Registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 
 ComponentT = TypeVar("ComponentT", bound="Component")
 
@@ -164,6 +165,11 @@ def read_component_header(path: Path) -> dict[str, Any]:
 
 def load_weights(file: Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
+        pickles = sorted(path.name for pattern in PICKLED_WEIGHTS for path in file.parent.glob(pattern))
+        if pickles:
+            raise FileNotFoundError(f"missing weights file {file}; the folder holds {pickles}, pickled weights, which "
+                                    "arvis never reads (unpickling can run code): convert them to safetensors "
+                                    "(arvis convert, or save_pretrained() of the loaded component)")
         raise FileNotFoundError(f"missing weights file {file}; save the component with save_pretrained()")
     try:
         state = load_file(str(file))

@@ -14,6 +14,9 @@ Folder format::
                     with a learned prompt table
     text_encoder/   a frozen transformers encoder (:class:`arvis.text.FrozenTextEncoder`), for a generator that
                     takes prompt features
+    recipe.json, metrics.json, pipeline.json's "class_names"
+                    what the pipeline records about itself (:mod:`arvis.pipeline_metadata`)
+    README.md       its model card (:mod:`arvis.model_card`), so the folder is a Hugging Face Hub repo as it is
 
 Construction checks that the two components fit together (the tokenizer's :class:`TokenSpec` serves the
 generator's: same token layout, vocabulary and, for a generator of token vectors, latent width), so a
@@ -36,6 +39,7 @@ from arvis.folders import json_object_or_none, replace_folder, written_by_arvis
 from arvis.generators.base import Generator
 from arvis.modeling import legacy_component_rule
 from arvis.nn.quantized import ACTIVATION_DTYPES, quantize_int8_
+from arvis.pipeline_metadata import PipelineMetadata
 from arvis.samplers import Sampler, SamplerSettings, sampler_for, settings_for
 from arvis.samplers.base import sampler_class, sampler_name_of, settings_from_legacy, settings_from_saved
 from arvis.samplers.settings import shared_values
@@ -43,6 +47,7 @@ from arvis.text import FrozenTextEncoder, TextTokenizer
 from arvis.tokenizers.base import Tokenizer
 
 PIPELINE_FILE = "pipeline.json"
+MODEL_CARD_FILE = "README.md"
 
 
 class Pipeline:
@@ -51,13 +56,19 @@ class Pipeline:
 
     ``sampling`` is the settings of one of the samplers the generator names (their type names the sampler, e.g.
     :class:`~arvis.samplers.NextTokenSettings`); None takes the generator's default sampler with its defaults.
-    Both components are put in eval mode: a pipeline is for sampling.
+    Both components are put in eval mode: a pipeline is for sampling. ``metadata`` holds the class names, the
+    training stages and the metrics report (:class:`~arvis.pipeline_metadata.PipelineMetadata`; none by default).
     """
 
     def __init__(self, tokenizer: Tokenizer, generator: Generator, sampling: SamplerSettings | None = None, *,
-                 text_tokenizer: TextTokenizer | None = None, text_encoder: FrozenTextEncoder | None = None) -> None:
+                 text_tokenizer: TextTokenizer | None = None, text_encoder: FrozenTextEncoder | None = None,
+                 metadata: PipelineMetadata | None = None) -> None:
         check_compatible(tokenizer, generator)
         check_text_components(generator, text_tokenizer, text_encoder)
+        metadata = PipelineMetadata() if metadata is None else metadata
+        if not isinstance(metadata, PipelineMetadata):
+            raise ValueError(f"metadata must be a PipelineMetadata, got {type(metadata).__name__}")
+        metadata.check_serves(generator.num_classes if "labels" in generator.condition_fields else None)
         if sampling is not None and not isinstance(sampling, SamplerSettings):
             raise ValueError(f"sampling must be a sampler's settings (e.g. NextTokenSettings(cfg_scale=2.0)), got "
                              f"{type(sampling).__name__}")
@@ -67,6 +78,13 @@ class Pipeline:
         sampler_class(generator, self.sampler_name)  # settings of a sampler that drives the generator
         self.text_tokenizer = text_tokenizer
         self.text_encoder = text_encoder
+        self.metadata = metadata
+
+    def with_metadata(self, **changes) -> Pipeline:
+        """A pipeline of the same components and settings whose metadata has ``changes`` applied
+        (``class_names=``, ``training=``, ``metrics=``)."""
+        return Pipeline(self.tokenizer, self.generator, self.sampling, text_tokenizer=self.text_tokenizer,
+                        text_encoder=self.text_encoder, metadata=self.metadata.replace(**changes))
 
     @property
     def sampler_name(self) -> str:
@@ -101,6 +119,11 @@ class Pipeline:
         return self.generator.check_condition(Condition(**fields).to(self.device))
 
     @property
+    def generates_clips(self) -> bool:
+        """Whether samples are clips (n, 3, t, h, w) rather than images: the tokenizer is a video tokenizer."""
+        return getattr(self.tokenizer.config, "num_frames", None) is not None
+
+    @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
@@ -128,10 +151,12 @@ class Pipeline:
         """The sampler named ``sampler`` (None: the stored one) with :meth:`settings`."""
         return sampler_for(self.generator, settings=self.settings(sampler, **overrides))
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, *, repo_id: str | None = None) -> Path:
         """Writes the pipeline folder atomically (an existing arvis pipeline at ``path`` is replaced; a folder
-        holding anything arvis did not write is refused, see :mod:`arvis.folders`)."""
+        holding anything arvis did not write is refused, see :mod:`arvis.folders`), with its model card
+        ``README.md`` (``repo_id``: the Hub repo the card's examples load from; default: the folder's path)."""
         from arvis import __version__
+        from arvis.model_card import model_card
 
         path = Path(path)
         index = {"arvis_version": __version__, "tokenizer": "tokenizer", "generator": "generator",
@@ -140,6 +165,7 @@ class Pipeline:
             index["text_tokenizer"] = "text_tokenizer"
         if self.text_encoder is not None:
             index["text_encoder"] = "text_encoder"
+        index.update(self.metadata.index_entries())
         with replace_folder(path, "pipeline", legacy_pipeline_files) as staging:
             self.tokenizer.save_pretrained(staging / "tokenizer")
             self.generator.save_pretrained(staging / "generator")
@@ -148,14 +174,28 @@ class Pipeline:
                 self.text_tokenizer.save(staging / "text_tokenizer")
             if self.text_encoder is not None:
                 self.text_encoder.save(staging / "text_encoder")
+            self.metadata.write(staging)
+            (staging / MODEL_CARD_FILE).write_text(model_card(self, repo_id or path.as_posix(), staging))
             (staging / PIPELINE_FILE).write_text(json.dumps(index, indent=2) + "\n")
         return path
 
+    def push_to_hub(self, repo_id: str, **options) -> str:
+        """Uploads the pipeline folder (with its model card) to the Hugging Face Hub repo ``repo_id`` and returns
+        the commit's URL; see :func:`arvis.hub.push_pipeline` for ``options`` (``revision``, ``private``,
+        ``token``, ``commit_message``, ``create_pr``)."""
+        from arvis.hub import push_pipeline
+
+        return push_pipeline(self, repo_id, **options)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None, quantize: str | None = None) -> Pipeline:
-        """Loads a pipeline folder; ``quantize="int8"`` gives the generator weight-only int8 linear layers
-        (:mod:`arvis.nn.quantized`; needs ``dtype=torch.bfloat16`` or ``float16``; the tokenizer keeps ``dtype``)."""
+                        dtype: torch.dtype | None = None, quantize: str | None = None, revision: str | None = None,
+                        cache_dir: str | Path | None = None) -> Pipeline:
+        """Loads a pipeline folder, or a Hugging Face Hub repo id (``"org/name"``; an existing local folder of
+        that spelling wins) at ``revision`` through the Hub's cache (``cache_dir``; see :mod:`arvis.hub`);
+        ``quantize="int8"`` gives the generator weight-only int8 linear layers (:mod:`arvis.nn.quantized`; needs
+        ``dtype=torch.bfloat16`` or ``float16``; the tokenizer keeps ``dtype``)."""
+        from arvis.hub import local_reading_note, pipeline_folder
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
         if quantize and torch.device(device).type != "cpu":
@@ -163,13 +203,11 @@ class Pipeline:
         if quantize and dtype not in ACTIVATION_DTYPES:
             raise ValueError(f"int8 weights run with bf16 or fp16 activations; pass dtype=torch.bfloat16 (or "
                              f"float16) with quantize='int8', got dtype={dtype}")
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"pipeline folder {path} does not exist")
+        path_or_repo = path
+        path = pipeline_folder(path, revision=revision, cache_dir=cache_dir)
         if not (path / PIPELINE_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} is not an arvis pipeline: {PIPELINE_FILE} is missing (save one with Pipeline.save_pretrained)"
-            )
+            raise FileNotFoundError(f"{path} is not an arvis pipeline: {PIPELINE_FILE} is missing (save one with "
+                                    f"Pipeline.save_pretrained){local_reading_note(path_or_repo)}")
         index = read_json(path / PIPELINE_FILE)
         entries = {"tokenizer", "generator", "sampler"}
         if not isinstance(index, dict):
@@ -187,7 +225,8 @@ class Pipeline:
         text_encoder = FrozenTextEncoder.load(component_folder(path, index, "text_encoder"), device=device) \
             if "text_encoder" in index else None
         return cls(tokenizer, generator, stored_settings(generator, index, path / PIPELINE_FILE),
-                   text_tokenizer=text_tokenizer, text_encoder=text_encoder)
+                   text_tokenizer=text_tokenizer, text_encoder=text_encoder,
+                   metadata=PipelineMetadata.read(path, index))
 
 
 def stored_settings(generator: Generator, index: dict, where: Path) -> SamplerSettings:

@@ -8,7 +8,6 @@ the same first stage by hand.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from arvis.api import generate, load
 from arvis.data import GLYPH_CLASSES, GlyphDataset
+from arvis.pipeline_metadata import TrainingStage
 from arvis.tokenizers.losses import TokenizerLossConfig
 from arvis.train.generator import GeneratorTrainConfig, train_generator
 from arvis.train.options import DataConfig, OptimConfig, RunConfig
@@ -50,7 +50,9 @@ SAMPLES_PER_CLASS = 10
 
 def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_steps: int | None = None,
                    generator_steps: int | None = None, progress: bool = True, overwrite: bool = False) -> dict:
-    """Trains both stages into ``output_dir``, writes ``samples.png`` and ``report.json``; returns the report.
+    """Trains both stages into ``output_dir``, writes ``samples.png`` and stores the report (training times, final
+    losses, glyph metrics) and both recipes in the pipeline folder (``metrics.json``, ``recipe.json``); returns
+    the report.
 
     An ``output_dir`` that already holds files is refused unless ``overwrite``.
     """
@@ -85,7 +87,9 @@ def run_quickstart(output_dir: str | Path = "arvis-quickstart", *, tokenizer_ste
         "reconstruction_mse": _reconstruction_error(pipeline),
         "glyph_metrics": _glyph_metrics(images, num_classes),
     }
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    training = (TrainingStage("arvis train tokenizer", tokenizer_recipe.to_dict()),
+                *pipeline.metadata.training)
+    pipeline.with_metadata(training=training, metrics=report).save_pretrained(pipeline_path)
     return report
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-REFUSED_PATTERNS = ("*.py", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "adapter_config.json")
+from arvis.modeling import PICKLED_WEIGHTS
+
+REFUSED_PATTERNS = ("*.py", *PICKLED_WEIGHTS, "adapter_config.json")
 
 
 def check_transformers_folder(folder: str | Path, *, what: str, required: Sequence[str], example: str,

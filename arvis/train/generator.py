@@ -22,6 +22,7 @@ from arvis.config import Config
 from arvis.generators.base import GENERATORS, Generator
 from arvis.generators.llama import PromptConfig
 from arvis.pipeline import Pipeline, check_compatible
+from arvis.pipeline_metadata import PipelineMetadata, TrainingStage, final_log
 from arvis.samplers import SamplerSettings, settings_for
 from arvis.samplers.base import without_legacy_defaults
 from arvis.text import TextTokenizer
@@ -150,10 +151,22 @@ def train_generator(config: GeneratorTrainConfig) -> tuple[Path, list[dict[str, 
     fit(accelerator, training, batches, teacher_forcing_loss, run=run, grad_clip=config.optim.grad_clip,
         folders=folders, progress=progress, kind="generator", after_step=preview)
     trained = final_model(accelerator, model, ema)
+    metadata = PipelineMetadata(
+        class_names=dataset_class_names(dataset if config.tokens_path is None else None, trained),
+        training=(TrainingStage("arvis train generator", config.to_dict()),), metrics=final_log(progress.history))
     output_dir = finish_run(accelerator, progress, folders.export,
-                            lambda path: Pipeline(tokenizer.eval(), trained, sampling,
-                                                  text_tokenizer=text_tokenizer).save_pretrained(path))
+                            lambda path: Pipeline(tokenizer.eval(), trained, sampling, text_tokenizer=text_tokenizer,
+                                                  metadata=metadata).save_pretrained(path))
     return output_dir, progress.history
+
+
+def dataset_class_names(dataset, generator: Generator) -> tuple[str, ...] | None:
+    """The dataset's class names when the generator takes its class ids (None for a tokens file, which keeps no
+    names, or a generator of prompts)."""
+    names = getattr(dataset, "class_names", None)
+    if not names or "labels" not in generator.condition_fields or len(names) != generator.num_classes:
+        return None
+    return tuple(names)
 
 
 def reads_prompts(config: Config) -> bool:

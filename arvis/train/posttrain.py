@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from arvis.config import Config
 from arvis.pipeline import Pipeline
+from arvis.pipeline_metadata import TrainingStage, final_log
 from arvis.posttrain import METHODS, TrainingContext
 from arvis.train.loop import (ProgressLog, RunFolders, final_model, finish_run, fit, make_accelerator,
                               prepare_training, step_batches)
@@ -67,9 +68,22 @@ def post_train(config: PostTrainConfig) -> tuple[Path, list[dict[str, float]]]:
         grad_clip=config.optim.grad_clip, folders=folders, progress=progress, kind=f"posttrain:{config.method}",
         before_step=method.before_step)
     trained = final_model(accelerator, training.model, training.ema)
+    stage = TrainingStage(f"arvis train posttrain --method {config.method}", config.to_dict())
     output_dir = finish_run(accelerator, progress, folders.export,
-                            lambda path: method.export(trained).save_pretrained(path))
+                            lambda path: exported(method.export(trained), pipeline, stage, progress.history)
+                            .save_pretrained(path))
     return output_dir, progress.history
+
+
+def exported(result: Pipeline, source: Pipeline, stage: TrainingStage, history) -> Pipeline:
+    """The post-trained pipeline with its metadata: the source's class names (when its generator still takes those
+    classes), the source's training stages followed by this one, and this run's final log as its metrics (the
+    source's metrics describe another model)."""
+    names = source.metadata.class_names
+    keeps_classes = names is not None and "labels" in result.generator.condition_fields \
+        and result.generator.num_classes == len(names)
+    return result.with_metadata(class_names=names if keeps_classes else None,
+                                training=(*source.metadata.training, stage), metrics=final_log(history))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
