@@ -110,7 +110,9 @@ def draw_images(pipeline: Pipeline, sampler, condition: Condition | torch.Tensor
     (b, 3, t, h, w) clips, float in [0, 1] on the CPU."""
     tokens = sampler(pipeline.generator, condition, rng=rngs)  # (b, l) ids or (b, l, e) vectors
     with torch.inference_mode():
-        pixels = pipeline.tokenizer.decode(tokens)
+        # One sample at a time: CPU convolution kernels may round differently for another batch size (seen:
+        # 5e-6, enough to flip a uint8 pixel), and image i must not depend on the batch it was drawn in.
+        pixels = torch.cat([pipeline.tokenizer.decode(tokens[index:index + 1]) for index in range(len(tokens))])
     return pipeline.tokenizer.to_unit_range(pixels.float()).cpu()
 
 

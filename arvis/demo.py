@@ -208,7 +208,7 @@ def build_demo(pipeline: Pipeline, *, name: str, limits: DemoLimits = DemoLimits
 
         condition_names, setting_names = list(condition_inputs), list(setting_inputs)
 
-        def submit(*values, progress=gr.Progress(track_tqdm=True)):
+        def submit(*values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008  (gradio reads this default)
             given = dict(zip(condition_names + ["num_samples", "seed"] + setting_names, values, strict=True))
             request = Request(classes=given.get("classes"), prompts=given.get("prompts"),
                               control_file=given.get("control_file"), control_source=given.get("control_source"),
