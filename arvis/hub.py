@@ -99,6 +99,9 @@ def download_pipeline(repo_id: str, *, revision: str | None = None, cache_dir: s
         index_file = hf_hub_download(repo_id, PIPELINE_FILE, **options)
         index = read_json(index_file)
         patterns = declared_files(index, f"{PIPELINE_FILE} of the Hub repo {repo_id}{at}")
+        # The rest from the commit that pipeline.json came from (the cache keeps it under snapshots/<commit>/),
+        # so that a push in between cannot mix two versions.
+        options["revision"] = Path(index_file).parent.name
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **options))
     except LocalEntryNotFoundError as error:
         raise FileNotFoundError(
@@ -136,7 +139,8 @@ def push_pipeline(pipeline: Pipeline, repo_id: str, *, revision: str | None = No
     """Saves ``pipeline`` (with its model card, whose examples load ``repo_id``) into a temporary folder and
     uploads it to the Hub repo ``repo_id`` (created if missing, ``private`` then; on branch ``revision``, created
     if missing) in one commit; returns the commit's URL. Files already in the repo that the pipeline does not
-    write are left there."""
+    write are left there, except an older push's ``recipe.json`` / ``metrics.json`` (which would otherwise load as
+    this pipeline's)."""
     from huggingface_hub import HfApi
 
     if not is_repo_id(repo_id):
@@ -149,5 +153,5 @@ def push_pipeline(pipeline: Pipeline, repo_id: str, *, revision: str | None = No
         folder = pipeline.save_pretrained(Path(scratch) / "pipeline", repo_id=repo_id)
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
                                    commit_message=commit_message or "Upload arvis pipeline",
-                                   ignore_patterns=list(UNUPLOADED))
+                                   ignore_patterns=list(UNUPLOADED), delete_patterns=list(METADATA_FILES))
     return str(getattr(commit, "commit_url", commit))

@@ -142,6 +142,6 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def files(folder: Path) -> str:
-    present = sorted(name for name in files_under(folder) if Path(name).name != MANIFEST_FILE)
+    present = sorted({name for name in files_under(folder) if Path(name).name != MANIFEST_FILE} | {"pipeline.json"})
     return "## Files\n\nWeights are safetensors; everything else is JSON. arvis never reads a pickle.\n\n" + \
         "\n".join(f"- `{name}`" for name in present + ["README.md"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,11 @@ class PipelineMetadata:
 
 def final_log(history: Sequence[dict[str, float]]) -> dict[str, Any] | None:
     """The metrics report of a training run: its last logged values (step, losses, throughput), or None."""
-    return {"final_training_log": dict(history[-1])} if history else None
+    if not history:
+        return None
+    # A diverged run's NaN or inf loss is kept, as text (JSON has no such numbers), and never stops the export.
+    return {"final_training_log": {key: value if not isinstance(value, float) or math.isfinite(value) else str(value)
+                                   for key, value in history[-1].items()}}
 
 
 def check_json_object(value: Any, what: str) -> None:

@@ -21,7 +21,7 @@ from arvis.cli import main as cli_main
 from arvis.folders import MANIFEST_FILE, files_under
 from arvis.hub import declared_files
 from arvis.pipeline import Pipeline
-from arvis.pipeline_metadata import PipelineMetadata, TrainingStage
+from arvis.pipeline_metadata import PipelineMetadata, TrainingStage, final_log
 from arvis.samplers import NextTokenSettings
 
 REPO = "arvis-test/tiny"
@@ -142,7 +142,7 @@ def test_pickles_in_a_repo_are_never_downloaded_nor_read(named_pipeline, offline
 
 
 def test_the_download_asks_only_for_the_declared_files(named_pipeline, tmp_path, monkeypatch):
-    folder = named_pipeline.save_pretrained(tmp_path / "p")
+    folder = named_pipeline.save_pretrained(tmp_path / "snapshots" / commit_id(9))  # where the cache keeps it
     calls = []
 
     def fake_hf_hub_download(repo_id, filename, **options):
@@ -160,7 +160,7 @@ def test_the_download_asks_only_for_the_declared_files(named_pipeline, tmp_path,
     assert loaded.metadata == named_pipeline.metadata
     assert calls[0] == ("file", "org/name", "pipeline.json", "abc")
     kind, _, patterns, revision = calls[1]
-    assert kind == "snapshot" and revision == "abc"
+    assert kind == "snapshot" and revision == commit_id(9)  # the commit pipeline.json came from
     assert set(patterns) == {"pipeline.json", "recipe.json", "metrics.json", "tokenizer/config.json",
                              "tokenizer/model.safetensors", "generator/config.json", "generator/model.safetensors"}
 
@@ -180,6 +180,7 @@ def test_push_to_hub_uploads_the_folder_with_its_card(named_pipeline, offline_ca
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(folder_path) / name, copy / name)
         uploads.append(("upload", repo_id, kept, options.get("commit_message")))
+        assert set(options["delete_patterns"]) == {"recipe.json", "metrics.json"}  # an older push's metadata goes
         return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{commit_id(5)}",
                                           commit_message="m", commit_description="", oid=commit_id(5))
 
@@ -224,7 +225,7 @@ def test_the_model_card_describes_the_pipeline(named_pipeline, tmp_path):
     assert "| 3 | glyph 3 |" in body  # class names
     assert "generator: raster-tiny" in body and "lr: 0.001" in body  # the recipe, as YAML
     assert "| `glyph_metrics.fd_glyphs` | 0.41 |" in body  # metrics
-    assert "- `generator/model.safetensors`" in body and MANIFEST_FILE not in body
+    assert "- `generator/model.safetensors`" in body and "- `pipeline.json`" in body and MANIFEST_FILE not in body
     bare = Pipeline(named_pipeline.tokenizer, named_pipeline.generator).save_pretrained(tmp_path / "bare")
     text = (bare / "README.md").read_text()
     assert "names not recorded" in text and "Training recipe\n\nNot recorded." in text and "None recorded" in text
@@ -242,6 +243,8 @@ def test_metadata_round_trips_and_bad_metadata_is_refused(named_pipeline, tiny_p
         PipelineMetadata(metrics={"fid": float("nan")})
     with pytest.raises(ValueError, match="JSON object"):
         PipelineMetadata(metrics=[1, 2])
+    diverged = PipelineMetadata(metrics=final_log([{"step": 3, "loss": float("nan")}]))  # still exports
+    assert diverged.metrics == {"final_training_log": {"step": 3, "loss": "nan"}}
     (folder / "recipe.json").write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="recipe.json must be a list"):
         Pipeline.from_pretrained(folder)
