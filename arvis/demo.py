@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from arvis.api import generate, to_uint8
 from arvis.data.control import control_from_file, control_from_image
@@ -125,7 +126,7 @@ def run_request(pipeline: Pipeline, limits: DemoLimits, request: Request, folder
     scale = max(1, GRID_PIXELS // size)
     if pipeline.generates_clips:
         grid = save_gif(clip_grid(samples, num_rows, scale=scale, row_labels=rows["row_labels"]), folder / "grid.gif")
-        files = [save_gif([frame_image(frame) for frame in clip], folder / f"sample_{index:03d}.gif")
+        files = [save_gif([Image.fromarray(frame) for frame in clip], folder / f"sample_{index:03d}.gif")
                  for index, clip in enumerate(to_uint8(samples))]
     else:
         grid = folder / "grid.png"
@@ -133,14 +134,8 @@ def run_request(pipeline: Pipeline, limits: DemoLimits, request: Request, folder
         files = []
         for index, image in enumerate(to_uint8(samples)):
             files.append(folder / f"sample_{index:03d}.png")
-            frame_image(image).save(files[-1])
+            Image.fromarray(image).save(files[-1])
     return str(grid), [str(path) for path in files]
-
-
-def frame_image(array):
-    from PIL import Image
-
-    return Image.fromarray(array)
 
 
 def settings_inputs(pipeline: Pipeline, sampler: str | None):
